@@ -1,0 +1,258 @@
+"""Typed configuration: named profiles, overridden by a config file, the environment and the CLI.
+
+Precedence (lowest first): profile defaults < config file (TOML/YAML/JSON) < ``FACELIFT_*`` environment
+variables < explicit overrides (CLI flags, ``--set a.b=value``, flow parameters).
+Environment keys use ``__`` between levels: ``FACELIFT_GENERATION__DEV__STRENGTH=0.5``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "FACELIFT_"
+BASELINE_PROMPT = "A professional business portrait"
+ENRICHED_TEMPLATE = "A professional portrait of {name}"
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or override is invalid."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PromptConfig(_Model):
+    mode: Literal["enriched", "baseline"] = "enriched"
+    template: str = ENRICHED_TEMPLATE
+    baseline_prompt: str = BASELINE_PROMPT
+
+    @field_validator("template")
+    @classmethod
+    def _has_name(cls, v: str) -> str:
+        if "{name}" not in v:
+            raise ValueError("prompt template must contain '{name}'")
+        return v
+
+
+class PlanConfig(_Model):
+    names_uri: str | None = Field(None, description="IMDb name.basics.tsv[.gz]; None = bundled sample")
+    count: int | None = Field(None, ge=1, description="pairs to plan; None = every eligible name")
+    seed: int = Field(0, ge=0)
+    shard_size: int = Field(64, ge=1, le=100_000)
+    prompt: PromptConfig = PromptConfig()
+    weights_uri: str | None = Field(None, description="per-name sampling weights (facelift rebalance)")
+
+
+class StageConfig(_Model):
+    model: str = Field(description="hub id, local folder, or tiny://<name> for the built-in tiny model")
+    revision: str | None = None
+    steps: int = Field(ge=1)
+    guidance: float = Field(ge=0)
+    max_sequence_length: int = Field(256, ge=8, le=512)
+
+
+class DevStageConfig(StageConfig):
+    strength: float = Field(0.6, gt=0, le=1)
+
+
+class GenerationConfig(_Model):
+    schnell: StageConfig
+    dev: DevStageConfig
+    height: int = Field(512, ge=16)
+    width: int = Field(512, ge=16)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    batch_size: int = Field(4, ge=1)
+    png_compress_level: int = Field(1, ge=0, le=9)
+    share_text_encoders: bool = Field(True, description="reuse schnell's text encoders/VAE when identical")
+    compile: bool = False
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"{v} is not a multiple of 16 (FLUX packs 2x2 latent patches)")
+        return v
+
+
+class StorageConfig(_Model):
+    root: str = Field("./data", description="local path, file:// or s3://bucket/prefix")
+    endpoint_url: str | None = Field(None, description="S3 endpoint (SeaweedFS, MinIO); keys come from env")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+
+class ChaosConfig(_Model):
+    """Fault injection for resilience tests: a worker kills its own process once on this shard."""
+
+    kill_on_shard: int | None = None
+    marker: str | None = Field(None, description="file created before the kill so it happens once")
+
+
+class RayConfig(_Model):
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
+    num_workers: int = Field(1, ge=1, description="generation actors (one per GPU)")
+    num_gpus_per_worker: float = Field(1.0, ge=0)
+    num_cpus_per_worker: float = Field(1.0, ge=0)
+    max_restarts: int = Field(2, ge=0)
+    shard_retries: int = Field(2, ge=0)
+    chaos: ChaosConfig = ChaosConfig()
+
+
+class BuildConfig(_Model):
+    profile: str
+    dataset_id: str | None = None
+    plan: PlanConfig = PlanConfig()
+    generation: GenerationConfig
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    cache_dir: str = Field(
+        default_factory=lambda: os.environ.get("FACELIFT_CACHE", str(Path.home() / ".cache" / "facelift"))
+    )
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what a dataset contains (not where or how fast it is built)."""
+        keep = {
+            "plan": self.plan.model_dump(exclude={"names_uri"}),  # the names file counts by content
+            "generation": self.generation.model_dump(
+                exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile"}
+            ),
+        }
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved configuration as saved with every dataset (holds no credentials)."""
+        return self.model_dump(mode="json", exclude={"ray": {"chaos"}})
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "plan": {"count": 24, "shard_size": 8},
+        "generation": {
+            "schnell": {"model": "tiny://schnell", "steps": 2, "guidance": 0.0, "max_sequence_length": 32},
+            "dev": {"model": "tiny://dev", "steps": 4, "guidance": 3.5, "strength": 0.6,
+                    "max_sequence_length": 32},
+            "height": 64, "width": 64, "dtype": "float32", "device": "cpu", "batch_size": 4,
+        },
+        "ray": {"num_workers": 1, "num_gpus_per_worker": 0, "num_cpus_per_worker": 1},
+    },
+    "flux": {
+        "plan": {"shard_size": 64},
+        "generation": {
+            "schnell": {"model": "black-forest-labs/FLUX.1-schnell", "steps": 4, "guidance": 0.0,
+                        "max_sequence_length": 256},
+            "dev": {"model": "black-forest-labs/FLUX.1-dev", "steps": 28, "guidance": 3.5, "strength": 0.6,
+                    "max_sequence_length": 256},
+            "height": 512, "width": 512, "dtype": "bfloat16", "device": "auto", "batch_size": 4,
+        },
+        "ray": {"num_workers": 1, "num_gpus_per_worker": 1, "num_cpus_per_worker": 4},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    """Values from env/CLI: JSON when it parses (numbers, true/false/null, lists), else the plain string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def dotted_to_nested(pairs: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in pairs.items():
+        parts = [p for p in dotted.split(".") if p]
+        if not parts:
+            raise ConfigError(f"empty override key {dotted!r}")
+        cur = nested
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"override {dotted!r} conflicts with another override")
+        cur[parts[-1]] = value
+    return nested
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(raw)
+    return out
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    environ = dict(os.environ if environ is None else environ)
+    skip = {"FACELIFT_CACHE", "FACELIFT_CONFIG", "FACELIFT_PROFILE"}
+    pairs = {
+        key[len(ENV_PREFIX):].lower().replace("__", "."): _parse_value(value)
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX) and key not in skip
+    }
+    return dotted_to_nested(pairs)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(text)
+        if p.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        return json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - one clear error for any parser
+        raise ConfigError(f"cannot parse config file {p}: {exc}") from exc
+
+
+def resolve_config(
+    profile: str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> BuildConfig:
+    """Build a validated :class:`BuildConfig`. ``overrides`` uses dotted keys (``"plan.count": 10``)."""
+    env = dict(os.environ if environ is None else environ)
+    profile = profile or env.get("FACELIFT_PROFILE") or "tiny"
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(sorted(PROFILES))}")
+    merged = deep_merge(PROFILES[profile], {"profile": profile})
+    config_file = config_file or env.get("FACELIFT_CONFIG")
+    if config_file:
+        merged = deep_merge(merged, load_config_file(config_file))
+    merged = deep_merge(merged, env_overrides(env))
+    merged = deep_merge(merged, dotted_to_nested(overrides or {}))
+    try:
+        return BuildConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration (profile {profile!r}): {problems}") from None

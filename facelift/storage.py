@@ -1,0 +1,194 @@
+"""Object-store access through fsspec: one root URI (local path, ``file://`` or ``s3://bucket/prefix``).
+
+Writes are atomic: a local object is written to a temporary name and renamed; an S3 object is one PUT.
+Credentials are never read here: s3fs/botocore take them from the environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, profiles) and nothing in this module logs or stores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from facelift.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(RuntimeError):
+    """The object store cannot be reached or an object cannot be read/written."""
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+@dataclass(frozen=True)
+class Store:
+    """A filesystem plus a root path; every key is relative to the root."""
+
+    uri: str
+    endpoint_url: str | None = None
+    connect_timeout_s: float = 5.0
+    max_attempts: int = 3
+
+    @classmethod
+    def from_config(cls, cfg: StorageConfig, root: str | None = None) -> Store:
+        return cls(root or cfg.root, cfg.endpoint_url, cfg.connect_timeout_s, cfg.max_attempts)
+
+    @property
+    def protocol(self) -> str:
+        return self.uri.split("://", 1)[0] if "://" in self.uri else "file"
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol in ("file", "local")
+
+    @property
+    def root(self) -> str:
+        if self.is_local:
+            path = self.uri.split("://", 1)[1] if "://" in self.uri else self.uri
+            return str(Path(path).expanduser().resolve())
+        return self.uri.split("://", 1)[1].rstrip("/")
+
+    def storage_options(self) -> dict[str, Any]:
+        """Options for fsspec/pandas/pyarrow/datasets readers (no credentials: those come from env)."""
+        if self.protocol != "s3":
+            return {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL"
+        )
+        opts: dict[str, Any] = {
+            "config_kwargs": {
+                "connect_timeout": self.connect_timeout_s,
+                "read_timeout": 60,
+                "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+            },
+        }
+        if endpoint:
+            opts["client_kwargs"] = {"endpoint_url": endpoint}
+        return opts
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return fsspec.filesystem(self.protocol, **self.storage_options())
+
+    def where(self) -> str:
+        """Human description of the store, for errors and logs (no secrets)."""
+        if self.protocol == "s3":
+            endpoint = self.storage_options().get("client_kwargs", {}).get("endpoint_url", "AWS default")
+            return f"{self.uri} (endpoint {endpoint})"
+        return self.uri
+
+    def path(self, key: str = "") -> str:
+        return posixpath.join(self.root, key) if key else self.root
+
+    def url(self, key: str = "") -> str:
+        """Full URI of a key, usable by any fsspec-aware reader with :meth:`storage_options`."""
+        return self.path(key) if self.is_local else f"{self.protocol}://{self.path(key)}"
+
+    def child(self, key: str) -> Store:
+        return Store(self.url(key), self.endpoint_url, self.connect_timeout_s, self.max_attempts)
+
+    # -- checks -----------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail fast with one clear error if the store cannot be reached or written."""
+        try:
+            if self.is_local:
+                Path(self.root).mkdir(parents=True, exist_ok=True)
+            else:
+                bucket = self.root.split("/", 1)[0]
+                try:
+                    self.fs.ls(bucket, detail=False)  # raises on network errors, unlike exists()
+                except FileNotFoundError:
+                    raise StorageError(f"bucket {bucket!r} does not exist at {self.where()}") from None
+            probe = f".probe-{uuid.uuid4().hex}"
+            self.write_bytes(probe, b"")
+            self.delete(probe)
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network/credential errors of any client
+            raise StorageError(f"object store unreachable or not writable at {self.where()}: "
+                               f"{_describe(exc)}") from None
+
+    # -- objects ----------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            return self.fs.exists(self.path(key))
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot stat {key} in {self.where()}: {_describe(exc)}") from None
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot read {key} from {self.where()}: {_describe(exc)}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Atomic write: readers see the whole object or nothing."""
+        target = self.path(key)
+        try:
+            if self.is_local:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                tmp = f"{posixpath.dirname(target)}/.{posixpath.basename(target)}.tmp-{uuid.uuid4().hex}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            else:
+                self.fs.pipe_file(target, data)
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot write {key} to {self.where()}: {_describe(exc)}") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot delete {key} in {self.where()}: {_describe(exc)}") from None
+
+    def list(self, prefix: str) -> list[str]:
+        """Names (not paths) of the objects directly under ``prefix``; empty if it does not exist."""
+        fs = self.fs
+        try:
+            fs.invalidate_cache()
+            entries = fs.ls(self.path(prefix), detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot list {prefix} in {self.where()}: {_describe(exc)}") from None
+        return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def open(self, key: str, mode: str = "rb") -> Any:
+        return self.fs.open(self.path(key), mode)
+
+    def walk_keys(self, prefix: str) -> Iterator[str]:
+        base = self.path(prefix)
+        for path in sorted(self.fs.find(base)):
+            yield posixpath.relpath(path, self.root)
+
+
+def open_uri(uri: str, endpoint_url: str | None = None, mode: str = "rb") -> Any:
+    """Open one file given by a full URI or local path (names files, config files)."""
+    store = Store(uri, endpoint_url)
+    try:
+        return fsspec.open(store.url(), mode, compression="infer", **store.storage_options()).open()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"file not found: {uri}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"cannot open {uri}: {_describe(exc)}") from None

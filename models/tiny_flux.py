@@ -1,0 +1,114 @@
+"""A tiny random-weight FLUX pipeline in the exact on-disk diffusers format (for CPU tests and the demo).
+
+It is built from configs, saved with ``save_pretrained`` and loaded back through the same
+``FluxPipeline.from_pretrained`` path as the real FLUX.1 checkpoints. Building is deterministic per
+``variant`` (``schnell`` and ``dev`` get different transformers; text encoders and VAE are identical, as
+in the real checkpoints) and safe under concurrency (built in a temp folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TINY_VERSION = "v1"  # bump when the tiny architecture changes, so stale caches are rebuilt
+_SHARED_SEED = 1234
+_VARIANT_SEEDS = {"schnell": 1, "dev": 2}
+
+
+def _clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    merges = ["#version: 0.2", "p r", "o r", "a i"]
+    for a, b in (("p", "r"), ("o", "r"), ("a", "i")):
+        vocab[a + b] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
+    return CLIPTokenizer(
+        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), model_max_length=77
+    )
+
+
+def _t5_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(32, 127)]
+    pieces += [("▁" + chr(c), -1.5) for c in range(ord("a"), ord("z") + 1)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    return T5TokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512,
+        extra_ids=0,
+    )
+
+
+def build_tiny_flux(folder: Path, variant: str) -> None:
+    """Create the tiny pipeline for ``variant`` in ``folder`` (must not exist)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    if variant not in _VARIANT_SEEDS:
+        raise ValueError(f"unknown tiny FLUX variant {variant!r}; valid: {', '.join(_VARIANT_SEEDS)}")
+    torch.manual_seed(_SHARED_SEED)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        projection_dim=32, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    torch.manual_seed(_VARIANT_SEEDS[variant])
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
+        guidance_embeds=(variant == "dev"),
+    )
+    with tempfile.TemporaryDirectory() as tok_dir:
+        pipe = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0 if variant == "dev" else 1.0),
+            vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(Path(tok_dir)),
+            text_encoder_2=text_encoder_2, tokenizer_2=_t5_tokenizer(), transformer=transformer,
+        )
+        pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def ensure_tiny_flux(cache_dir: str | os.PathLike[str], variant: str) -> Path:
+    """Return the folder of the tiny ``variant`` pipeline, building it once per cache."""
+    final = Path(cache_dir).expanduser() / "tiny-flux" / TINY_VERSION / variant
+    if (final / "model_index.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=final.parent))
+    try:
+        build_tiny_flux(tmp / "pipe", variant)
+        try:
+            os.rename(tmp / "pipe", final)
+            log.info("built tiny FLUX %s pipeline at %s", variant, final)
+        except OSError:
+            if not (final / "model_index.json").is_file():  # lost a race to a finished build: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

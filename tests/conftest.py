@@ -1,0 +1,61 @@
+"""Shared fixtures: a real SeaweedFS S3 server, a local Ray, Prefect's test harness, tiny FLUX cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# s3fs needs some credentials to sign requests; SeaweedFS runs without auth in tests.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "facelift-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "facelift-test-secret")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny-model cache for the whole session (FACELIFT_CACHE)."""
+    path = tmp_path_factory.mktemp("facelift-cache")
+    os.environ["FACELIFT_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real SeaweedFS S3 server on free loopback ports with a bucket named ``facelift``."""
+    from facelift.testing import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
+    try:
+        server.make_bucket("facelift")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A local Ray (2 CPUs) shared by the session."""
+    import ray
+
+    os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        yield None
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect flows in tests run against a temporary local API (SQLite)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield None
