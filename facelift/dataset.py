@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facelift.storage import Store, StorageError
+from facelift.storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,8 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.workdir / 'weed.log'}")
+                log_path = self.workdir / "weed.log"
+                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {log_path}")
             if self._ready():
                 return self
             time.sleep(0.5)

@@ -1,0 +1,126 @@
+"""Prefect flow ``build_dataset``: names -> plan -> Ray FLUX workers -> Parquet shards -> manifest."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
+
+from facelift.config import BuildConfig, resolve_config
+from tasks import build
+from tasks.generate import start_workers
+
+
+@task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")
+def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any) -> dict[str, Any]:
+    """Render and commit one shard on one Ray worker."""
+    import ray
+
+    return ray.get(worker.run.remote(shard, rows))
+
+
+def _ray_up(cfg: BuildConfig) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=cfg.ray.address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    return True
+
+
+def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> list[int]:
+    """Keep every worker busy with one shard at a time; returns the shards that failed for good."""
+    import ray
+
+    logger = get_run_logger()
+    started_ray = _ray_up(cfg)
+    workers = start_workers(cfg, prepared.dataset.uri)
+    task = generate_shard.with_options(retries=cfg.ray.shard_retries)
+    todo, failed, inflight, done = list(reversed(shards)), [], {}, 0
+    try:
+        while todo or inflight:
+            while todo and len(inflight) < len(workers):
+                free = next(w for w in workers if all(w is not x for x, _ in inflight.values()))
+                shard = todo.pop()
+                inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), free)] = (free, shard)
+            future = next(as_completed(list(inflight)))
+            _, shard = inflight.pop(future)
+            future.wait()
+            done += 1
+            if future.state.is_completed():
+                res = future.result()
+                logger.info("shard %05d committed: %d pairs, %.1f MB, %.2fs on %s", shard, res["pairs"],
+                            res["bytes"] / 1e6, res["seconds"], res["worker"])
+            else:
+                failed.append(shard)
+                logger.error("shard %05d failed after retries: %s", shard, future.state.message)
+            progress(done, len(shards))
+    finally:
+        for w in workers:
+            ray.kill(w)
+        if started_ray:
+            ray.shutdown()
+    return failed
+
+
+@flow(name="build-dataset", log_prints=False)
+def build_dataset(
+    profile: str = "tiny",
+    names_uri: str | None = None,
+    count: int | None = None,
+    mode: Literal["enriched", "baseline"] = "enriched",
+    root: str | None = None,
+    dataset_id: str | None = None,
+    endpoint_url: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build (or resume) a paired schnell/dev dataset; returns the dataset summary with its URI."""
+    logger = get_run_logger()
+    given = {"plan.names_uri": names_uri, "plan.count": count, "plan.prompt.mode": mode,
+             "storage.root": root, "dataset_id": dataset_id, "storage.endpoint_url": endpoint_url}
+    cfg = resolve_config(profile, overrides={**{k: v for k, v in given.items() if v is not None},
+                                             **(overrides or {})})
+    t0 = time.perf_counter()
+    prepared = build.prepare(cfg)
+    ds = prepared.dataset
+    shards = build.missing_shards(ds, prepared.plan)
+    n_shards = int(prepared.plan["shard"].nunique())
+    logger.info("dataset %s: %d of %d shards to generate", ds.uri, len(shards), n_shards)
+    artifact = create_progress_artifact(progress=100.0 * (n_shards - len(shards)) / n_shards,
+                                        description=f"shards committed for {ds.dataset_id}")
+
+    bar = tqdm(total=n_shards, initial=n_shards - len(shards), unit="shard", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(1)
+        update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
+
+    with bar:
+        failed = run_shards(cfg, prepared, shards, progress) if shards else []
+    if failed:
+        raise RuntimeError(f"{len(failed)} shard(s) failed: {failed}. Committed shards are kept; run the "
+                           f"same build again to generate only the missing ones.")
+    seconds = time.perf_counter() - t0
+    info = build.finalize(ds, prepared.plan, seconds)
+    generated = sum(len(build.shard_rows(prepared.plan, s)) for s in shards)
+    rows = build.summary_rows(info) + [
+        {"metric": "pairs generated (this run)", "value": generated},
+        {"metric": "pairs/s (this run)", "value": round(generated / seconds, 3) if generated else 0},
+    ]
+    create_table_artifact(rows, key=f"build-{ds.dataset_id}".lower()[:60].replace("_", "-"),
+                          description=f"Dataset {ds.uri}")
+    emit_event(event="facelift.dataset.built",
+               resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}"},
+               payload={"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "pairs": info["counts"]["pairs"]})
+    return {"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "generated_pairs": generated,
+            "generated_shards": len(shards), **info["counts"]}
+
+
+if __name__ == "__main__":
+    build_dataset()

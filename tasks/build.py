@@ -1,0 +1,177 @@
+"""Dataset build steps as pure functions: prepare (identity, plan), find missing shards, finalize.
+
+Identity: the dataset id defaults to ``<mode>-<count>-<fingerprint[:10]>`` where the fingerprint hashes
+every parameter that changes the content (plan + generation settings, names file bytes, weights file
+bytes). The same parameters resume the same dataset; changed parameters give a new one. An explicit
+``dataset_id`` whose stored fingerprint differs is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from facelift.config import BuildConfig
+from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
+from facelift.storage import Store, open_uri
+from tasks.names import bundled_names_uri, read_names
+from tasks.plan import make_plan
+
+log = logging.getLogger(__name__)
+_PACKAGES = ("facelift", "torch", "diffusers", "transformers", "ray", "prefect", "pyarrow", "s3fs")
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    plan: pd.DataFrame
+    fingerprint: str
+    names_report: dict[str, Any] | None
+    resumed: bool
+
+
+def file_sha256(uri: str, endpoint_url: str | None) -> str:
+    h = hashlib.sha256()
+    with open_uri(uri, endpoint_url) as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def prepare(cfg: BuildConfig) -> Prepared:
+    """Check the store, read names, make the plan and create or verify the dataset's identity."""
+    store = Store.from_config(cfg.storage)
+    store.check()
+    endpoint = cfg.storage.endpoint_url
+    people, report, parts = None, None, [cfg.fingerprint()]
+    if cfg.plan.prompt.mode == "enriched":
+        names_uri = cfg.plan.names_uri or bundled_names_uri()
+        people, names_report = read_names(names_uri, endpoint)
+        report = names_report.as_dict()
+        parts.append(file_sha256(names_uri, endpoint))
+    weights = None
+    if cfg.plan.weights_uri:
+        with open_uri(cfg.plan.weights_uri, endpoint) as fh:
+            weights = pd.read_parquet(fh)
+        missing = {"nconst", "weight"} - set(weights.columns)
+        if missing:
+            raise DatasetError(f"weights file {cfg.plan.weights_uri} lacks columns {sorted(missing)}")
+        parts.append(file_sha256(cfg.plan.weights_uri, endpoint))
+    fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()
+    plan = make_plan(people, cfg.plan, weights)
+    dataset_id = cfg.dataset_id or f"{cfg.plan.prompt.mode}-{len(plan)}-{fingerprint[:10]}"
+    ds = Dataset.at(store, dataset_id)
+    resumed = ds.store.exists("dataset.json")
+    if resumed:
+        info = ds.info()
+        if info.get("fingerprint") != fingerprint:
+            raise DatasetError(
+                f"dataset {dataset_id} at {ds.store.where()} was built with different parameters "
+                f"(fingerprint {str(info.get('fingerprint'))[:10]} != {fingerprint[:10]}); use another "
+                f"dataset id, or omit it to get one derived from the parameters"
+            )
+        stored = ds.plan()
+        if not stored[["pair_id", "seed", "shard"]].equals(plan[["pair_id", "seed", "shard"]]):
+            raise DatasetError(f"dataset {dataset_id}: stored plan differs from the recomputed plan")
+        log.info("resuming dataset %s (%d pairs planned)", dataset_id, len(plan))
+    else:
+        ds.write_plan(plan)
+        ds.write_info({
+            "dataset_id": dataset_id, "status": "building", "fingerprint": fingerprint, "created": _now(),
+            "config": cfg.public_dict(), "names": report, "versions": versions(),
+            "counts": {"planned": len(plan), "shards_planned": int(plan["shard"].nunique())},
+        })
+        log.info("new dataset %s: %d pairs in %d shards", dataset_id, len(plan), plan["shard"].nunique())
+    return Prepared(ds, plan, fingerprint, report, resumed)
+
+
+def missing_shards(ds: Dataset, plan: pd.DataFrame) -> list[int]:
+    """Planned shards without a valid committed object (a corrupt or short object counts as missing)."""
+    expected = plan.groupby("shard").size().to_dict()
+    committed = set(ds.committed_shards())
+    missing = []
+    for shard, rows in sorted(expected.items()):
+        if shard in committed:
+            found = ds.shard_rows(shard)
+            if found == rows:
+                continue
+            log.warning("shard %05d is corrupt or incomplete (%s rows, expected %d): regenerating",
+                        shard, found, rows)
+        missing.append(int(shard))
+    return missing
+
+
+def shard_rows(plan: pd.DataFrame, shard: int) -> list[dict[str, Any]]:
+    part = plan[plan["shard"] == shard]
+    return [{**r, "seed": int(r["seed"]), "shard": int(r["shard"])} for r in part.to_dict("records")]
+
+
+def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float) -> dict[str, Any]:
+    """Write manifest.parquet and the final dataset.json once every planned shard is committed."""
+    t0 = time.perf_counter()
+    missing = missing_shards(ds, plan)
+    if missing:
+        raise DatasetError(f"dataset {ds.dataset_id} is incomplete: shards {missing} are not committed; "
+                           f"run the same build again to resume")
+    manifest = pd.concat([t.to_pandas() for t in ds.iter_shards(MANIFEST_COLUMNS,
+                                                                 sorted(plan["shard"].unique()))],
+                         ignore_index=True)
+    if manifest["pair_id"].duplicated().any():
+        dups = manifest.loc[manifest["pair_id"].duplicated(), "pair_id"].head(5).tolist()
+        raise DatasetError(f"dataset {ds.dataset_id}: duplicate pairs across shards, e.g. {dups}")
+    if set(manifest["pair_id"]) != set(plan["pair_id"]):
+        raise DatasetError(f"dataset {ds.dataset_id}: committed pairs do not match the plan")
+    ds.write_manifest(manifest)
+    info = ds.info()
+    stages = {k: float(manifest[k].sum()) for k in ("encode_s", "schnell_s", "dev_s", "png_s")}
+    info.update({
+        "status": "complete", "completed": _now(), "versions": versions(),
+        "counts": {"planned": len(plan), "pairs": len(manifest), "shards": int(plan["shard"].nunique()),
+                   "workers": int(manifest["worker"].nunique())},
+        "timings": {
+            "last_run_s": round(build_seconds, 3), "finalize_s": round(time.perf_counter() - t0, 3),
+            "worker_seconds_per_pair": {k: round(v / len(manifest), 6) for k, v in stages.items()},
+            "worker_seconds_total": {k: round(v, 3) for k, v in stages.items()},
+        },
+    })
+    ds.write_info(info)
+    log.info("dataset %s complete: %d pairs; manifest written", ds.dataset_id, len(manifest))
+    return info
+
+
+def summary_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """A small table of the build for artifacts and the CLI."""
+    counts, timings = info.get("counts", {}), info.get("timings", {})
+    per_pair = timings.get("worker_seconds_per_pair", {})
+    return [{"metric": k, "value": v} for k, v in [
+        ("dataset", info.get("dataset_id")), ("pairs", counts.get("pairs")), ("shards", counts.get("shards")),
+        ("build seconds (this run)", timings.get("last_run_s")),
+        *[(f"{k} per pair", round(v, 4)) for k, v in per_pair.items()],
+    ]]
+
+
+def dumps(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=2, sort_keys=True)

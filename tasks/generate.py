@@ -1,0 +1,160 @@
+"""Generation workers: Ray actors that load both FLUX pipelines once and render and commit whole shards.
+
+A worker renders one shard batch by batch (PNG encoding of batch k overlaps generation of batch k+1),
+builds the shard table and commits it as one object. A killed worker loses only its uncommitted shard;
+Ray restarts the actor (reloading the pipelines) and the caller retries the shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from facelift.config import BuildConfig
+from facelift.dataset import Dataset, shard_schema
+from facelift.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    pairs: int
+    bytes: int
+    seconds: float
+    encode_s: float
+    schnell_s: float
+    dev_s: float
+    png_s: float
+    commit_s: float
+    worker: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encode_png(image: Any, compress_level: int) -> tuple[bytes, str, float]:
+    t0 = time.perf_counter()
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    data = buf.getvalue()
+    return data, hashlib.sha256(data).hexdigest(), time.perf_counter() - t0
+
+
+def worker_name(device: str) -> str:
+    name = f"{socket.gethostname()}:{os.getpid()}:{device}"
+    if device.startswith("cuda"):
+        import torch
+
+        name += f":{torch.cuda.get_device_name(torch.device(device))}"
+    return name
+
+
+def _provenance(cfg: BuildConfig) -> dict[str, Any]:
+    from models.flux import dev_steps_run
+
+    g = cfg.generation
+    return {
+        "schnell_model": g.schnell.model, "schnell_revision": g.schnell.revision,
+        "dev_model": g.dev.model, "dev_revision": g.dev.revision, "width": g.width, "height": g.height,
+        "schnell_steps": g.schnell.steps, "schnell_guidance": g.schnell.guidance,
+        "dev_steps": g.dev.steps, "dev_steps_run": dev_steps_run(g.dev.steps, g.dev.strength),
+        "dev_guidance": g.dev.guidance, "dev_strength": g.dev.strength,
+        "max_sequence_length": g.schnell.max_sequence_length,
+    }
+
+
+def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker: str) -> pa.Table:
+    """Generate every pair of one shard; returns the shard table (images inline, provenance columns)."""
+    g = cfg.generation
+    fixed = _provenance(cfg)
+    records: list[dict[str, Any]] = []
+    pending: list[tuple[list[dict], Any, dict[str, float]]] = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as pool:
+        for start in range(0, len(rows), g.batch_size):
+            batch = rows[start:start + g.batch_size]
+            s_imgs, d_imgs, t = pair.generate([r["prompt"] for r in batch], [r["seed"] for r in batch])
+            futures = [pool.submit(encode_png, img, g.png_compress_level) for img in [*s_imgs, *d_imgs]]
+            pending.append((batch, futures, t))
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        for batch, futures, t in pending:
+            encoded = [f.result() for f in futures]
+            n = len(batch)
+            for i, row in enumerate(batch):
+                (s_png, s_sha, s_t), (d_png, d_sha, d_t) = encoded[i], encoded[n + i]
+                records.append({
+                    **{k: row[k] for k in ("pair_id", "name", "nconst", "prompt", "seed", "shard", "weight")},
+                    "schnell_image": {"bytes": s_png, "path": f"{row['pair_id']}_schnell.png"},
+                    "dev_image": {"bytes": d_png, "path": f"{row['pair_id']}_dev.png"},
+                    "schnell_sha256": s_sha, "dev_sha256": d_sha, **fixed,
+                    "encode_s": t["encode_s"] / n, "schnell_s": t["schnell_s"] / n, "dev_s": t["dev_s"] / n,
+                    "png_s": s_t + d_t, "worker": worker, "created_at": now,
+                })
+    return pa.Table.from_pylist(records, schema=shard_schema())
+
+
+class ShardWorker:
+    """Holds a loaded :class:`models.flux.FluxPair`; one instance per GPU (a Ray actor in production)."""
+
+    def __init__(self, cfg_json: dict[str, Any], dataset_uri: str):
+        from models.flux import FluxPair
+
+        self.cfg = BuildConfig.model_validate(cfg_json)
+        self.dataset = Dataset(Store(dataset_uri, self.cfg.storage.endpoint_url,
+                                     self.cfg.storage.connect_timeout_s, self.cfg.storage.max_attempts))
+        self.pair = FluxPair.load(self.cfg.generation, self.cfg.cache_dir)
+        self.name = worker_name(self.pair.device)
+
+    def info(self) -> dict[str, Any]:
+        return {"worker": self.name, "load_s": self.pair.load_s, "shared_text_encoders": self.pair.shared}
+
+    def _chaos(self, shard: int) -> None:
+        chaos = self.cfg.ray.chaos
+        if chaos.kill_on_shard != shard or not chaos.marker:
+            return
+        marker = Path(chaos.marker)
+        if not marker.exists():
+            marker.write_text(self.name)
+            log.warning("chaos: killing worker %s while rendering shard %d", self.name, shard)
+            os._exit(1)
+
+    def run(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Render and commit one shard; returns its :class:`ShardResult` as a dict."""
+        t0 = time.perf_counter()
+        self._chaos(shard)
+        table = render_shard(self.pair, self.cfg, rows, self.name)
+        t_commit = time.perf_counter()
+        size = self.dataset.commit_shard(shard, table)
+        done = time.perf_counter()
+        col = lambda name: float(sum(table.column(name).to_pylist()))  # noqa: E731
+        return ShardResult(shard, table.num_rows, size, done - t0, col("encode_s"), col("schnell_s"),
+                           col("dev_s"), col("png_s"), done - t_commit, self.name).as_dict()
+
+
+def start_workers(cfg: BuildConfig, dataset_uri: str) -> list[Any]:
+    """Start ``cfg.ray.num_workers`` actors (Ray must be initialised) and wait until all are loaded."""
+    import ray
+
+    actor_cls = ray.remote(ShardWorker).options(
+        num_gpus=cfg.ray.num_gpus_per_worker, num_cpus=cfg.ray.num_cpus_per_worker,
+        max_restarts=cfg.ray.max_restarts, max_task_retries=0,
+    )
+    cfg_json = cfg.model_dump(mode="json")
+    actors = [actor_cls.remote(cfg_json, dataset_uri) for _ in range(cfg.ray.num_workers)]
+    infos = ray.get([a.info.remote() for a in actors])
+    for info in infos:
+        log.info("worker ready: %s (load %.1fs, shared text encoders: %s)", info["worker"], info["load_s"],
+                 info["shared_text_encoders"])
+    return actors
