@@ -1,0 +1,107 @@
+"""The ``facelift`` command line: build, info, demo (plus commands registered by other modules below)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facelift.config import ConfigError, parse_set_options
+
+app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and distilled heads.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+log = logging.getLogger("facelift")
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override any config key: a.b.c=VALUE")]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def build(
+    names: Annotated[str | None, typer.Option(help="IMDb name.basics.tsv[.gz] (default: bundled sample)")] = None,
+    count: Annotated[int | None, typer.Option(help="pairs to generate (default: profile's)")] = None,
+    mode: Annotated[str, typer.Option(help="enriched (one prompt per name) or baseline")] = "enriched",
+    profile: Annotated[str, typer.Option(help="tiny (CPU, offline) or flux (GPUs, real weights)")] = "tiny",
+    out: Annotated[str | None, typer.Option(help="storage root: ./data, /path or s3://bucket/prefix")] = None,
+    dataset_id: Annotated[str | None, typer.Option(help="dataset id (default: derived from parameters)")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// roots")] = None,
+    workers: Annotated[int | None, typer.Option(help="generation actors (one per GPU)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local Ray)")] = None,
+    config: Annotated[Path | None, typer.Option(help="config file (TOML, YAML or JSON)")] = None,
+    set_: SetOpt = None,
+    verbose: bool = False,
+) -> None:
+    """Build or resume a paired dataset; the same parameters resume the same dataset."""
+    from facelift.dataset import DatasetError
+    from facelift.storage import StorageError
+    from flows.build_dataset import build_dataset
+    from models.flux import FluxWeightsError
+    from tasks.names import NamesError
+    from tasks.plan import PlanError
+
+    setup_logging(verbose)
+    try:
+        overrides = parse_set_options(set_ or [])
+        if workers is not None:
+            overrides["ray.num_workers"] = workers
+        if ray_address is not None:
+            overrides["ray.address"] = ray_address
+        result = build_dataset(profile=profile, names_uri=names, count=count, mode=mode, root=out,
+                               dataset_id=dataset_id, endpoint_url=endpoint_url,
+                               config_file=str(config) if config else None, overrides=overrides)
+    except (ConfigError, DatasetError, StorageError, NamesError, PlanError, FluxWeightsError,
+            FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def info(
+    uri: Annotated[str, typer.Argument(help="a dataset URI (.../datasets/<id>) or a storage root")],
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print dataset.json")] = False,
+) -> None:
+    """Summarise a dataset, or list the datasets under a storage root."""
+    from facelift.dataset import Dataset, DatasetError
+    from facelift.info import describe, list_datasets
+    from facelift.storage import StorageError, Store
+
+    try:
+        store = Store(uri, endpoint_url)
+        if not store.exists("dataset.json"):
+            typer.echo(list_datasets(store))
+            return
+        ds = Dataset.open(uri, endpoint_url)
+        typer.echo(json.dumps(ds.info(), indent=2) if as_json else describe(ds))
+    except (DatasetError, StorageError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="storage root for the demo")] = "./data",
+    count: Annotated[int, typer.Option(help="pairs in the demo dataset")] = 24,
+) -> None:
+    """Run the offline demo end to end on the bundled names (tiny random-weight models, CPU)."""
+    from facelift.demo import run_demo
+
+    setup_logging()
+    run_demo(out, count)
+
+
+# --- commands registered by other modules (keep one line each) -------------------------------------
