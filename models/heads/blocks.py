@@ -1,0 +1,212 @@
+"""Layers shared by the heads: ResNet generator (optional ESA), PatchGAN, CBAM residual U-Net, image pool.
+
+Only torch is imported here, so these modules run on a bare GPU machine (bench) and in inference code.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """pix2pix/CycleGAN init: conv weights ~ N(0, gain), norm weights ~ N(1, gain), biases 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+
+class ESA(nn.Module):
+    """Enhanced Spatial Attention: a sigmoid mask computed at low resolution, multiplied onto ``x``.
+
+    1x1 reduction by ``reduction``, strided 3x3 conv, max-pool(7, stride 3), a group of 3x3 convs,
+    bilinear upsample back to the input size, 1x1 expansion (plus a 1x1 skip of the reduced features),
+    sigmoid. The pool kernel shrinks to the feature map when it is smaller than 7 (small test images).
+    """
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        f = max(channels // reduction, 1)
+        self.conv1 = nn.Conv2d(channels, f, 1)
+        self.conv_f = nn.Conv2d(f, f, 1)
+        self.conv2 = nn.Conv2d(f, f, 3, stride=2)
+        self.conv_max = nn.Conv2d(f, f, 3, padding=1)
+        self.conv3 = nn.Conv2d(f, f, 3, padding=1)
+        self.conv3_ = nn.Conv2d(f, f, 3, padding=1)
+        self.conv4 = nn.Conv2d(f, channels, 1)
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < 3 or x.shape[-2] < 3:
+            raise ValueError(f"ESA needs feature maps of at least 3x3, got {tuple(x.shape[-2:])}")
+        c1_ = self.conv1(x)
+        c1 = self.conv2(c1_)
+        k = min(7, c1.shape[-2], c1.shape[-1])
+        v = F.max_pool2d(c1, kernel_size=k, stride=3)
+        v = F.relu(self.conv_max(v))
+        c3 = F.relu(self.conv3(v))
+        c3 = self.conv3_(c3)
+        c3 = F.interpolate(c3, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.conv4(c3 + self.conv_f(c1_)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask(x)
+
+
+class ResnetBlock(nn.Module):
+    """Two reflection-padded 3x3 convs with InstanceNorm, residual; optional ESA on the residual branch."""
+
+    def __init__(self, channels: int, esa: bool = False, esa_reduction: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+        )
+        self.esa = ESA(channels, esa_reduction) if esa else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.esa(self.body(x))
+
+
+class ResnetGenerator(nn.Module):
+    """junyanz ResNet generator: c7s1-ngf, two stride-2 downs, ``n_blocks`` residual blocks, two ups, tanh."""
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, esa: bool = False, esa_reduction: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf),
+                                   nn.ReLU(True)]
+        c = ngf
+        for _ in range(2):
+            layers += [nn.Conv2d(c, c * 2, 3, 2, 1), nn.InstanceNorm2d(c * 2), nn.ReLU(True)]
+            c *= 2
+        layers += [ResnetBlock(c, esa, esa_reduction) for _ in range(n_blocks)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(c // 2),
+                       nn.ReLU(True)]
+            c //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (n_layers 3 = the 70x70 receptive field), InstanceNorm, LeakyReLU(0.2); raw scores."""
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2**n, 8)
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 2, 1), nn.InstanceNorm2d(ndf * mult),
+                       nn.LeakyReLU(0.2, True)]
+        prev, mult = mult, min(2**n_layers, 8)
+        layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, 1, 1), nn.InstanceNorm2d(ndf * mult),
+                   nn.LeakyReLU(0.2, True), nn.Conv2d(ndf * mult, 1, 4, 1, 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module: channel attention (avg+max MLP) then spatial attention."""
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(True), nn.Conv2d(hidden, channels, 1))
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
+        x = x * torch.sigmoid(a)
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.spatial(s))
+
+
+class ResCBAMBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN, CBAM, plus a (1x1 projected) skip, ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(True),
+                                  nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.cbam = CBAM(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.cbam(self.body(x)) + self.skip(x))
+
+
+class UNetCBAM(nn.Module):
+    """Residual U-Net with CBAM; depth = len(channels) levels (``depth - 1`` poolings).
+
+    Predicts a residual in the pre-tanh domain: ``z = tanh(atanh(x) + head(h))``, so an untrained net is
+    close to the identity and the output stays in (-1, 1).
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 512, 512, 512)) -> None:
+        super().__init__()
+        self.downs = nn.ModuleList()
+        cin = 3
+        for c in channels:
+            self.downs.append(ResCBAMBlock(cin, c))
+            cin = c
+        self.ups = nn.ModuleList()
+        for c in reversed(channels[:-1]):
+            self.ups.append(ResCBAMBlock(cin + c, c))
+            cin = c
+        self.out = nn.Conv2d(cin, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = x
+        for i, down in enumerate(self.downs):
+            h = down(h)
+            if i < len(self.downs) - 1:
+                skips.append(h)
+                h = F.max_pool2d(h, 2)
+        for up in self.ups:
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            h = up(torch.cat([h, skips.pop()], 1))
+        return torch.tanh(torch.atanh(x.clamp(-0.999, 0.999)) + self.out(h))
+
+
+class ImagePool:
+    """History of generated images (Shrivastava et al.): the discriminator sees old fakes half the time.
+
+    Holds detached past generator outputs (training state, not batch state); ``size`` 0 disables it.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self._rng = random.Random(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images.detach()
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif self._rng.random() > 0.5:
+                idx = self._rng.randrange(self.size)
+                out.append(self.images[idx].clone())
+                self.images[idx] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0).to(images.dtype)

@@ -1,0 +1,118 @@
+"""Unpaired head: CycleGAN (Zhu et al.) with ResNet-9 generators, 70x70 PatchGANs and LSGAN.
+
+G: schnell -> dev, F: dev -> schnell, D_dev judges G's outputs, D_schnell judges F's. Generator loss =
+LSGAN(G) + LSGAN(F) + lambda_cyc * (cycle L1 both ways) + lambda_idt * lambda_cyc * (identity L1 both ways);
+discriminators see a 50-image history of fakes; Adam(0.5, 0.999); lr constant then linear decay to 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from models.heads.base import Head, OptimizerSpec
+from models.heads.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
+from models.losses import cycle_loss, identity_loss, lsgan_loss, ssim
+
+
+@dataclass
+class CycleGANConfig:
+    ngf: int = 64
+    n_blocks: int = 9
+    ndf: int = 64
+    n_layers_d: int = 3
+    esa: bool = False
+    esa_reduction: int = 4
+    lambda_cyc: float = 10.0
+    lambda_idt: float = 0.5
+    pool_size: int = 50
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_fraction: float = 0.5  # last fraction of the training steps decays lr linearly to 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+
+
+def linear_decay(total_steps: int | None, decay_fraction: float):
+    """lr multiplier: 1 for the first (1 - decay_fraction) of the steps, then linear down to ~0."""
+    if not total_steps or decay_fraction == 0:
+        return lambda step: 1.0
+    start = int(total_steps * (1 - decay_fraction))
+    span = max(total_steps - start, 1)
+    return lambda step: 1.0 - max(0, step - start) / (span + 1)
+
+
+class CycleGANHead(Head):
+    name: ClassVar[str] = "cyclegan"
+    config_cls: ClassVar[type] = CycleGANConfig
+    paired: ClassVar[bool] = False
+    flavors: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "debug": {"ngf": 8, "n_blocks": 2, "ndf": 8, "n_layers_d": 2, "pool_size": 4},
+    }
+
+    def __init__(self, config: CycleGANConfig, flavor: str = "full") -> None:
+        super().__init__(config, flavor)
+        c = config
+        torch.manual_seed(c.seed)
+        self.G = ResnetGenerator(c.ngf, c.n_blocks, c.esa, c.esa_reduction)  # schnell -> dev
+        self.F = ResnetGenerator(c.ngf, c.n_blocks, c.esa, c.esa_reduction)  # dev -> schnell
+        self.D_dev = PatchDiscriminator(c.ndf, c.n_layers_d)
+        self.D_schnell = PatchDiscriminator(c.ndf, c.n_layers_d)
+        for m in (self.G, self.F, self.D_dev, self.D_schnell):
+            init_weights(m)
+        # histories of generated images for the discriminators (training state; never saved)
+        self.pool_dev = ImagePool(c.pool_size, c.seed)
+        self.pool_schnell = ImagePool(c.pool_size, c.seed + 1)
+
+    @property
+    def size_multiple(self) -> int:
+        return 4
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        a, b = batch["schnell"], batch["dev"]  # unpaired: any schnell batch, any dev batch
+        c = self.config
+        fake_b, fake_a = self.G(a), self.F(b)
+        rec_a, rec_b = self.F(fake_b), self.G(fake_a)
+        gan_g = lsgan_loss(self.D_dev(fake_b), True)
+        gan_f = lsgan_loss(self.D_schnell(fake_a), True)
+        cyc = cycle_loss(rec_a, a) + cycle_loss(rec_b, b)
+        losses = {"gan_G": gan_g, "gan_F": gan_f, "cycle": cyc}
+        loss_g = gan_g + gan_f + c.lambda_cyc * cyc
+        if c.lambda_idt > 0:
+            idt = identity_loss(self.G(b), b) + identity_loss(self.F(a), a)
+            losses["identity"] = idt
+            loss_g = loss_g + c.lambda_idt * c.lambda_cyc * idt
+        pooled_b = self.pool_dev.query(fake_b) if self.training else fake_b.detach()
+        pooled_a = self.pool_schnell.query(fake_a) if self.training else fake_a.detach()
+        d_dev = 0.5 * (lsgan_loss(self.D_dev(b), True) + lsgan_loss(self.D_dev(pooled_b), False))
+        d_schnell = 0.5 * (lsgan_loss(self.D_schnell(a), True) + lsgan_loss(self.D_schnell(pooled_a), False))
+        losses.update({"loss": loss_g, "loss_D": d_dev + d_schnell, "D_dev": d_dev, "D_schnell": d_schnell})
+        return losses
+
+    def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """SSIM(x, F(G(x))): how much of the schnell image survives the round trip (paper Tables 2-3)."""
+        a = batch["schnell"]
+        return {"ssim": ssim(a, self.F(self.G(a)))}
+
+    def inference_module(self) -> nn.Module:
+        return self.G
+
+    def configure_optimizers(self, total_steps: int | None = None, lr: float | None = None) -> list[OptimizerSpec]:
+        c = self.config
+        lr = lr or c.lr
+        g_params = list(self.G.parameters()) + list(self.F.parameters())
+        d_params = list(self.D_dev.parameters()) + list(self.D_schnell.parameters())
+        specs = []
+        for name, params, key in (("G", g_params, "loss"), ("D", d_params, "loss_D")):
+            opt = torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(total_steps, c.decay_fraction))
+            specs.append(OptimizerSpec(name, opt, key, params, sched))
+        return specs

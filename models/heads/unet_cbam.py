@@ -1,0 +1,88 @@
+"""Paired head: residual U-Net with CBAM (depth 6); loss = GRAD(x, z) + LPIPS(y, z), Adam lr 5e-5."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from models.heads.base import Head, OptimizerSpec
+from models.heads.blocks import UNetCBAM, init_weights
+from models.losses import build_perceptual, gradient_loss, ssim
+
+
+@dataclass
+class UNetCBAMConfig:
+    channels: tuple[int, ...] = (64, 128, 256, 512, 512, 512)
+    lr: float = 5e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_weight: float = 1.0
+    lpips_weight: float = 1.0
+    perceptual: str = "lpips"  # "lpips" (the loss) or "proxy" (timing stand-in where lpips is absent)
+    lpips_net: str = "alex"
+    lpips_backbone: str | None = None  # torchvision backbone file; None: $FACELIFT_LPIPS_BACKBONE / torch cache
+    lpips_pnet_rand: bool = False  # random backbone: tests only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.channels) < 2:
+            raise ValueError(f"unet_cbam needs at least 2 levels, got channels={self.channels}")
+        if self.perceptual not in ("lpips", "proxy"):
+            raise ValueError(f"perceptual must be 'lpips' or 'proxy', got {self.perceptual!r}")
+
+
+class UNetCBAMHead(Head):
+    """x (schnell) -> z; GRAD(x, z) keeps structure, LPIPS(y, z) pulls toward the dev target y."""
+
+    name: ClassVar[str] = "unet_cbam"
+    config_cls: ClassVar[type] = UNetCBAMConfig
+    paired: ClassVar[bool] = True
+    flavors: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "debug": {"channels": (8, 16, 16)},
+    }
+
+    def __init__(self, config: UNetCBAMConfig, flavor: str = "full") -> None:
+        super().__init__(config, flavor)
+        torch.manual_seed(config.seed)
+        self.net = UNetCBAM(tuple(config.channels))
+        init_weights(self.net)
+        nn.init.zeros_(self.net.out.weight)  # start as the identity mapping
+        self._perceptual: nn.Module | None = None  # frozen loss network: not part of the saved state
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.config.channels) - 1)
+
+    def perceptual(self, device: torch.device) -> nn.Module:
+        if self._perceptual is None:
+            c = self.config
+            object.__setattr__(self, "_perceptual",
+                               build_perceptual(c.perceptual, c.lpips_net, c.lpips_backbone, c.lpips_pnet_rand))
+        if next(self._perceptual.parameters()).device != device:
+            self._perceptual.to(device)
+        return self._perceptual
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["schnell"], batch["dev"]
+        z = self.net(x)
+        grad = gradient_loss(x, z)
+        lp = self.perceptual(x.device)(y, z)
+        c = self.config
+        return {"loss": c.grad_weight * grad + c.lpips_weight * lp, "grad": grad, "lpips": lp}
+
+    def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z = self.net(batch["schnell"])
+        return {"ssim": ssim(z, batch["dev"]), "ssim_input": ssim(z, batch["schnell"])}
+
+    def inference_module(self) -> nn.Module:
+        return self.net
+
+    def configure_optimizers(self, total_steps: int | None = None, lr: float | None = None) -> list[OptimizerSpec]:
+        c = self.config
+        params = list(self.net.parameters())
+        opt = torch.optim.Adam(params, lr=lr or c.lr, betas=(c.beta1, c.beta2))
+        return [OptimizerSpec("net", opt, "loss", params)]
