@@ -1,0 +1,253 @@
+"""Metric networks: FID Inception-v3 pool features, CLIP-IQA, LPIPS.
+
+Every network resolves its weights from configuration (a file, a hub id or a local folder); nothing is
+downloaded behind the user's back, and a missing weight is one clear error naming where it was looked for.
+
+- :class:`FIDInceptionV3` is the TensorFlow-FID Inception as ported by pytorch-fid / torch-fidelity
+  (``pt_inception-2015-12-05-6726825d.pth`` / ``weights-inception-2015-12-05-6726825d.pth``, 1008 classes,
+  average pools that exclude padding, a max pool in the last block). Features: the 2048-d pool3 output.
+- :class:`ClipIQA` is the antonym-prompt CLIP-IQA ("Good photo." vs "Bad photo."): the softmax of the
+  scaled cosine similarities of an image to both prompts; the score is the positive probability in [0, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FID_WEIGHT_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
+FID_FEATURE_DIM = 2048
+DEFAULT_CLIP_IQA_MODEL = "openai/clip-vit-base-patch16"
+CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
+LPIPS_ALEX_FILE = "alexnet-owt-7be5be79.pth"
+
+
+class MetricWeightsError(FileNotFoundError):
+    """A metric network's weights are missing or do not fit the network."""
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Where the metric networks come from. ``None`` = the default search locations."""
+
+    inception_weights: str | None = None
+    clip_model: str = DEFAULT_CLIP_IQA_MODEL
+    lpips_net: str = "alex"
+    lpips_random_backbone: bool = False  # tests only: LPIPS with a random AlexNet (no weights needed)
+
+
+# -- FID Inception ----------------------------------------------------------------------------------
+def _torch_home() -> Path:
+    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser()
+
+
+def fid_weight_candidates(path: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where the FID Inception weights are looked for, in order."""
+    if path:
+        return [Path(path).expanduser()]
+    dirs = [Path(os.environ.get("FACELIFT_CACHE", Path.home() / ".cache" / "facelift")).expanduser() / "weights",
+            _torch_home() / "hub" / "checkpoints"]
+    return [d / name for d in dirs for name in FID_WEIGHT_FILES]
+
+
+def resolve_fid_weights(path: str | os.PathLike[str] | None = None) -> Path:
+    candidates = fid_weight_candidates(path)
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    looked = ", ".join(str(c) for c in candidates)
+    raise MetricWeightsError(
+        f"FID Inception-v3 weights not found; looked for: {looked}. Download the pytorch-fid/torch-fidelity "
+        f"file ({FID_WEIGHT_FILES[0]}) and pass its path (--inception-weights) or put it in one of those places."
+    )
+
+
+def file_sha256(path: str | os.PathLike[str], _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006
+    """sha256 of a weights file (memoised per path, size and mtime: feature caches are keyed by it)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+def _fid_blocks():
+    from torchvision.models import inception as tv
+
+    class FIDInceptionA(tv.InceptionA):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b1 = self.branch1x1(x)
+            b5 = self.branch5x5_2(self.branch5x5_1(x))
+            b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+            bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+            return torch.cat([b1, b5, b3, bp], 1)
+
+    class FIDInceptionC(tv.InceptionC):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b1 = self.branch1x1(x)
+            b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            bd = self.branch7x7dbl_1(x)
+            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+                bd = layer(bd)
+            bp = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+            return torch.cat([b1, b7, bd, bp], 1)
+
+    class FIDInceptionE(tv.InceptionE):
+        def __init__(self, in_channels: int, max_pool: bool) -> None:
+            super().__init__(in_channels)
+            self.max_pool = max_pool
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b1 = self.branch1x1(x)
+            b3 = self.branch3x3_1(x)
+            b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+            bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
+            if self.max_pool:
+                bp = F.max_pool2d(x, 3, stride=1, padding=1)
+            else:
+                bp = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+            return torch.cat([b1, b3, bd, self.branch_pool(bp)], 1)
+
+    return FIDInceptionA, FIDInceptionC, FIDInceptionE
+
+
+class FIDInceptionV3(nn.Module):
+    """Inception-v3 pool3 features (2048-d) with the TF-FID architecture. Input: NCHW in [-1, 1], any size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import inception_v3
+
+        net = inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+        block_a, block_c, block_e = _fid_blocks()
+        net.Mixed_5b = block_a(192, pool_features=32)
+        net.Mixed_5c = block_a(256, pool_features=64)
+        net.Mixed_5d = block_a(288, pool_features=64)
+        net.Mixed_6b = block_c(768, channels_7x7=128)
+        net.Mixed_6c = block_c(768, channels_7x7=160)
+        net.Mixed_6d = block_c(768, channels_7x7=160)
+        net.Mixed_6e = block_c(768, channels_7x7=192)
+        net.Mixed_7b = block_e(1280, max_pool=False)
+        net.Mixed_7c = block_e(2048, max_pool=True)
+        self.net = net
+        self.weights_sha256: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str] | None = None) -> FIDInceptionV3:
+        """Load the pytorch-fid / torch-fidelity weights file (clear error if missing or mismatched)."""
+        found = resolve_fid_weights(path)
+        try:
+            state = torch.load(found, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file
+            raise MetricWeightsError(f"cannot read FID Inception weights {found}: {exc}") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model = cls()
+        missing, unexpected = model.net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("AuxLogits")]
+        if missing or unexpected:
+            raise MetricWeightsError(
+                f"{found} is not an FID Inception-v3 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model.weights_sha256 = file_sha256(found)
+        log.info("FID Inception weights: %s", found)
+        return model.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        x = net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(net, name)(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+# -- CLIP-IQA ---------------------------------------------------------------------------------------
+class ClipIQA(nn.Module):
+    """CLIP-IQA with an antonym prompt pair. Input: NCHW in [-1, 1]; output: (N,) scores in [0, 1]."""
+
+    def __init__(self, model: nn.Module, text_features: torch.Tensor, mean: list[float], std: list[float],
+                 size: int, crop: int, source: str) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("text_features", F.normalize(text_features.float(), dim=-1))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.size, self.crop, self.source = size, crop, source
+
+    @classmethod
+    def from_pretrained(cls, checkpoint: str = DEFAULT_CLIP_IQA_MODEL,
+                        prompts: tuple[str, str] = CLIP_IQA_PROMPTS) -> ClipIQA:
+        """Load a CLIP checkpoint (hub id or local folder) and embed the prompt pair once."""
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        local = Path(checkpoint).expanduser()
+        if (checkpoint.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+            raise MetricWeightsError(f"CLIP checkpoint folder {local} not found or has no config.json")
+        try:
+            model = CLIPModel.from_pretrained(str(local) if local.exists() else checkpoint)
+            tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else checkpoint)
+            proc = CLIPImageProcessor.from_pretrained(str(local) if local.exists() else checkpoint)
+        except OSError as exc:
+            raise MetricWeightsError(
+                f"cannot load CLIP checkpoint {checkpoint!r} (a hub id needs the model in the local HF cache "
+                f"or network access; or pass a local folder): {exc}"
+            ) from exc
+        model = model.eval().requires_grad_(False)
+        tokens = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        with torch.no_grad():
+            text = _features(model.get_text_features(**tokens))
+        size = proc.size.get("shortest_edge") or proc.size.get("height")
+        crop = proc.crop_size.get("height") if proc.do_center_crop else size
+        return cls(model, text, list(proc.image_mean), list(proc.image_std), int(size), int(crop), checkpoint)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float().clamp(-1, 1) + 1) / 2
+        h, w = x.shape[-2:]
+        scale = self.size / min(h, w)
+        x = F.interpolate(x, size=(max(self.crop, round(h * scale)), max(self.crop, round(w * scale))),
+                          mode="bicubic", align_corners=False, antialias=True)
+        top, left = (x.shape[-2] - self.crop) // 2, (x.shape[-1] - self.crop) // 2
+        x = x[..., top:top + self.crop, left:left + self.crop]
+        x = (x - self.mean) / self.std
+        image = F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
+        logits = self.model.logit_scale.exp().float() * image @ self.text_features.T
+        return logits.softmax(dim=-1)[:, 0]
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 4 returns a tensor from get_*_features, 5 may return an output object."""
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output
+
+
+# -- LPIPS ------------------------------------------------------------------------------------------
+def build_lpips(net: str = "alex", random_backbone: bool = False) -> nn.Module:
+    """``lpips.LPIPS`` (inputs in [-1, 1]). The backbone comes from the torch cache; random only in tests."""
+    import lpips
+
+    if not random_backbone and net == "alex":
+        path = _torch_home() / "hub" / "checkpoints" / LPIPS_ALEX_FILE
+        if not path.is_file():
+            raise MetricWeightsError(f"LPIPS AlexNet backbone not found at {path} (torchvision's alexnet weights)")
+    model = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,186 @@
+"""Metric computations over features: Fréchet distance (float64), KID (unbiased), bootstrap CIs, caching.
+
+FID = ||mu1 - mu2||² + tr(S1) + tr(S2) - 2 tr((S1 S2)^½). The trace term is computed from eigenvalues of a
+symmetric PSD matrix (no complex ``sqrtm``): ``tr((S1 S2)^½) = Σ √λ(S1^½ S2 S1^½)``, or, when a set has
+fewer images than feature dimensions, exactly from the singular values of ``X1c X2cᵀ`` (the covariances have
+rank < N there, so the N×N problem gives the same number, fast).
+KID is the unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (xᵀy / d + 1)³``, averaged over
+random subsets (Bińkowski et al. 2018), reported as mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from facelift.storage import Store
+
+log = logging.getLogger(__name__)
+
+FEATURE_CACHE_PREFIX = "cache/features"
+
+
+# -- Fréchet distance -------------------------------------------------------------------------------
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need a 2-D array of at least 2 feature vectors, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     sqrt_sigma1: np.ndarray | None = None) -> float:
+    """Fréchet distance between two Gaussians, in float64 (``sqrt_sigma1`` may be passed precomputed)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    root = _sqrt_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
+    inner = root @ s2 @ root
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    tr_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID between two feature sets (float64; exact low-rank path when N <= feature dimension)."""
+    a, b = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be 2-D with the same width, got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("FID needs at least 2 images per set")
+    if max(len(a), len(b)) > a.shape[1]:
+        return frechet_distance(*feature_stats(a), *feature_stats(b))
+    mu1, mu2 = a.mean(0), b.mean(0)
+    x1, x2 = a - mu1, b - mu2
+    n1, n2 = len(a) - 1, len(b) - 1
+    tr1, tr2 = float((x1 * x1).sum()) / n1, float((x2 * x2).sum()) / n2
+    tr_covmean = float(np.linalg.svd(x1 @ x2.T, compute_uv=False).sum()) / np.sqrt(n1 * n2)
+    diff = mu1 - mu2
+    return float(diff @ diff + tr1 + tr2 - 2 * tr_covmean)
+
+
+# -- KID --------------------------------------------------------------------------------------------
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+def kid(f1: np.ndarray, f2: np.ndarray, n_subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance: (mean, std) of the unbiased MMD² over random subsets (no replacement)."""
+    a, b = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    size = min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError("KID needs at least 2 images per set")
+    rng = np.random.default_rng(seed)
+    if size == len(a) == len(b):
+        n_subsets = 1  # every subset is the whole set
+    vals = [_mmd2_unbiased(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)])
+            for _ in range(n_subsets)]
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+# -- bootstrap --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Estimate:
+    """A metric value with its bootstrap confidence interval and the number of images behind it."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self, name: str) -> dict[str, float | int]:
+        return {name: self.value, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high}
+
+
+def _interval(samples: list[float], alpha: float) -> tuple[float, float]:
+    if not samples:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def mean_with_ci(values: Iterable[float], n_boot: int = 200, alpha: float = 0.05, seed: int = 0) -> Estimate:
+    """Mean of per-image values with a percentile bootstrap CI."""
+    v = np.asarray(list(values), np.float64)
+    if v.size == 0:
+        raise ValueError("no values")
+    rng = np.random.default_rng(seed)
+    boots = [float(v[rng.integers(0, v.size, v.size)].mean()) for _ in range(n_boot)]
+    return Estimate(float(v.mean()), *_interval(boots, alpha), int(v.size))
+
+
+def fid_with_ci(rows: np.ndarray, refs: dict[str, np.ndarray], n_boot: int = 10, alpha: float = 0.05,
+                seed: int = 0) -> dict[str, Estimate]:
+    """FID of ``rows`` to each reference set, plus ``diff`` = first − second reference when there are two.
+
+    Each bootstrap round resamples the evaluated set once (shared by both distances, so the difference's
+    interval accounts for their correlation) and each reference set independently.
+    """
+    names = list(refs)
+    point = {k: fid_from_features(rows, refs[k]) for k in names}
+    rng = np.random.default_rng(seed)
+    boots: dict[str, list[float]] = {k: [] for k in names}
+    diffs: list[float] = []
+    for _ in range(n_boot):
+        r = rows[rng.integers(0, len(rows), len(rows))]
+        vals = {k: fid_from_features(r, refs[k][rng.integers(0, len(refs[k]), len(refs[k]))]) for k in names}
+        for k in names:
+            boots[k].append(vals[k])
+        if len(names) == 2:
+            diffs.append(vals[names[0]] - vals[names[1]])
+    out = {k: Estimate(point[k], *_interval(boots[k], alpha), len(rows)) for k in names}
+    if len(names) == 2:
+        out["diff"] = Estimate(point[names[0]] - point[names[1]], *_interval(diffs, alpha), len(rows))
+    return out
+
+
+# -- feature caching --------------------------------------------------------------------------------
+def image_set_key(image_hashes: Iterable[str]) -> str:
+    """Content key of an image set: sha256 over its images' sha256s (order does not matter)."""
+    h = hashlib.sha256()
+    for digest in sorted(image_hashes):
+        h.update(digest.encode())
+    return h.hexdigest()[:32]
+
+
+def cached_features(store: Store | None, extractor_id: str, set_key: str,
+                    compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """Features of one image set from ``<store>/cache/features/<extractor>/<set>.npy``, computed once.
+
+    Returns (features, hit). ``store=None`` disables caching.
+    """
+    key = f"{FEATURE_CACHE_PREFIX}/{extractor_id}/{set_key}.npy"
+    if store is not None:
+        try:
+            feats = np.load(io.BytesIO(store.read_bytes(key)), allow_pickle=False)
+            log.info("feature cache hit %s", store.url(key))
+            return feats, True
+        except FileNotFoundError:
+            pass
+    feats = np.asarray(compute(), dtype=np.float32)
+    if store is not None:
+        buf = io.BytesIO()
+        np.save(buf, feats, allow_pickle=False)
+        store.write_bytes(key, buf.getvalue())
+        log.info("cached %d features at %s", len(feats), store.url(key))
+    return feats, False
