@@ -73,11 +73,13 @@ class SeaweedS3:
     def start(self, timeout_s: float = 60.0) -> SeaweedS3:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.s3_port = self.s3_port or free_port()
-        ports = {name: free_port() for name in ("master", "volume", "filer")}
+        # every listener on a free port (or off), so several servers can run side by side
+        ports = [f"-{name}={free_port()}" for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+            "filer.port.grpc", "s3.port.grpc")]
         cmd = [
-            weed_binary(), "server", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-            f"-filer.port={ports['filer']}", "-filer", "-s3", f"-s3.port={self.s3_port}",
+            weed_binary(), "server", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *ports,
+            "-filer", "-s3", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
         ]
         log_file = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server

@@ -118,13 +118,13 @@ class FluxPair:
             else torch.float32
         schnell_dir = resolve_source(cfg.schnell, cache_dir)
         dev_dir = resolve_source(cfg.dev, cache_dir)
-        schnell = FluxPipeline.from_pretrained(schnell_dir, torch_dtype=dtype)
+        schnell = FluxPipeline.from_pretrained(schnell_dir, dtype=dtype)
         shared = cfg.share_text_encoders and all(
             component_fingerprint(schnell_dir, c) == component_fingerprint(dev_dir, c)
             for c in SHARED_COMPONENTS
         )
         reuse = {c: getattr(schnell, c) for c in SHARED_COMPONENTS} if shared else {}
-        dev = FluxImg2ImgPipeline.from_pretrained(dev_dir, torch_dtype=dtype, **reuse)
+        dev = FluxImg2ImgPipeline.from_pretrained(dev_dir, dtype=dtype, **reuse)
         for pipe in (schnell, dev):
             pipe.to(device)
             pipe.set_progress_bar_config(disable=True)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facelift.config import resolve_config
+from models.flux import FluxPair, FluxWeightsError, component_fingerprint, dev_steps_run, resolve_source
+
+
+@pytest.fixture(scope="module")
+def pair(cache_dir) -> FluxPair:
+    return FluxPair.load(resolve_config("tiny", environ={}).generation, str(cache_dir))
+
+
+def test_tiny_pipeline_round_trips_through_from_pretrained(pair, cache_dir):
+    folder = resolve_source(resolve_config("tiny", environ={}).generation.schnell, str(cache_dir))
+    assert (folder / "model_index.json").is_file() and (folder / "transformer").is_dir()
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 3_000_000
+    assert pair.shared  # identical text encoders and VAE files: dev reuses schnell's modules
+    assert pair.dev.text_encoder_2 is pair.schnell.text_encoder_2
+    assert component_fingerprint(folder, "transformer") != component_fingerprint(
+        resolve_source(resolve_config("tiny", environ={}).generation.dev, str(cache_dir)), "transformer")
+
+
+def test_generation_is_deterministic_per_seed_and_batch_independent(pair):
+    prompts = ["A professional portrait of Zoë Ångström", "A professional portrait of 李小龙"]
+    s1, d1, t = pair.generate(prompts, [11, 22])
+    s2, d2, _ = pair.generate(prompts[1:], [22])
+    s3, d3, _ = pair.generate(prompts, [11, 22])
+    assert s1[0].size == (64, 64) and d1[0].size == (64, 64)
+    assert [i.tobytes() for i in s1 + d1] == [i.tobytes() for i in s3 + d3]  # same batch: bit-identical
+    # another batch composition: same image up to float rounding in batched matmuls (<= 1 level of 255)
+    pix = lambda img: np.asarray(img, dtype=np.int16)  # noqa: E731
+    assert np.abs(pix(s1[1]) - pix(s2[0])).max() <= 1 and np.abs(pix(d1[1]) - pix(d2[0])).max() <= 1
+    assert s1[0].tobytes() != s1[1].tobytes()
+    assert d1[0].tobytes() != s1[0].tobytes()  # dev really repainted the schnell image
+    assert set(t) == {"encode_s", "schnell_s", "dev_s"} and all(v >= 0 for v in t.values())
+
+
+def test_missing_weights_name_what_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    stage = resolve_config("flux", environ={}).generation.dev
+    with pytest.raises(FluxWeightsError, match=r"black-forest-labs/FLUX.1-dev@main.*Hugging Face cache"):
+        resolve_source(stage, str(tmp_path))
+    (tmp_path / "notapipe").mkdir()
+    with pytest.raises(FluxWeightsError, match="no model_index.json"):
+        resolve_source(stage.model_copy(update={"model": str(tmp_path / "notapipe")}), str(tmp_path))
+    with pytest.raises(FluxWeightsError, match="neither an existing folder"):
+        resolve_source(stage.model_copy(update={"model": str(tmp_path / "absent")}), str(tmp_path))
+
+
+def test_dev_steps_follow_diffusers_strength_rule():
+    assert dev_steps_run(28, 0.6) == 17 and dev_steps_run(28, 1.0) == 28 and dev_steps_run(4, 0.6) == 3
