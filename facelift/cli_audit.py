@@ -1,0 +1,107 @@
+"""``facelift audit`` and ``facelift rebalance`` (registered on the main typer app in ``facelift/cli.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("facelift")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import os
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def audit(
+    dataset_uris: Annotated[list[str], typer.Argument(help="dataset URIs (.../datasets/<id>), e.g. baseline "
+                                                           "and enriched")],
+    detector: Annotated[str, typer.Option(help="DeepFace detector: opencv (no download), skip (whole "
+                                               "image), retinaface, ...")] = "opencv",
+    include_dev: Annotated[bool, typer.Option(help="also audit the dev images")] = False,
+    tsne: Annotated[bool, typer.Option(help="t-SNE plots of the ArcFace embeddings")] = True,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")] = None,
+    run_id: Annotated[str | None, typer.Option(help="run id (default: audit-<time>-<random>)")] = None,
+    output_root: Annotated[str | None, typer.Option(help="storage root for runs/ (default: the first "
+                                                         "dataset's root)")] = None,
+    enforce_detection: Annotated[bool, typer.Option(help="no face = a detection failure (off: analyse "
+                                                         "the whole image)")] = True,
+    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity")] = 30.0,
+    tsne_max_fit: Annotated[int, typer.Option(help="t-SNE fits at most this many points, places the "
+                                                   "rest")] = 20_000,
+    verbose: bool = False,
+) -> None:
+    """Audit perceived gender/age/race (DeepFace) and ArcFace t-SNE of datasets; resumable per shard."""
+    from facelift.dataset import DatasetError
+    from facelift.storage import StorageError
+    from flows.audit_diversity import audit_diversity
+    from models.deepface_weights import MissingWeightsError
+    from tasks.audit import AuditError
+
+    _setup_logging(verbose)
+    try:
+        result = audit_diversity(dataset_uris=dataset_uris, detector=detector, include_dev=include_dev,
+                                 tsne=tsne, endpoint_url=endpoint_url, run_id=run_id, output_root=output_root,
+                                 enforce_detection=enforce_detection, perplexity=perplexity,
+                                 tsne_max_fit=tsne_max_fit)
+    except (DatasetError, StorageError, MissingWeightsError, AuditError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(_table(result))
+    typer.echo(json.dumps({k: result[k] for k in ("run_id", "run_uri", "files", "audit")}, indent=2))
+
+
+def _table(result: dict) -> str:
+    import pandas as pd
+
+    from tasks.audit_report import to_markdown
+
+    return to_markdown(pd.DataFrame(result["report"]["table1"]))
+
+
+def rebalance(
+    dataset_uri: Annotated[str, typer.Argument(help="an audited pilot dataset (enriched prompt)")],
+    target: Annotated[str, typer.Option(help="target distribution, JSON or TOML: "
+                                             "{\"race\": {\"white\": 0.2, ...}, \"gender\": {...}}")],
+    out: Annotated[str | None, typer.Option(help="weights .parquet (default: "
+                                                 "<dataset>/audit/<detector>/weights.parquet)")] = None,
+    detector: Annotated[str, typer.Option(help="which audit of the dataset to use")] = "opencv",
+    count: Annotated[int | None, typer.Option(help="size of the next build's draw: tune the weights for "
+                                                   "drawing that many names without replacement")] = None,
+    max_ratio: Annotated[float, typer.Option(help="cap on a name's weight, in multiples of the mean")] = 20.0,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")] = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> None:
+    """Per-name sampling weights that move the next build toward a target race/gender/age distribution.
+
+    Feed the file to the next build with ``--set plan.weights_uri=<weights.parquet>``.
+    """
+    from facelift.dataset import Dataset, DatasetError
+    from facelift.storage import StorageError
+    from tasks.audit import AuditError, audit_prefix, load_audit
+    from tasks.rebalance import RebalanceError, compute_weights, load_target, write_weights
+
+    _setup_logging(verbose)
+    try:
+        ds = Dataset.open(dataset_uri, endpoint_url)
+        goal = load_target(target, endpoint_url)
+        weights, report = compute_weights(load_audit(ds, detector), goal, max_ratio=max_ratio, count=count,
+                                          seed=seed)
+        uri = write_weights(weights, out or ds.store.url(f"{audit_prefix(detector)}/weights.parquet"),
+                            endpoint_url)
+    except (DatasetError, StorageError, AuditError, RebalanceError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"weights_uri": uri, **report}, indent=2))
+    typer.echo(f"next build: facelift build --set plan.weights_uri={uri}" +
+               (f" --count {count}" if count else ""))
