@@ -105,3 +105,7 @@ def demo(
 
 
 # --- commands registered by other modules (keep one line each) -------------------------------------
+from facelift import cli_audit  # noqa: E402
+
+app.command("audit")(cli_audit.audit)
+app.command("rebalance")(cli_audit.rebalance)
