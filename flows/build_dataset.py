@@ -13,16 +13,13 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from facelift.config import BuildConfig, resolve_config
-from tasks import build
-from tasks.generate import start_workers
+from tasks import build, generate
 
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")
 def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any) -> dict[str, Any]:
     """Render and commit one shard on one Ray worker."""
-    import ray
-
-    return ray.get(worker.run.remote(shard, rows))
+    return generate.call_worker(worker, shard, rows)
 
 
 def _ray_up(cfg: BuildConfig) -> bool:
@@ -40,7 +37,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
 
     logger = get_run_logger()
     started_ray = _ray_up(cfg)
-    workers = start_workers(cfg, prepared.dataset.uri)
+    workers = generate.start_workers(cfg, prepared.dataset.uri)
     task = generate_shard.with_options(retries=cfg.ray.shard_retries)
     todo, failed, inflight, done = list(reversed(shards)), [], {}, 0
     try:
@@ -50,7 +47,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
                 shard = todo.pop()
                 inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), free)] = (free, shard)
             future = next(as_completed(list(inflight)))
-            _, shard = inflight.pop(future)
+            worker, shard = inflight.pop(future)
             future.wait()
             done += 1
             if future.state.is_completed():
@@ -60,6 +57,9 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
             else:
                 failed.append(shard)
                 logger.error("shard %05d failed after retries: %s", shard, future.state.message)
+                if not generate.worker_alive(worker):  # restarts exhausted: replace it
+                    logger.warning("worker died for good; starting a replacement")
+                    workers[workers.index(worker)] = generate.start_worker(cfg, prepared.dataset.uri)
             progress(done, len(shards))
     finally:
         for w in workers:

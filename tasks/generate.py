@@ -143,16 +143,52 @@ class ShardWorker:
                            col("dev_s"), col("png_s"), done - t_commit, self.name).as_dict()
 
 
-def start_workers(cfg: BuildConfig, dataset_uri: str) -> list[Any]:
-    """Start ``cfg.ray.num_workers`` actors (Ray must be initialised) and wait until all are loaded."""
+def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], ready_timeout_s: float = 900.0) -> dict:
+    """Run one shard on an actor, first waiting while Ray restarts it after a crash (pipelines reload)."""
+    import ray
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            ray.get(worker.info.remote())
+            break
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    return ray.get(worker.run.remote(shard, rows))
+
+
+def start_worker(cfg: BuildConfig, dataset_uri: str) -> Any:
+    """Start one generation actor (Ray must be initialised); it loads the pipelines in its constructor."""
     import ray
 
     actor_cls = ray.remote(ShardWorker).options(
         num_gpus=cfg.ray.num_gpus_per_worker, num_cpus=cfg.ray.num_cpus_per_worker,
         max_restarts=cfg.ray.max_restarts, max_task_retries=0,
     )
-    cfg_json = cfg.model_dump(mode="json")
-    actors = [actor_cls.remote(cfg_json, dataset_uri) for _ in range(cfg.ray.num_workers)]
+    return actor_cls.remote(cfg.model_dump(mode="json"), dataset_uri)
+
+
+def worker_alive(worker: Any) -> bool:
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    try:
+        ray.get(worker.info.remote())
+    except ActorUnavailableError:
+        pass  # restarting: Ray brings it back
+    except ActorDiedError:
+        return False
+    return True
+
+
+def start_workers(cfg: BuildConfig, dataset_uri: str) -> list[Any]:
+    """Start ``cfg.ray.num_workers`` actors and wait until all have loaded their pipelines."""
+    import ray
+
+    actors = [start_worker(cfg, dataset_uri) for _ in range(cfg.ray.num_workers)]
     infos = ray.get([a.info.remote() for a in actors])
     for info in infos:
         log.info("worker ready: %s (load %.1fs, shared text encoders: %s)", info["worker"], info["load_s"],
