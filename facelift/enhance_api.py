@@ -1,0 +1,81 @@
+"""Python API: ``facelift.enhance(images, head=...)`` makes schnell-looking images look like FLUX.1-dev.
+
+```python
+import facelift
+from PIL import Image
+out = facelift.enhance([Image.open("a.png")], head="s3://bucket/runs/abc")   # -> list of PIL images
+```
+``images``: one PIL image, a list of PIL images, a uint8 HWC numpy array (or a list of them), or a float
+tensor NCHW in [-1, 1]. The result has the same kind and the same sizes. ``head``: a loaded head, a head
+folder, or a run URI (``<root>/runs/<run_id>``); loaded heads are kept per (head, device, options).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+
+@lru_cache(maxsize=4)
+def _engine(head: str, endpoint_url: str | None, device: str, policy: str, compile: bool | None):
+    from models.heads import load_head
+    from tasks.enhance import InferenceEngine
+
+    return InferenceEngine.from_head(load_head(head, endpoint_url), device=device, policy=policy, compile=compile)
+
+
+def enhance(images: Any, head: Any, *, device: str = "auto", batch_size: int = 16, policy: str = "pad",
+            compile: bool | None = None, endpoint_url: str | None = None) -> Any:
+    """Apply a trained head to ``images`` (see the module docstring for the accepted kinds)."""
+    import numpy as np
+
+    from tasks.enhance import InferenceEngine, translate_batches
+
+    if isinstance(head, str):
+        engine = _engine(head, endpoint_url, device, policy, compile)
+    elif hasattr(head, "inference_module"):
+        engine = InferenceEngine.from_head(head, device=device, policy=policy, compile=compile)
+    else:
+        raise TypeError(f"head must be a head folder/run URI or a loaded head, not {type(head).__name__}")
+
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"a tensor must be float NCHW RGB in [-1, 1], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        parts = [engine(images[i:i + batch_size]).to(images.device) for i in range(0, len(images), batch_size)]
+        return torch.cat(parts).to(images.dtype)
+
+    single = not isinstance(images, list | tuple)
+    items = [images] if single else list(images)
+    arrays = [_to_array(im, i) for i, im in enumerate(items)]
+    outputs: list[np.ndarray | None] = [None] * len(arrays)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, arr in enumerate(arrays):
+        by_size.setdefault(arr.shape[:2], []).append(i)
+    for idx in by_size.values():  # equal sizes are batched together
+        batch = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2)
+        result = translate_batches(engine, batch, batch_size).permute(0, 2, 3, 1).numpy()
+        for j, i in enumerate(idx):
+            outputs[i] = result[j]
+    results = [_like(items[i], out) for i, out in enumerate(outputs)]
+    return results[0] if single else results
+
+
+def _to_array(image: Any, index: int):
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return image
+    raise TypeError(f"image {index}: expected a PIL image or a uint8 HxWx3 array, got {type(image).__name__}"
+                    + (f" {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else ""))
+
+
+def _like(original: Any, array: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(array) if isinstance(original, Image.Image) else array
