@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,7 +112,9 @@ class LPIPSLoss(nn.Module):
 
         backbone_file = None if pnet_rand else resolve_lpips_backbone(net, backbone)
         # pnet_rand=True builds the backbone without touching the network; real weights are loaded below.
-        self.model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" from inside lpips
+            warnings.simplefilter("ignore", UserWarning)
+            self.model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
         if backbone_file is not None:
             tv = torchvision.models.alexnet() if net == "alex" else torchvision.models.vgg16()
             try:

@@ -1,0 +1,120 @@
+"""Ray Tune sweep over lambda_cyc x lr (the paper's Tables 2-3 grid), one single-process trial per point.
+
+Each trial runs the same loop as ``tasks.train`` (``run_loop``) and writes its outputs (``head/``,
+``metrics.json``) under ``<root>/runs/<sweep_id>/trials/<trial>/``; Tune's own state goes to
+``<root>/runs/<sweep_id>/tune/``. The table (best validation loss and SSIM per configuration) is written to
+``sweep.json`` and ``sweep.csv`` beside them, and the best configuration is picked by ``select``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from facelift.storage import Store
+from models.heads import head_class
+from tasks.train import LoopEnv, TrainConfig, new_run_id, ray_storage, resolve_run, run_loop
+
+log = logging.getLogger(__name__)
+PAPER_LAMBDA_CYC = (10.0, 5.0, 2.0)
+PAPER_LR = (1e-4, 2e-4, 3e-4)
+
+
+def trial_name(lambda_cyc: float | None, lr: float) -> str:
+    return (f"cyc{lambda_cyc:g}-" if lambda_cyc is not None else "") + f"lr{lr:g}"
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one grid point, reported through ``ray.tune.report``."""
+    import ray.tune
+
+    base = TrainConfig(**config["base"])
+    overrides = dict(base.head_overrides)
+    if config.get("lambda_cyc") is not None:
+        overrides["lambda_cyc"] = config["lambda_cyc"]
+    name = trial_name(config.get("lambda_cyc"), config["lr"])
+    cfg = base.model_copy(update={"lr": config["lr"], "head_overrides": overrides,
+                                  "run_id": f"{base.run_id}-{name}",
+                                  "run_uri": f"{config['sweep_uri']}/trials/{name}"})
+
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        ckpt = ray.tune.Checkpoint.from_directory(folder) if folder else None
+        ray.tune.report(metrics, checkpoint=ckpt)
+
+    run_loop(cfg, LoopEnv(checkpoint=ray.tune.get_checkpoint(), report=report))
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    sweep_uri: str
+    table: pd.DataFrame
+    best: dict[str, Any]
+
+
+def summarize_trial(history: pd.DataFrame) -> dict[str, float]:
+    """Best validation loss of a trial and the SSIM at that report (NaN when never validated)."""
+    if history is None or history.empty or "val_loss" not in history:
+        return {"best_loss": math.nan, "ssim": math.nan, "steps": math.nan}
+    rows = history.dropna(subset=["val_loss"])
+    best = rows.loc[rows["val_loss"].idxmin()]
+    return {"best_loss": float(best["val_loss"]), "ssim": float(best.get("val_ssim", math.nan)),
+            "steps": float(history["step"].max())}
+
+
+def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
+          lrs: tuple[float, ...] = PAPER_LR, select: str = "ssim", cpus_per_trial: float = 1.0,
+          gpus_per_trial: float = 0.0, sweep_id: str | None = None) -> SweepResult:
+    """Grid-search lambda_cyc x lr with Ray Tune; ``select`` = ``ssim`` (max) or ``loss`` (min)."""
+    import ray.tune as tune
+
+    if select not in ("ssim", "loss"):
+        raise ValueError(f"select must be 'ssim' or 'loss', got {select!r}")
+    if not lrs:
+        raise ValueError("the sweep needs at least one learning rate")
+    cls = head_class(base.head)
+    has_lambda = "lambda_cyc" in {f for f in cls.config_cls.__dataclass_fields__}
+    if not has_lambda and lambda_cycs:
+        log.warning("head %s has no lambda_cyc: sweeping the learning rate only", base.head)
+    grid_lambda = list(lambda_cycs) if has_lambda and lambda_cycs else [None]
+    sweep_id = sweep_id or base.run_id or new_run_id(f"sweep-{base.head}")
+    base = resolve_run(base.model_copy(update={"run_id": sweep_id, "run_uri": base.run_uri}))
+    sweep_store = Store(base.run_uri, base.endpoint_url)
+    storage_path, storage_fs = ray_storage(sweep_store)
+    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, resources),
+        param_space={"base": base.model_dump(mode="json"), "sweep_uri": sweep_store.url(),
+                     "lambda_cyc": tune.grid_search(grid_lambda), "lr": tune.grid_search(list(lrs))},
+        run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=storage_fs),
+    )
+    log.info("sweep %s: %d configurations of %s", sweep_id, len(grid_lambda) * len(lrs), base.head)
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        cfg = result.config or {}
+        row = {"lambda_cyc": cfg.get("lambda_cyc"), "lr": cfg.get("lr"),
+               **summarize_trial(result.metrics_dataframe),
+               "error": None if result.error is None else str(result.error).splitlines()[0][:200]}
+        row["trial"] = trial_name(row["lambda_cyc"], row["lr"])
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["lambda_cyc", "lr"], ascending=[False, True], na_position="last")
+    ok = table.dropna(subset=["best_loss"])
+    if ok.empty:
+        raise RuntimeError(f"every trial of sweep {sweep_id} failed: {table['error'].tolist()}")
+    if select == "ssim" and ok["ssim"].notna().any():
+        best = ok.loc[ok["ssim"].idxmax()]
+    else:
+        best = ok.loc[ok["best_loss"].idxmin()]
+    best_dict = {**best.to_dict(), "head_uri": f"{sweep_store.url()}/trials/{best['trial']}/head",
+                 "selected_by": select}
+    sweep_store.write_bytes("sweep.csv", table.to_csv(index=False).encode())
+    sweep_store.write_bytes("sweep.json", json.dumps(
+        {"sweep_id": sweep_id, "head": base.head, "flavor": base.flavor, "dataset_uri": base.dataset_uri,
+         "rows": table.to_dict("records"), "best": best_dict}, indent=2, default=str).encode())
+    return SweepResult(sweep_id, sweep_store.url(), table.reset_index(drop=True), best_dict)

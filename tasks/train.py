@@ -1,0 +1,345 @@
+"""Train a head with Ray Train (``TorchTrainer``, one process per worker, gloo on CPU / NCCL on GPU).
+
+Outputs under ``<root>/runs/<run_id>/``: Ray checkpoints ``checkpoint_*/`` (head weights + optimizer state +
+step + the resolved ``train_config.json`` beside the head's ``config.json``), ``head/`` (the exported head,
+the best validated weights so far), ``metrics.json`` (per-step and per-epoch history) and ``run.json``.
+Running the same ``run_id`` again resumes from the latest checkpoint (Ray Train restores it from storage).
+
+Gradients are averaged across workers with one coalesced all-reduce per optimizer (what DDP does): the
+GAN heads take several forwards and two optimizers per step, which ``DistributedDataParallel``'s one-forward
+wrapper does not fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from facelift.dataset import Dataset
+from facelift.storage import Store
+from models.heads import CONFIG_FILE, Head, HeadError, build_head, train_step
+from tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, split_counts
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs; saved beside every checkpoint as ``train_config.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset_uri: str
+    head: str
+    flavor: str = "full"
+    head_overrides: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = None
+    run_uri: str | None = Field(None, description="explicit run folder; default <dataset root>/runs/<run_id>")
+    endpoint_url: str | None = None
+    max_steps: int = Field(1000, ge=1)
+    epochs: int | None = Field(None, ge=1, description="if set, train this many epochs (overrides max_steps)")
+    steps_per_epoch: int | None = Field(None, ge=1, description="None: train pairs / (batch * workers)")
+    batch_size: int = Field(4, ge=1)
+    lr: float | None = Field(None, gt=0, description="None: the head's default")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    resolution: int = Field(256, ge=8)
+    crop: int | None = None
+    flip: bool = True
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    max_val_pairs: int = Field(64, ge=1)
+    shuffle_buffer: int = Field(256, ge=1)
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints (also at epoch ends)")
+    keep_checkpoints: int = Field(2, ge=1)
+    patience: int | None = Field(10, ge=1, description="epochs without val improvement before stopping")
+    min_delta: float = 0.0
+    log_every: int = Field(10, ge=1)
+    compile: bool = False
+    bf16: bool = True
+    seed: int = 0
+    fail_at_step: int | None = Field(None, description="fault injection: worker 0 dies before this step "
+                                                       "unless the run was restored (tests only)")
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(self.resolution, self.crop, self.flip, self.val_fraction, self.max_val_pairs,
+                          self.shuffle_buffer, self.seed)
+
+
+@dataclass
+class LoopEnv:
+    """Where the loop runs: Ray Train worker, Tune trial, or a plain process (rank 0 of 1)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint: Any = None  # a ray Checkpoint (or anything with as_directory()) to resume from
+    report: Any = None  # report(metrics: dict, checkpoint_dir: str | None)
+
+
+def new_run_id(head: str) -> str:
+    return f"{head}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def resolve_run(cfg: TrainConfig) -> TrainConfig:
+    """Fill ``run_id`` and ``run_uri`` (``<dataset root>/runs/<run_id>``)."""
+    run_id = cfg.run_id or (cfg.run_uri.rstrip("/").rsplit("/", 1)[-1] if cfg.run_uri else new_run_id(cfg.head))
+    run_uri = cfg.run_uri or Dataset(Store(cfg.dataset_uri, cfg.endpoint_url)).root_store().child(
+        f"runs/{run_id}").url()
+    return cfg.model_copy(update={"run_id": run_id, "run_uri": run_uri})
+
+
+def ray_storage(store: Store) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray's RunConfig: a local path, or pyarrow S3."""
+    if store.is_local:
+        return store.root, None
+    if store.protocol != "s3":
+        raise ValueError(f"Ray Train storage supports local paths and s3://, not {store.uri}")
+    import pyarrow.fs as pafs
+
+    endpoint = store.storage_options().get("client_kwargs", {}).get("endpoint_url")
+    kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc or endpoint, scheme=parsed.scheme or "https")
+    return store.root, pafs.S3FileSystem(**kwargs)
+
+
+def sync_grads(world: int):
+    """Average gradients across workers: one flat all-reduce per optimizer (None grads count as 0)."""
+    if world == 1:
+        return None
+    import torch.distributed as dist
+
+    def sync(params: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+    return sync
+
+
+def _all_reduce_sums(sums: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return sums
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+@torch.no_grad()
+def validate(head: Head, val: dict[str, torch.Tensor], env: LoopEnv, batch_size: int, autocast) -> dict:
+    """Mean validation losses and metrics over all workers' validation pairs."""
+    head.eval()
+    sums: dict[str, float] = {"n": 0.0}
+    n = val["schnell"].shape[0]
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size].to(env.device) for k, v in val.items()}
+        with autocast():
+            losses = head.step(batch)
+            metrics = head.metrics(batch)
+        k = batch["schnell"].shape[0]
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * k
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value.float().sum())
+        sums["n"] += k
+    head.train()
+    sums = _all_reduce_sums(sums, env.world) if env.world > 1 else sums
+    total = sums.pop("n")
+    return {f"val_{k}": v / total for k, v in sums.items()} if total else {}
+
+
+def _save_checkpoint(folder: str, head: Head, optimizers, state: dict, cfg: TrainConfig) -> None:
+    head.save(folder)
+    torch.save({**state, "optimizers": {s.name: s.optimizer.state_dict() for s in optimizers},
+                "schedulers": {s.name: s.scheduler.state_dict() for s in optimizers if s.scheduler}},
+               os.path.join(folder, STATE_FILE))
+    with open(os.path.join(folder, TRAIN_CONFIG_FILE), "w") as fh:
+        json.dump(cfg.model_dump(mode="json"), fh, indent=2)
+
+
+def _restore(folder: str, head: Head, optimizers, cfg: TrainConfig) -> dict:
+    with open(os.path.join(folder, CONFIG_FILE)) as fh:
+        info = json.load(fh)
+    if info.get("head") != head.name:
+        raise HeadError(f"run {cfg.run_uri} holds a checkpoint of head {info.get('head')!r}, not {head.name!r}: "
+                        f"use another run_id")
+    with open(os.path.join(folder, "model.safetensors"), "rb") as fh:
+        head.load_state_bytes(fh.read(), where=f"in checkpoint {folder}")
+    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    for spec in optimizers:
+        spec.optimizer.load_state_dict(state["optimizers"][spec.name])
+        if spec.scheduler is not None:
+            spec.scheduler.load_state_dict(state["schedulers"][spec.name])
+    return state
+
+
+def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
+    """The training loop, identical in every worker; returns the final history (rank 0 writes outputs)."""
+    torch.manual_seed(cfg.seed + env.rank)
+    ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
+    data_cfg = cfg.data_config()
+    counts = split_counts(ds, shards, cfg.val_fraction)
+    steps_per_epoch = cfg.steps_per_epoch or max(1, counts["train"] // (cfg.batch_size * env.world))
+    max_steps = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.max_steps
+    head = build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
+    if data_cfg.size % head.size_multiple:
+        raise ValueError(f"training size {data_cfg.size} is not a multiple of {head.size_multiple} "
+                         f"({cfg.head} {cfg.flavor})")
+    cuda = env.device.type == "cuda"
+    mem = torch.channels_last if cuda else torch.contiguous_format
+    head.to(env.device, memory_format=mem).train()
+    optimizers = head.configure_optimizers(max_steps, cfg.lr)
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "best": math.inf, "best_step": None, "bad_epochs": 0,
+                             "history": {"steps": [], "epochs": [], "resumed_from": []}}
+    if env.checkpoint is not None:
+        with env.checkpoint.as_directory() as folder:
+            restored = _restore(folder, head, optimizers, cfg)
+        state.update({k: restored[k] for k in state})
+        state["history"]["resumed_from"].append(state["step"])
+        log.info("resumed %s at step %d", cfg.run_id, state["step"])
+    if env.world > 1:
+        import torch.distributed as dist
+
+        for tensor in head.state_dict().values():
+            dist.broadcast(tensor, 0)
+    if cfg.compile:
+        head.compile_modules()
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.bf16 else \
+        contextlib.nullcontext
+    stream = iter(PairStream(ds, shards, data_cfg, cfg.batch_size, head.paired, env.rank, env.world))
+    val = load_validation(ds, shards, data_cfg, env.rank, env.world)
+    sync = sync_grads(env.world)
+    run_store = Store(cfg.run_uri, cfg.endpoint_url)
+    restored_run = env.checkpoint is not None
+    t0, done_pairs, stop = time.perf_counter(), 0, False
+    while state["step"] < max_steps and not stop:
+        step = state["step"] + 1
+        if cfg.fail_at_step == step and not restored_run and env.rank == 0:
+            log.error("fault injection: worker 0 exits before step %d", step)
+            time.sleep(3)  # let the controller register the last checkpoint, as a real crash later would
+            os._exit(17)
+        batch = {k: v.to(env.device, memory_format=mem, non_blocking=True) for k, v in next(stream).items()}
+        losses = train_step(head, optimizers, batch, autocast, sync)
+        state["step"], done_pairs = step, done_pairs + cfg.batch_size * env.world
+        if step % cfg.log_every == 0 or step == max_steps:
+            rate = done_pairs / max(time.perf_counter() - t0, 1e-9)
+            row = {"step": step, **{k: float(v) for k, v in losses.items()}, "pairs_per_s": rate,
+                   "lr": optimizers[0].optimizer.param_groups[0]["lr"]}
+            state["history"]["steps"].append(row)
+            log.info("step %d %s", step, {k: round(v, 4) for k, v in row.items() if k != "step"})
+        metrics: dict[str, Any] = {}
+        epoch_end = step % steps_per_epoch == 0
+        if epoch_end or step == max_steps:
+            state["epoch"] = step // steps_per_epoch
+            metrics = validate(head, val, env, cfg.batch_size, autocast)
+            current = metrics.get(f"val_{head.monitor}")
+            improved = current is not None and current < state["best"] - cfg.min_delta
+            if improved:
+                state.update(best=current, best_step=step, bad_epochs=0)
+                if env.rank == 0:
+                    head.save(run_store.child("head").url(), cfg.endpoint_url)
+            elif current is not None and epoch_end:
+                state["bad_epochs"] += 1
+            state["history"]["epochs"].append({"epoch": state["epoch"], "step": step, **metrics})
+            if cfg.patience and state["bad_epochs"] >= cfg.patience:
+                log.info("early stopping at step %d: no improvement for %d epochs", step, cfg.patience)
+                stop = True
+        if metrics or step % cfg.checkpoint_every == 0 or step == max_steps or stop:
+            report = {"step": step, "epoch": state["epoch"], **{k: float(v) for k, v in losses.items()},
+                      **metrics, "best_val": state["best"], "stopped_early": stop}
+            with tempfile.TemporaryDirectory() as folder:
+                if env.rank == 0:
+                    _save_checkpoint(folder, head, optimizers, state, cfg)
+                env.report(report, folder if env.rank == 0 else None)
+    if env.rank == 0:
+        if state["best_step"] is None:  # no validation pairs: export the last weights
+            head.save(run_store.child("head").url(), cfg.endpoint_url)
+        summary = {"run_id": cfg.run_id, "run_uri": cfg.run_uri, "head": cfg.head, "flavor": cfg.flavor,
+                   "dataset_uri": cfg.dataset_uri, "step": state["step"], "max_steps": max_steps,
+                   "steps_per_epoch": steps_per_epoch, "split": counts, "best_val": state["best"],
+                   "best_step": state["best_step"], "stopped_early": stop, **state["history"]}
+        run_store.write_bytes("metrics.json", json.dumps(summary, indent=2, default=float).encode())
+    return state
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (runs in each worker)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    env = LoopEnv(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+                  ray.train.get_checkpoint(), report)
+    run_loop(TrainConfig(**config), env)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_uri: str
+    head_uri: str
+    metrics: dict[str, Any]
+
+
+def train(cfg: TrainConfig, max_failures: int = 0) -> TrainResult:
+    """Run (or resume) one training run on Ray; returns where the exported head is."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = resolve_run(cfg)
+    build_head(cfg.head, cfg.flavor, **cfg.head_overrides)  # unknown head/flavor/field: fail before Ray
+    ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
+    split_counts(ds, shards, cfg.val_fraction)
+    run_store = Store(cfg.run_uri, cfg.endpoint_url)
+    runs_root, run_name = cfg.run_uri.rstrip("/").rsplit("/", 1)
+    storage_path, storage_fs = ray_storage(Store(runs_root, cfg.endpoint_url))
+    run_store.write_bytes("run.json", json.dumps({"status": "running", "config": cfg.model_dump(mode="json")},
+                                                 indent=2).encode())
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=cfg.model_dump(mode="json"),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    log.info("training %s (%s) -> %s", cfg.head, cfg.flavor, cfg.run_uri)
+    try:
+        trainer.fit()
+    except Exception:
+        run_store.write_bytes("run.json", json.dumps({"status": "failed", "config": cfg.model_dump(mode="json")},
+                                                     indent=2).encode())
+        raise
+    metrics = json.loads(run_store.read_bytes("metrics.json"))
+    run_store.write_bytes("run.json", json.dumps({"status": "completed", "config": cfg.model_dump(mode="json"),
+                                                  "head_uri": run_store.child("head").url(),
+                                                  "best_val": metrics["best_val"], "step": metrics["step"]},
+                                                 indent=2, default=float).encode())
+    return TrainResult(cfg.run_id, run_store.url(), run_store.child("head").url(), metrics)

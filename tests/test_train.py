@@ -1,0 +1,125 @@
+"""Training data, the Ray Train loop (2 CPU workers, gloo) on SeaweedFS S3, resume, sweep and the flow."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import torch
+
+from facelift.dataset import Dataset, DatasetError
+from facelift.storage import Store
+from facelift.testing import make_synthetic_dataset
+from models.heads import HeadError, load_head
+from tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
+from tasks.train_data import DataConfig, PairStream, is_validation, load_validation, open_training_dataset
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def s3_root(seaweed) -> Store:
+    return Store(f"s3://facelift/train-{uuid.uuid4().hex[:8]}", seaweed.endpoint)
+
+
+@pytest.fixture(scope="module")
+def dataset(s3_root: Store) -> Dataset:
+    return make_synthetic_dataset(s3_root, "tiny", n_pairs=24, size=SIZE, shard_size=8, seed=3)
+
+
+def base_config(ds: Dataset, **kw) -> TrainConfig:
+    values = dict(dataset_uri=ds.uri, endpoint_url=ds.store.endpoint_url, flavor="debug", batch_size=2,
+                  resolution=SIZE, val_fraction=0.25, max_val_pairs=8, shuffle_buffer=4, log_every=1,
+                  steps_per_epoch=2, checkpoint_every=2, max_steps=4)
+    return TrainConfig(**{**values, **kw})
+
+
+def test_split_is_deterministic_and_disjoint(dataset: Dataset):
+    ids = dataset.manifest()["pair_id"].tolist()
+    val = {p for p in ids if is_validation(p, 0.25)}
+    assert 0 < len(val) < len(ids)
+    assert val == {p for p in ids if is_validation(p, 0.25)}
+    _, shards = open_training_dataset(dataset.uri, dataset.store.endpoint_url)
+    cfg = DataConfig(resolution=SIZE, val_fraction=0.25, max_val_pairs=100, shuffle_buffer=4)
+    held_out = load_validation(dataset, shards, cfg)
+    assert held_out["schnell"].shape == (len(val), 3, SIZE, SIZE)
+
+
+def _mean_pair_gap(batch: dict[str, torch.Tensor]) -> float:
+    return float((batch["schnell"] - batch["dev"]).abs().mean())
+
+
+def test_paired_and_unpaired_streams(dataset: Dataset):
+    _, shards = open_training_dataset(dataset.uri, dataset.store.endpoint_url)
+    cfg = DataConfig(resolution=SIZE, crop=24, flip=True, val_fraction=0.25, shuffle_buffer=6)
+    paired = iter(PairStream(dataset, shards, cfg, batch_size=4, paired=True))
+    unpaired = iter(PairStream(dataset, shards, cfg, batch_size=4, paired=False))
+    p = [next(paired) for _ in range(4)]
+    u = [next(unpaired) for _ in range(4)]
+    assert p[0]["schnell"].shape == (4, 3, 24, 24) and p[0]["schnell"].dtype == torch.float32
+    assert float(p[0]["schnell"].min()) >= -1 and float(p[0]["dev"].max()) <= 1
+    # dev is a blurred, warmer schnell: paired images (same crop/flip) are close, unpaired ones are not
+    gap_p = sum(map(_mean_pair_gap, p)) / 4
+    gap_u = sum(map(_mean_pair_gap, u)) / 4
+    assert gap_p < 0.5 * gap_u
+    # two workers see disjoint shards
+    w0 = PairStream(dataset, shards, cfg, 2, True, rank=0, world=2)
+    w1 = PairStream(dataset, shards, cfg, 2, True, rank=1, world=2)
+    assert set(w0.shards).isdisjoint(w1.shards)
+
+
+def test_dataset_without_shards_is_a_clear_error(s3_root: Store):
+    ds = Dataset.at(s3_root, "empty")
+    ds.write_info({"dataset_id": "empty", "status": "planned"})
+    with pytest.raises(DatasetError, match="no committed shards"):
+        open_training_dataset(ds.uri, s3_root.endpoint_url)
+    with pytest.raises(DatasetError, match="no dataset"):
+        open_training_dataset(s3_root.child("datasets/missing").url(), s3_root.endpoint_url)
+
+
+def test_unknown_head_is_a_clear_error(dataset: Dataset):
+    with pytest.raises(HeadError, match="valid heads: unet_cbam, cyclegan, esa_cyclegan"):
+        train(base_config(dataset, head="pix2pixHD"))
+
+
+def test_paired_loop_in_process_writes_head(dataset: Dataset, tmp_path):
+    """The loop without Ray (rank 0 of 1): U-Net+CBAM with LPIPS, outputs in a local run folder."""
+    cfg = resolve_run(base_config(dataset, head="unet_cbam", run_uri=str(tmp_path / "run"),
+                                  head_overrides={"lpips_pnet_rand": True}, max_steps=3))
+    reports = []
+    state = run_loop(cfg, LoopEnv(report=lambda m, folder: reports.append((m, folder))))
+    assert state["step"] == 3 and [m["step"] for m, _ in reports] == [2, 3]
+    assert {"val_loss", "val_grad", "val_lpips", "val_ssim"} <= set(reports[-1][0])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["steps"]] == [1, 2, 3]
+    head = load_head(str(tmp_path / "run"))
+    assert head.name == "unet_cbam" and head.translate(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_ray_train_two_workers_killed_run_resumes(dataset: Dataset, ray_local):
+    """2 gloo workers on S3 storage; worker 0 dies at step 5; the rerun continues from step 4, not 0."""
+    cfg = base_config(dataset, head="esa_cyclegan", run_id=f"resume-{uuid.uuid4().hex[:6]}", num_workers=2,
+                      max_steps=6, fail_at_step=5)
+    with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker death in its own error type
+        train(cfg)
+    run = resolve_run(cfg)
+    store = Store(run.run_uri, dataset.store.endpoint_url)
+    assert json.loads(store.read_bytes("run.json"))["status"] == "failed"
+    checkpoints = [n for n in store.list("") if n.startswith("checkpoint_") and not n.endswith(".json")]
+    assert checkpoints, store.list("")
+    saved = json.loads(store.read_bytes(f"{checkpoints[-1]}/train_config.json"))
+    assert saved["head"] == "esa_cyclegan" and saved["run_id"] == cfg.run_id
+
+    result = train(cfg.model_copy(update={"fail_at_step": None}))
+    # the latest registered checkpoint is step 4 (step 2 if the controller had not yet seen the last report)
+    assert result.metrics["resumed_from"] in ([4], [2])
+    assert result.metrics["step"] == 6
+    assert [r["step"] for r in result.metrics["steps"]] == [1, 2, 3, 4, 5, 6]
+    assert [e["epoch"] for e in result.metrics["epochs"]] == [1, 2, 3]
+    assert all("val_ssim" in e for e in result.metrics["epochs"])
+    assert result.run_uri == run.run_uri and json.loads(store.read_bytes("run.json"))["status"] == "completed"
+    head = load_head(result.run_uri, dataset.store.endpoint_url)
+    assert head.name == "esa_cyclegan" and head.flavor == "debug"
+    with pytest.raises(HeadError, match="is a 'esa_cyclegan' head, not 'unet_cbam'"):
+        load_head(result.run_uri, dataset.store.endpoint_url, expect="unet_cbam")
