@@ -300,6 +300,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run_loop(TrainConfig(**config), env)
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None = None):
+    """Use the running Ray, else connect to ``address`` / start a local one (and shut it down after)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @dataclass
 class TrainResult:
     run_id: str

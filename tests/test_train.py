@@ -123,3 +123,46 @@ def test_ray_train_two_workers_killed_run_resumes(dataset: Dataset, ray_local):
     assert head.name == "esa_cyclegan" and head.flavor == "debug"
     with pytest.raises(HeadError, match="is a 'esa_cyclegan' head, not 'unet_cbam'"):
         load_head(result.run_uri, dataset.store.endpoint_url, expect="unet_cbam")
+
+
+def test_sweep_two_by_one_reports_table(dataset: Dataset, ray_local):
+    from tasks.sweep import sweep
+
+    base = base_config(dataset, head="cyclegan", max_steps=2, checkpoint_every=2)
+    result = sweep(base, lambda_cycs=(10.0, 2.0), lrs=(2e-4,), sweep_id=f"sweep-{uuid.uuid4().hex[:6]}")
+    table = result.table
+    assert len(table) == 2 and set(table["lambda_cyc"]) == {10.0, 2.0} and set(table["lr"]) == {2e-4}
+    assert table["best_loss"].notna().all() and table["ssim"].between(-1, 1).all()
+    assert table["error"].isna().all()
+    assert result.best["selected_by"] == "ssim"
+    assert result.best["ssim"] == table["ssim"].max()
+    store = Store(result.sweep_uri, dataset.store.endpoint_url)
+    saved = json.loads(store.read_bytes("sweep.json"))
+    assert len(saved["rows"]) == 2 and saved["best"]["trial"] == result.best["trial"]
+    assert load_head(result.best["head_uri"], dataset.store.endpoint_url).name == "cyclegan"
+
+
+def test_train_head_flow_publishes_reports_and_event(dataset: Dataset, ray_local, prefect_harness,
+                                                     monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    import flows.train_head as flow_module
+
+    events = []
+    monkeypatch.setattr(flow_module, "emit_event", lambda **kw: events.append(kw))
+    run_id = f"flow-{uuid.uuid4().hex[:6]}"
+    out = flow_module.train_head(dataset_uri=dataset.uri, head="cyclegan", flavor="debug", max_steps=2,
+                                 batch_size=2, resolution=SIZE, checkpoint_every=2,
+                                 endpoint_url=dataset.store.endpoint_url, run_id=run_id)
+    assert out["run_uri"].endswith(f"/runs/{run_id}")
+    store = Store(out["run_uri"], dataset.store.endpoint_url)
+    assert store.read_bytes("loss_curve.png")[:4] == b"\x89PNG"
+    assert store.read_bytes("samples.png")[:4] == b"\x89PNG"
+    assert events == [{"event": "facelift.head.trained",
+                       "resource": {"prefect.resource.id": f"facelift.run.{run_id}"},
+                       "payload": {"run_uri": out["run_uri"], "dataset_uri": dataset.uri, "head": "cyclegan"}}]
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"train-{run_id}")))}
+    assert {f"train-{run_id}", f"train-{run_id}-plots"} <= keys

@@ -1,0 +1,79 @@
+"""Prefect flow ``train_head``: train one head on a dataset with Ray Train, then publish its reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from tasks import train_report
+from tasks.train import TrainConfig, ray_session, train
+
+
+@task(cache_policy=NO_CACHE)
+def train_task(cfg: TrainConfig, ray_address: str | None, max_failures: int) -> dict[str, Any]:
+    """Run (or resume) the Ray Train job."""
+    with ray_session(ray_address):
+        result = train(cfg, max_failures=max_failures)
+    return {"run_id": result.run_id, "run_uri": result.run_uri, "head_uri": result.head_uri}
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def report_task(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """Metric tables, loss curve and sample grid as artifacts (and PNGs in the run folder)."""
+    rep = train_report.write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution,
+                                     cfg.val_fraction)
+    key = f"train-{run['run_id']}".lower().replace("_", "-")[:60]
+    create_table_artifact(rep["summary"], key=key, description=f"Run {run['run_uri']}")
+    if rep["epochs"]:
+        create_table_artifact(rep["epochs"], key=f"{key}-val"[:64], description="validation per epoch")
+    create_markdown_artifact(
+        train_report.png_markdown("Loss curves", rep["loss_curve"], rep["loss_curve_uri"])
+        + train_report.png_markdown("Samples: input | output | target", rep["samples"], rep["samples_uri"]),
+        key=f"{key}-plots"[:64], description=f"{cfg.head} training plots")
+    return {"loss_curve_uri": rep["loss_curve_uri"], "samples_uri": rep["samples_uri"]}
+
+
+@flow(name="train-head", log_prints=False)
+def train_head(
+    dataset_uri: str,
+    head: str = "esa_cyclegan",
+    flavor: str = "full",
+    max_steps: int = 1000,
+    epochs: int | None = None,
+    batch_size: int = 4,
+    lr: float | None = None,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    resolution: int = 256,
+    crop: int | None = None,
+    patience: int | None = 10,
+    checkpoint_every: int = 500,
+    compile: bool = False,
+    endpoint_url: str | None = None,
+    run_id: str | None = None,
+    ray_address: str | None = None,
+    head_overrides: dict[str, Any] | None = None,
+    max_failures: int = 0,
+) -> dict[str, Any]:
+    """Train (or resume, given the same run_id) one head; returns the run URI and the exported head."""
+    logger = get_run_logger()
+    cfg = TrainConfig(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
+                      batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=use_gpu,
+                      resolution=resolution, crop=crop, patience=patience, checkpoint_every=checkpoint_every,
+                      compile=compile, endpoint_url=endpoint_url, run_id=run_id,
+                      head_overrides=head_overrides or {})
+    run = train_task(cfg, ray_address, max_failures)
+    plots = report_task(run, cfg)
+    logger.info("head %s trained: %s", head, run["head_uri"])
+    emit_event(event="facelift.head.trained",
+               resource={"prefect.resource.id": f"facelift.run.{run['run_id']}"},
+               payload={"run_uri": run["run_uri"], "dataset_uri": dataset_uri, "head": head})
+    return {**run, **plots, "head": head, "dataset_uri": dataset_uri}
+
+
+if __name__ == "__main__":
+    train_head.serve(name="train-head")

@@ -1,0 +1,125 @@
+"""Reports of a training run: metric tables, a loss-curve plot and a sample grid (input | output | target).
+
+Pure functions over a run folder (``metrics.json``, ``head/``) and its dataset; PNGs are written beside
+the run outputs and returned as bytes so a flow can also attach them as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from facelift.storage import Store
+from models.heads import load_head
+from tasks.train_data import DataConfig, load_validation, open_training_dataset
+
+log = logging.getLogger(__name__)
+
+
+def read_metrics(run_uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    return json.loads(Store(run_uri, endpoint_url).read_bytes("metrics.json"))
+
+
+def epoch_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per validation, rounded for display."""
+    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in metrics.get("epochs", [])]
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = ["run_id", "head", "flavor", "dataset_uri", "step", "max_steps", "steps_per_epoch", "best_val",
+            "best_step", "stopped_early", "resumed_from"]
+    rows = [{"metric": k, "value": metrics.get(k)} for k in keys]
+    rows += [{"metric": f"pairs ({k})", "value": v} for k, v in metrics.get("split", {}).items()]
+    if metrics.get("steps"):
+        rows.append({"metric": "pairs/s (last logged)", "value": round(metrics["steps"][-1]["pairs_per_s"], 3)})
+    return rows
+
+
+def loss_curve_png(metrics: dict[str, Any]) -> bytes:
+    """Training losses per logged step and validation losses per epoch, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, epochs = metrics.get("steps", []), metrics.get("epochs", [])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    skip = {"step", "pairs_per_s", "lr"}
+    for key in sorted({k for row in steps for k in row} - skip):
+        axes[0].plot([r["step"] for r in steps if key in r], [r[key] for r in steps if key in r], label=key)
+    axes[0].set(title="training", xlabel="step", yscale="log")
+    for key in sorted({k for row in epochs for k in row if k.startswith("val_")}):
+        axes[1].plot([r["step"] for r in epochs if key in r], [r[key] for r in epochs if key in r],
+                     marker="o", label=key)
+    axes[1].set(title="validation", xlabel="step")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{metrics.get('head')} ({metrics.get('flavor')}) - {metrics.get('run_id')}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def sample_grid_png(run_uri: str, dataset_uri: str, endpoint_url: str | None = None, n: int = 4,
+                    resolution: int = 256, val_fraction: float = 0.1) -> bytes:
+    """Rows of validation pairs: schnell input | head output | dev target."""
+    from PIL import Image
+
+    head = load_head(run_uri, endpoint_url)
+    ds, shards = open_training_dataset(dataset_uri, endpoint_url)
+    size = resolution - resolution % head.size_multiple
+    val = load_validation(ds, shards, DataConfig(resolution=resolution, crop=size, val_fraction=val_fraction,
+                                                 max_val_pairs=n))
+    if val["schnell"].shape[0] == 0:
+        raise ValueError(f"no validation pairs in {dataset_uri} for a sample grid")
+    with torch.no_grad():
+        out = head.translate(val["schnell"])
+    rows = torch.cat([torch.cat([x, z, y], dim=-1) for x, z, y in zip(val["schnell"], out, val["dev"],
+                                                                       strict=True)], dim=-2)
+    array = ((rows.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_reports(run_uri: str, dataset_uri: str, endpoint_url: str | None = None,
+                  resolution: int = 256, val_fraction: float = 0.1) -> dict[str, Any]:
+    """Write ``loss_curve.png`` and ``samples.png`` into the run folder; return rows and image bytes."""
+    store = Store(run_uri, endpoint_url)
+    metrics = read_metrics(run_uri, endpoint_url)
+    curve = loss_curve_png(metrics)
+    store.write_bytes("loss_curve.png", curve)
+    try:
+        grid = sample_grid_png(run_uri, dataset_uri, endpoint_url, resolution=resolution,
+                               val_fraction=val_fraction)
+        store.write_bytes("samples.png", grid)
+    except ValueError as exc:
+        log.warning("no sample grid: %s", exc)
+        grid = None
+    return {"summary": summary_rows(metrics), "epochs": epoch_rows(metrics), "loss_curve": curve,
+            "samples": grid, "loss_curve_uri": store.url("loss_curve.png"),
+            "samples_uri": store.url("samples.png") if grid else None}
+
+
+def png_markdown(title: str, png: bytes | None, uri: str | None) -> str:
+    """Markdown with the PNG inline (data URI) and where it is stored."""
+    if png is None:
+        return f"### {title}\n\n(not available)\n"
+    data = base64.b64encode(png).decode()
+    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\nStored at `{uri}`\n"
+
+
+def sweep_rows(table: Any) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in table.to_dict("records")]
