@@ -1,0 +1,175 @@
+"""Heads: registry, forward/backward (debug flavors), parameter counts, ESA, losses, save/load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+
+from facelift.storage import Store
+from models.heads import HEADS, HeadError, build_head, load_head, train_step
+from models.heads.blocks import ESA, PatchDiscriminator, ResnetGenerator
+from models.losses import (
+    LPIPSLoss,
+    gradient_loss,
+    lsgan_loss,
+    resolve_lpips_backbone,
+    save_random_lpips_backbone,
+    ssim,
+)
+
+TEST_OVERRIDES = {"unet_cbam": {"lpips_pnet_rand": True}}
+
+
+def debug_head(name: str, **kw):
+    return build_head(name, "debug", **{**TEST_OVERRIDES.get(name, {}), **kw})
+
+
+def images(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_registry_and_errors():
+    assert list(HEADS) == ["unet_cbam", "cyclegan", "esa_cyclegan"]
+    with pytest.raises(HeadError, match="unknown head 'pix2pix'; valid heads: unet_cbam, cyclegan, esa_cyclegan"):
+        build_head("pix2pix")
+    with pytest.raises(HeadError, match="valid: full, debug"):
+        build_head("cyclegan", "huge")
+    with pytest.raises(HeadError, match="unknown CycleGANConfig fields: lamda"):
+        build_head("cyclegan", "debug", lamda=3)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_debug_head_forward_backward(name: str):
+    head = debug_head(name).train()
+    batch = {"schnell": images(seed=1), "dev": images(seed=2)}
+    optimizers = head.configure_optimizers(total_steps=10)
+    before = {k: v.clone() for k, v in head.inference_module().state_dict().items()}
+    losses = train_step(head, optimizers, batch)
+    assert "loss" in losses and all(torch.isfinite(v) for v in losses.values())
+    for spec in optimizers:
+        assert losses[spec.loss_key].ndim == 0
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in spec.params)
+    after = head.inference_module().state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the generator moved
+    # stateless: no batch tensor is kept on the module
+    kept = [v for v in vars(head).values() if isinstance(v, torch.Tensor)]
+    assert not kept
+    out = head.eval().translate(images(1, 32))
+    assert out.shape == (1, 3, 32, 32) and out.abs().max() <= 1
+    with pytest.raises(ValueError, match="divisible by"):
+        head.translate(images(1, 30))
+
+
+def test_cyclegan_generator_loss_does_not_touch_discriminators():
+    head = debug_head("cyclegan").train()
+    g_spec, d_spec = head.configure_optimizers()
+    losses = head.step({"schnell": images(seed=3), "dev": images(seed=4)})
+    losses["loss"].backward(inputs=g_spec.params)
+    assert all(p.grad is None for p in d_spec.params)
+
+
+def test_full_flavor_parameter_counts():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ResnetGenerator(64, 9)) == 11_378_179  # junyanz ResNet-9: 11.378M
+    assert count(PatchDiscriminator(64, 3)) == 2_764_737  # 70x70 PatchGAN
+    # ESA(256): 1x1 256->64, 1x1 64->64, four 3x3 64->64, 1x1 64->256 = 184,960 per residual block
+    assert count(ResnetGenerator(64, 9, esa=True)) == 11_378_179 + 9 * 184_960
+    with torch.device("meta"):
+        sizes = {name: count(build_head(name, "full", **TEST_OVERRIDES.get(name, {}))) for name in HEADS}
+    assert sizes["cyclegan"] == 2 * 11_378_179 + 2 * 2_764_737
+    assert sizes["esa_cyclegan"] == sizes["cyclegan"] + 2 * 9 * 184_960
+    assert sizes["unet_cbam"] == 33_065_308
+    assert build_head("unet_cbam", "full").size_multiple == 32  # depth 6: five poolings
+
+
+def test_esa_block_shape_and_mask_range():
+    esa = ESA(32)
+    for size in (16, 40, 128):
+        x = torch.randn(2, 32, size, size)
+        mask = esa.mask(x)
+        assert mask.shape == x.shape
+        assert float(mask.min()) > 0 and float(mask.max()) < 1
+        assert torch.allclose(esa(x), x * mask)
+    with pytest.raises(ValueError, match="at least 3x3"):
+        esa(torch.randn(1, 32, 2, 2))
+
+
+def test_gradient_loss_on_known_images():
+    flat = torch.zeros(1, 3, 8, 8)
+    ramp = torch.linspace(0, 0.7, 8).expand(1, 3, 8, 8).clone()  # slope 0.1 along W
+    assert float(gradient_loss(flat, flat + 0.5)) == 0.0  # a constant shift keeps every gradient
+    assert float(gradient_loss(ramp, flat)) == pytest.approx(0.1, abs=1e-6)
+    assert float(gradient_loss(ramp.transpose(-1, -2), flat)) == pytest.approx(0.1, abs=1e-6)
+    with pytest.raises(ValueError, match="equal shapes"):
+        gradient_loss(flat, flat[..., :4])
+
+
+def test_gan_losses_and_ssim():
+    assert float(lsgan_loss(torch.ones(2, 1, 4, 4), True)) == 0.0
+    assert float(lsgan_loss(torch.ones(2, 1, 4, 4), False)) == 1.0
+    x = images(2, 32, seed=5)
+    assert torch.allclose(ssim(x, x), torch.ones(2))
+    assert float(ssim(x, images(2, 32, seed=6)).mean()) < 0.2
+
+
+def test_lpips_backbone_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("FACELIFT_LPIPS_BACKBONE", raising=False)
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    with pytest.raises(FileNotFoundError, match=str(expected)):
+        resolve_lpips_backbone("alex")
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        build_head("unet_cbam", "debug").step({"schnell": images(), "dev": images()})
+    path = save_random_lpips_backbone(tmp_path / "alex.pth")
+    loss = LPIPSLoss("alex", backbone=str(path))
+    a = images(1, 64, seed=7)
+    assert float(loss(a, a)) == pytest.approx(0.0, abs=1e-6) and float(loss(a, -a)) > 0
+
+
+def test_save_load_round_trip_local_and_s3(tmp_path, seaweed):
+    head = debug_head("esa_cyclegan", lambda_cyc=5.0)
+    x = images(1, 32, seed=8)
+    folder = tmp_path / "run" / "head"
+    head.save(folder)
+    info = json.loads((folder / "config.json").read_text())
+    assert info["head"] == "esa_cyclegan" and info["flavor"] == "debug" and info["config"]["lambda_cyc"] == 5.0
+    assert "facelift_version" in info
+    for loaded in (load_head(str(folder)), load_head(str(tmp_path / "run"))):  # head folder and run folder
+        assert loaded.config == head.config
+        assert torch.equal(loaded.translate(x), head.eval().translate(x))
+    s3 = Store(f"s3://facelift/heads-{uuid.uuid4().hex[:8]}/runs/r1", seaweed.endpoint)
+    head.save(s3.child("head").url(), seaweed.endpoint)
+    assert torch.equal(load_head(s3.url(), seaweed.endpoint).translate(x), head.translate(x))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(HeadError, match="found neither config.json nor head/config.json"):
+        load_head(str(tmp_path))
+    debug_head("cyclegan").save(tmp_path / "cg")
+    with pytest.raises(HeadError, match="is a 'cyclegan' head, not 'unet_cbam'"):
+        load_head(str(tmp_path / "cg"), expect="unet_cbam")
+    # weights of another head under a config that claims unet_cbam
+    info = json.loads((tmp_path / "cg" / "config.json").read_text())
+    unet = debug_head("unet_cbam")
+    unet.save(tmp_path / "mixed")
+    (tmp_path / "mixed" / "model.safetensors").write_bytes((tmp_path / "cg" / "model.safetensors").read_bytes())
+    with pytest.raises(HeadError, match="does not match head 'unet_cbam'"):
+        load_head(str(tmp_path / "mixed"))
+    (tmp_path / "cg" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(HeadError, match="corrupt model.safetensors"):
+        load_head(str(tmp_path / "cg"))
+    (tmp_path / "cg" / "config.json").write_text(json.dumps({**info, "format": "something/else"}))
+    with pytest.raises(HeadError, match="is not a facelift head"):
+        load_head(str(tmp_path / "cg"))
+
+
+def test_models_import_only_torch():
+    code = ("import sys, models.heads, models.losses; "
+            "bad = [m for m in ('ray', 'prefect', 'diffusers', 'lpips', 'facelift.storage', 'pydantic') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
