@@ -109,3 +109,11 @@ from facelift import cli_audit  # noqa: E402
 
 app.command("audit")(cli_audit.audit)
 app.command("rebalance")(cli_audit.rebalance)
+from facelift import cli_eval  # noqa: E402
+
+app.command("evaluate")(cli_eval.evaluate)
+app.command("enhance")(cli_eval.enhance)
+from facelift import cli_train  # noqa: E402
+
+app.command("train")(cli_train.train)
+app.command("sweep")(cli_train.sweep)

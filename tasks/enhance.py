@@ -72,7 +72,7 @@ class InferenceEngine:
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "channels_last": self.channels_last, "compiled": self.compiled, "policy": self.policy,
-                "size": self.size, "size_multiple": self.multiple}
+                "policy_size": self.size, "size_multiple": self.multiple}
 
     # -- compute ----------------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""``facelift evaluate`` and ``facelift enhance`` (registered on the main typer app in ``facelift/cli.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("facelift")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import os
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from facelift.config import ConfigError
+    from facelift.dataset import DatasetError
+    from facelift.storage import StorageError
+    from models.heads import HeadError
+
+    return (ConfigError, DatasetError, StorageError, HeadError, FileNotFoundError, ValueError, RuntimeError)
+
+
+def evaluate(
+    dataset_uri: Annotated[str, typer.Argument(help="dataset URI (.../datasets/<id>)")],
+    head: Annotated[list[str] | None, typer.Option("--head", help="head folder or run URI (repeatable)")] = None,
+    lora: Annotated[str | None, typer.Option(help="schnell + this LoRA as a comparator row (hub id, folder "
+                                                  "or .safetensors)")] = None,
+    n_images: Annotated[int, typer.Option(help="images per set (input and reference halves)")] = 256,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")] = None,
+    run_id: Annotated[str | None, typer.Option(help="run id (default: eval-<time>-<random>)")] = None,
+    inception_weights: Annotated[str | None, typer.Option(help="FID Inception weights file (pytorch-fid / "
+                                                               "torch-fidelity format)")] = None,
+    clip_model: Annotated[str | None, typer.Option(help="CLIP checkpoint for CLIP-IQA (hub id or "
+                                                        "folder)")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="held-out fraction (default: the heads' "
+                                                            "training split)")] = None,
+    timing_resolution: Annotated[list[int] | None, typer.Option("--timing-resolution",
+                                                                help="time T2I + head at this size "
+                                                                     "(repeatable)")] = None,
+    profile: Annotated[str, typer.Option(help="FLUX profile for timing and the LoRA row: tiny or flux")] = "tiny",
+    n_boot: Annotated[int, typer.Option(help="bootstrap rounds for the FID confidence intervals")] = 20,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    verbose: bool = False,
+) -> None:
+    """Score schnell, dev, heads (and a LoRA) on the held-out split: Table 4 + KID + LPIPS, timing."""
+    from flows.evaluate import evaluate as evaluate_flow
+    from models.metrics import DEFAULT_CLIP_IQA_MODEL
+    from tasks.eval_report import table_markdown
+
+    _setup_logging(verbose)
+    try:
+        result = evaluate_flow(dataset_uri, head or [], lora=lora, n_images=n_images, endpoint_url=endpoint_url,
+                               run_id=run_id, inception_weights=inception_weights,
+                               clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, val_fraction=val_fraction,
+                               n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution)
+    except _errors() as exc:
+        raise _fail(str(exc)) from None
+    import pandas as pd
+
+    typer.echo(table_markdown(pd.DataFrame(result["table"])))
+    typer.echo("\n".join(["", "files:", *(f"  {uri}" for uri in result["files"].values())]))
+
+
+def enhance(
+    src: Annotated[str, typer.Argument(help="image folder, glob ('imgs/*.png') or object-store prefix")],
+    dst: Annotated[str, typer.Argument(help="output folder or object-store prefix")],
+    head: Annotated[str, typer.Option(help="trained head: a head folder or a run URI (<root>/runs/<id>)")],
+    batch_size: Annotated[int, typer.Option(help="images per batch")] = 16,
+    policy: Annotated[str, typer.Option(help="sizes not divisible by the head's multiple: pad (exact size), "
+                                             "resize or tile")] = "pad",
+    size: Annotated[int | None, typer.Option(help="with --policy resize: run the head at size x size")] = None,
+    out_format: Annotated[str | None, typer.Option("--format", help="output format: png, jpg or webp "
+                                                                    "(default: the input's)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile",
+                                                 help="torch.compile (default: on GPU)")] = None,
+    workers: Annotated[int, typer.Option(help="decode/encode threads")] = 4,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// paths")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    verbose: bool = False,
+) -> None:
+    """Apply a trained head to any images; unreadable files are reported and skipped (exit 1 if any)."""
+    from tasks.enhance import run_enhance
+
+    _setup_logging(verbose)
+    fmt = None if out_format is None else "." + out_format.lower().lstrip(".")
+    try:
+        report = run_enhance(src, dst, head, endpoint_url=endpoint_url, device=device, batch_size=batch_size,
+                             policy=policy, size=size, compile=compile, out_format=fmt, workers=workers)
+    except _errors() as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        typer.echo(f"enhanced {report.processed} images into {dst} in {report.seconds:.1f}s "
+                   f"({report.images_per_s:.1f} img/s); skipped {len(report.failed)}")
+        for path, err in report.failed:
+            typer.echo(f"  skipped {path}: {err}", err=True)
+    if report.failed:
+        raise typer.Exit(code=1)
