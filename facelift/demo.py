@@ -29,6 +29,10 @@ def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
 
 DEMO_STEPS: list[Step] = [build_step]
 
+from facelift.cli_train import demo_step as train_demo_step  # noqa: E402
+
+DEMO_STEPS.append(train_demo_step)  # train each head's debug flavor a few steps (issue 3)
+
 
 def run_demo(root: str, count: int) -> dict[str, Any]:
     ctx: dict[str, Any] = {"root": root, "count": count}

@@ -1,0 +1,161 @@
+"""``facelift train`` and ``facelift sweep`` (registered on the main typer app in ``facelift/cli.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("facelift")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import os
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from facelift.dataset import DatasetError
+    from facelift.storage import StorageError
+    from models.heads import HeadError
+
+    return (DatasetError, StorageError, HeadError, ValidationError, FileNotFoundError, ValueError)
+
+
+def _overrides(items: list[str] | None) -> dict:
+    from facelift.config import parse_set_options
+
+    return parse_set_options(items or [])
+
+
+Head = Annotated[str, typer.Option(help="unet_cbam, cyclegan or esa_cyclegan")]
+Flavor = Annotated[str, typer.Option(help="full, or debug (tiny, CPU-fast)")]
+Endpoint = Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="head config field=value (repeatable), "
+                                                                "e.g. --set lambda_cyc=2")]
+
+
+def train(
+    dataset_uri: Annotated[str, typer.Argument(help="dataset URI (.../datasets/<id>)")],
+    head: Head = "esa_cyclegan",
+    flavor: Flavor = "full",
+    max_steps: Annotated[int, typer.Option(help="training steps (ignored with --epochs)")] = 1000,
+    epochs: Annotated[int | None, typer.Option(help="train this many epochs")] = None,
+    batch_size: Annotated[int, typer.Option(help="pairs per worker per step")] = 4,
+    lr: Annotated[float | None, typer.Option(help="learning rate (default: the head's)")] = None,
+    num_workers: Annotated[int, typer.Option(help="Ray Train workers (DDP)")] = 1,
+    gpu: Annotated[bool, typer.Option("--gpu/--cpu", help="one GPU per worker")] = False,
+    resolution: Annotated[int, typer.Option(help="train at this square size")] = 256,
+    crop: Annotated[int | None, typer.Option(help="random crop size (default: no crop)")] = None,
+    patience: Annotated[int | None, typer.Option(help="early-stopping patience in epochs")] = 10,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
+    compile: Annotated[bool, typer.Option(help="torch.compile the networks")] = False,
+    run_id: Annotated[str | None, typer.Option(help="run id; an existing one resumes")] = None,
+    endpoint_url: Endpoint = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local)")] = None,
+    set_: SetOpt = None,
+    verbose: bool = False,
+) -> None:
+    """Train (or resume) a head with Ray Train; prints the run URI (load it with models.heads.load_head)."""
+    from flows.train_head import train_head
+
+    _setup_logging(verbose)
+    try:
+        out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
+                         batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
+                         resolution=resolution, crop=crop, patience=patience, checkpoint_every=checkpoint_every,
+                         compile=compile, endpoint_url=endpoint_url, run_id=run_id, ray_address=ray_address,
+                         head_overrides=_overrides(set_))
+    except _errors() as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(out, indent=2))
+    typer.echo(out["run_uri"])
+
+
+def sweep(
+    dataset_uri: Annotated[str, typer.Argument(help="dataset URI (.../datasets/<id>)")],
+    head: Head = "esa_cyclegan",
+    flavor: Flavor = "full",
+    lambda_cyc: Annotated[list[float] | None, typer.Option("--lambda-cyc", help="grid values (repeatable; "
+                                                                             "default 10, 5, 2)")] = None,
+    lr: Annotated[list[float] | None, typer.Option("--lr", help="grid values (repeatable; default 1e-4, "
+                                                               "2e-4, 3e-4)")] = None,
+    select: Annotated[str, typer.Option(help="pick the best by ssim (max) or loss (min)")] = "ssim",
+    max_steps: Annotated[int, typer.Option(help="steps per trial")] = 1000,
+    batch_size: int = 4,
+    resolution: int = 256,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    run_id: Annotated[str | None, typer.Option(help="sweep id")] = None,
+    endpoint_url: Endpoint = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local)")] = None,
+    set_: SetOpt = None,
+    verbose: bool = False,
+) -> None:
+    """Ray Tune grid over lambda_cyc x lr; prints best loss and SSIM per configuration (paper Tables 2-3)."""
+    import pandas as pd
+
+    from flows.sweep_heads import sweep_heads
+
+    _setup_logging(verbose)
+    try:
+        out = sweep_heads(dataset_uri=dataset_uri, head=head, flavor=flavor, lambda_cycs=lambda_cyc, lrs=lr,
+                          select=select, max_steps=max_steps, batch_size=batch_size, resolution=resolution,
+                          cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, endpoint_url=endpoint_url,
+                          run_id=run_id, ray_address=ray_address, head_overrides=_overrides(set_))
+    except _errors() as exc:
+        raise _fail(str(exc)) from None
+    table = pd.DataFrame(out["rows"])[["lambda_cyc", "lr", "best_loss", "ssim", "steps", "error"]]
+    typer.echo(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    typer.echo(f"best ({out['best']['selected_by']}): lambda_cyc={out['best']['lambda_cyc']} "
+               f"lr={out['best']['lr']:g} -> {out['best']['head_uri']}")
+    typer.echo(out["sweep_uri"])
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def demo_step(ctx: dict) -> dict:
+    """Demo: train each head's debug flavor for a few steps on the demo dataset (offline, CPU).
+
+    LPIPS needs a backbone file; the demo writes a random-weight AlexNet in torchvision's format to the
+    demo cache and points the U-Net at it (production uses the real file from the torch cache).
+    """
+    import os
+    from pathlib import Path
+
+    from flows.train_head import train_head
+    from models.heads import HEADS
+    from models.losses import save_random_lpips_backbone
+    from tasks.train import ray_session
+
+    cache = Path(os.environ.get("FACELIFT_CACHE", Path.home() / ".cache" / "facelift"))
+    backbone = cache / "lpips" / "alexnet-random.pth"
+    if not backbone.exists():
+        save_random_lpips_backbone(backbone)
+    runs = {}
+    with ray_session():  # one local Ray for the three runs
+        for name in HEADS:
+            overrides = {"lpips_backbone": str(backbone)} if name == "unet_cbam" else {}
+            out = train_head(dataset_uri=ctx["dataset_uri"], head=name, flavor="debug", max_steps=4,
+                             batch_size=2, resolution=32, checkpoint_every=2, head_overrides=overrides)
+            runs[name] = out["run_uri"]
+            typer.echo(f"trained {name} (debug, 4 steps): {out['run_uri']}")
+    return {"head_runs": runs}
