@@ -17,7 +17,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = "v1"  # bump when the tiny architecture changes, so stale caches are rebuilt
+TINY_VERSION = "v2"  # bump when the tiny architecture changes, so stale caches are rebuilt
 _SHARED_SEED = 1234
 _VARIANT_SEEDS = {"schnell": 1, "dev": 2}
 
@@ -59,37 +59,19 @@ def _t5_tokenizer():
 def build_tiny_flux(folder: Path, variant: str) -> None:
     """Create the tiny pipeline for ``variant`` in ``folder`` (must not exist)."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FluxPipeline
+
+    from models import flux_arch
 
     if variant not in _VARIANT_SEEDS:
         raise ValueError(f"unknown tiny FLUX variant {variant!r}; valid: {', '.join(_VARIANT_SEEDS)}")
     torch.manual_seed(_SHARED_SEED)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=1000, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        projection_dim=32, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    ))
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    ))
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
-    )
+    shared = flux_arch.shared_components("tiny")
     torch.manual_seed(_VARIANT_SEEDS[variant])
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6),
-        guidance_embeds=(variant == "dev"),
-    )
     with tempfile.TemporaryDirectory() as tok_dir:
         pipe = FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0 if variant == "dev" else 1.0),
-            vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(Path(tok_dir)),
-            text_encoder_2=text_encoder_2, tokenizer_2=_t5_tokenizer(), transformer=transformer,
+            scheduler=flux_arch.scheduler(variant), tokenizer=_clip_tokenizer(Path(tok_dir)),
+            tokenizer_2=_t5_tokenizer(), transformer=flux_arch.transformer("tiny", variant), **shared,
         )
         pipe.save_pretrained(folder, safe_serialization=True)
 

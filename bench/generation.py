@@ -1,0 +1,204 @@
+"""Where a FLUX pair's time goes, against the transformer-bound floor measured in the same run.
+
+    python bench/generation.py                          # tiny arch on CPU (smoke test)
+    python bench/generation.py --device cuda --arch full --compile   # real FLUX.1 sizes, random weights
+
+Measures, side by side: one transformer step (schnell, dev), VAE decode/encode, the floor for a pair
+(S schnell steps + dev steps run + 2 decodes + 1 encode), then the production path end to end
+(``models.flux.FluxPair.generate`` + PNG + Parquet commit via ``tasks.generate.render_shard``), its per-stage
+breakdown, and the cost of moving a transformer between host and GPU (the stage-pass placement).
+Writes ``generation.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench.generation")
+
+
+def timed(fn, device: str, reps: int) -> float:
+    """Median seconds of ``fn`` after one warm-up, synchronising the GPU around each call."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def build_pair(arch: str, device: str, dtype, cfg):
+    """A FluxPair with random weights built in memory (shared text encoders/VAE, as loading does)."""
+    import torch
+    from diffusers import FluxImg2ImgPipeline, FluxPipeline
+
+    from models import flux_arch
+    from models.flux import FluxPair
+    from models.tiny_flux import _clip_tokenizer, _t5_tokenizer
+
+    t0 = time.perf_counter()
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            shared = flux_arch.shared_components(arch)
+            t_s, t_d = flux_arch.transformer(arch, "schnell"), flux_arch.transformer(arch, "dev")
+    finally:
+        torch.set_default_dtype(prev)
+    toks = {"tokenizer": _clip_tokenizer(Path(tempfile.mkdtemp())), "tokenizer_2": _t5_tokenizer()}
+    schnell = FluxPipeline(scheduler=flux_arch.scheduler("schnell"), transformer=t_s, **shared, **toks)
+    dev = FluxImg2ImgPipeline(scheduler=flux_arch.scheduler("dev"), transformer=t_d, **shared, **toks)
+    for pipe in (schnell, dev):
+        pipe.set_progress_bar_config(disable=True)
+    return FluxPair(schnell, dev, cfg.generation, device, True, time.perf_counter() - t0)
+
+
+def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
+    """Per-image seconds of the pieces no pipeline can avoid."""
+    import torch
+
+    from models.flux import dev_steps_run
+
+    g, dev_t, s_t, vae = cfg.generation, pair.dev.transformer, pair.schnell.transformer, pair.schnell.vae
+    dtype, device = s_t.dtype, pair.device
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for FLUX.1's VAE
+    tokens = (g.height // scale // 2) * (g.width // scale // 2)  # 2x2 latent patches
+    text = g.schnell.max_sequence_length
+    hid = torch.randn(batch, tokens, s_t.config.in_channels, device=device, dtype=dtype)
+    enc = torch.randn(batch, text, s_t.config.joint_attention_dim, device=device, dtype=dtype)
+    pooled = torch.randn(batch, s_t.config.pooled_projection_dim, device=device, dtype=dtype)
+    img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
+    txt_ids = torch.zeros(text, 3, device=device, dtype=dtype)
+    step = torch.full((batch,), 0.5, device=device, dtype=dtype)
+    guid = torch.full((batch,), g.dev.guidance, device=device, dtype=torch.float32)
+    lat = torch.randn(batch, vae.config.latent_channels, g.height // scale, g.width // scale, device=device,
+                      dtype=dtype)
+    img = torch.randn(batch, 3, g.height, g.width, device=device, dtype=dtype)
+    with torch.inference_mode():
+        out = {
+            "schnell_step": timed(lambda: s_t(hidden_states=hid, encoder_hidden_states=enc, pooled_projections=pooled,
+                                              timestep=step, img_ids=img_ids, txt_ids=txt_ids), device, reps),
+            "dev_step": timed(lambda: dev_t(hidden_states=hid, encoder_hidden_states=enc, pooled_projections=pooled,
+                                            timestep=step, img_ids=img_ids, txt_ids=txt_ids, guidance=guid),
+                              device, reps),
+            "vae_decode": timed(lambda: vae.decode(lat), device, reps),
+            "vae_encode": timed(lambda: vae.encode(img), device, reps),
+        }
+    out = {k: v / batch for k, v in out.items()}
+    steps_run = dev_steps_run(g.dev.steps, g.dev.strength)
+    out["floor_per_pair"] = (g.schnell.steps * out["schnell_step"] + steps_run * out["dev_step"]
+                             + 2 * out["vae_decode"] + out["vae_encode"])
+    return out
+
+
+def end_to_end(pair, cfg, batches: int) -> dict[str, float]:
+    """The production worker path: generate + PNG (overlapped) + Parquet shard commit to local disk."""
+    from facelift.dataset import Dataset
+    from facelift.storage import Store
+    from tasks.generate import render_shard
+
+    b = cfg.generation.batch_size
+    rows = [{"pair_id": f"p{i}", "name": f"Person {i}", "nconst": f"nm{i:07d}", "weight": 1.0, "shard": 0,
+             "prompt": f"A professional portrait of Person {i}", "seed": i} for i in range(b * batches)]
+    render_shard(pair, cfg, rows[:b], "bench")  # warm-up batch
+    ds = Dataset(Store(tempfile.mkdtemp()))
+    t0 = time.perf_counter()
+    table = render_shard(pair, cfg, rows, "bench")
+    t_commit = time.perf_counter()
+    size = ds.commit_shard(0, table)
+    wall = time.perf_counter() - t0
+    n = table.num_rows
+    col = lambda c: sum(table.column(c).to_pylist()) / n  # noqa: E731
+    return {"e2e_per_pair": wall / n, "encode": col("encode_s"), "schnell+vae_decode": col("schnell_s"),
+            "dev(vae_enc+denoise+dec)": col("dev_s"), "png_cpu_s (overlapped)": col("png_s"),
+            "commit": (time.perf_counter() - t_commit) / n, "shard_MB": size / 1e6}
+
+
+def swap_cost(pair) -> float:
+    """Seconds to move one transformer GPU->host->GPU (the stage-pass placement pays 2 per shard)."""
+    import torch
+
+    if not pair.device.startswith("cuda"):
+        return 0.0
+    t = pair.dev.transformer
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    t.to("cpu")
+    t.to(pair.device)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--arch", default="tiny", choices=["tiny", "full"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd transformers")
+    parser.add_argument("--budget-s", type=float, default=420, help="skip the compiled pass past this time")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    import torch
+
+    from facelift.config import resolve_config
+
+    start = time.perf_counter()
+    full = args.arch == "full"
+    cfg = resolve_config("flux" if full else "tiny", environ={}, overrides={
+        "generation.batch_size": args.batch, "generation.device": args.device,
+        "generation.dtype": "bfloat16" if args.device.startswith("cuda") else "float32"})
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    pair = build_pair(args.arch, args.device, dtype, cfg)
+    log.info("built %s FLUX pair on %s in %.1fs", args.arch, args.device, pair.load_s)
+    results: dict[str, dict[str, float]] = {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def record(name: str) -> None:
+        f, e = floor(pair, cfg, args.batch, args.reps), end_to_end(pair, cfg, args.batches)
+        results[name] = {**f, **e, "floor_fraction": f["floor_per_pair"] / e["e2e_per_pair"]}
+        (out / "generation.json").write_text(json.dumps({"device": device_name(args.device), "arch": args.arch,
+                                                         "batch": args.batch, "results": results}, indent=2))
+        log.info("%s: %s", name, results[name])
+
+    record("eager")
+    results["eager"]["swap_transformer_s"] = swap_cost(pair)
+    if args.compile and time.perf_counter() - start < args.budget_s:
+        pair.schnell.transformer.compile(fullgraph=True)
+        pair.dev.transformer.compile(fullgraph=True)
+        record("compiled")
+    print(table(results, device_name(args.device), args.arch, args.batch))  # noqa: T201
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+
+
+def table(results: dict[str, dict[str, float]], device: str, arch: str, batch: int) -> str:
+    keys = list(next(iter(results.values())))
+    lines = [f"FLUX pair generation, {arch} arch, {device}, batch {batch} (seconds per image/pair)", "",
+             "| measure | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(f"{r.get(k, float('nan')):.4g}" for r in results.values()) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
