@@ -103,6 +103,7 @@ class RayConfig(_Model):
     num_workers: int = Field(1, ge=1, description="generation actors (one per GPU)")
     num_gpus_per_worker: float = Field(1.0, ge=0)
     num_cpus_per_worker: float = Field(1.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources per worker")
     max_restarts: int = Field(2, ge=0)
     shard_retries: int = Field(2, ge=0)
     chaos: ChaosConfig = ChaosConfig()

@@ -32,6 +32,11 @@ def describe(ds: Dataset) -> str:
     per_pair = timings.get("worker_seconds_per_pair")
     if per_pair:
         lines.append("per pair  " + ", ".join(f"{k} {v:.4f}" for k, v in per_pair.items()))
+    cost = info.get("cost")
+    if cost:
+        proj = cost["projection"]
+        lines.append(f"cost      {cost['gpu_seconds_per_pair']['total']:.4f} GPU-s/pair; {proj['pairs']} pairs = "
+                     f"{proj['gpu_hours']} GPU-hours")
     names = info.get("names")
     if names:
         drops = ", ".join(f"{k} {v}" for k, v in sorted(names.get("dropped", {}).items())) or "none"

@@ -157,9 +157,26 @@ def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float) -> dict[str,
             "worker_seconds_total": {k: round(v, 3) for k, v in stages.items()},
         },
     })
+    info["cost"] = cost_projection(stages, len(manifest))
     ds.write_info(info)
     log.info("dataset %s complete: %d pairs; manifest written", ds.dataset_id, len(manifest))
     return info
+
+
+GPU_STAGES = ("encode_s", "schnell_s", "dev_s")  # the GPU is held; PNG encoding overlaps on the CPU
+
+
+def cost_projection(stage_seconds: dict[str, float], pairs: int, target_pairs: int = 140_000,
+                    gpus: tuple[int, ...] = (1, 8, 64)) -> dict[str, Any]:
+    """GPU-seconds per pair per stage, and wall-clock hours for ``target_pairs`` on N GPUs (the paper's
+    ~140k IMDb actors), assuming the measured per-pair cost and perfect scaling across shards."""
+    per_pair = {k: stage_seconds[k] / pairs for k in GPU_STAGES}
+    total = sum(per_pair.values())
+    return {
+        "gpu_seconds_per_pair": {k: round(v, 6) for k, v in per_pair.items()} | {"total": round(total, 6)},
+        "projection": {"pairs": target_pairs, "gpu_hours": round(total * target_pairs / 3600, 2),
+                       "wall_hours_on_n_gpus": {str(n): round(total * target_pairs / 3600 / n, 2) for n in gpus}},
+    }
 
 
 def summary_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,6 +187,8 @@ def summary_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
         ("dataset", info.get("dataset_id")), ("pairs", counts.get("pairs")), ("shards", counts.get("shards")),
         ("build seconds (this run)", timings.get("last_run_s")),
         *[(f"{k} per pair", round(v, 4)) for k, v in per_pair.items()],
+        *[(f"140k pairs on {n} GPU(s), hours", h)
+          for n, h in info.get("cost", {}).get("projection", {}).get("wall_hours_on_n_gpus", {}).items()],
     ]]
 
 

@@ -54,7 +54,11 @@ def encode_png(image: Any, compress_level: int) -> tuple[bytes, str, float]:
 
 
 def worker_name(device: str) -> str:
-    name = f"{socket.gethostname()}:{os.getpid()}:{device}"
+    """host:pid:ray-node:device[:GPU name] — enough to tell which process and node made a shard."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
+    name = f"{socket.gethostname()}:{os.getpid()}:{node}:{device}"
     if device.startswith("cuda"):
         import torch
 
@@ -166,7 +170,7 @@ def start_worker(cfg: BuildConfig, dataset_uri: str) -> Any:
 
     actor_cls = ray.remote(ShardWorker).options(
         num_gpus=cfg.ray.num_gpus_per_worker, num_cpus=cfg.ray.num_cpus_per_worker,
-        max_restarts=cfg.ray.max_restarts, max_task_retries=0,
+        max_restarts=cfg.ray.max_restarts, max_task_retries=0, resources=cfg.ray.resources or None,
     )
     return actor_cls.remote(cfg.model_dump(mode="json"), dataset_uri)
 

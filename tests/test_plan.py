@@ -52,3 +52,12 @@ def test_weights_restrict_and_bias_the_sample(people):
     assert len(heavy & set(plan["nconst"])) >= 15  # 20 heavy names, 40 light: heavy dominate
     with pytest.raises(PlanError, match="finite and >= 0"):
         make_plan(people, PlanConfig(count=3), weights.assign(weight=-1.0))
+
+
+def test_cost_projection_scales_with_gpus():
+    from tasks.build import cost_projection
+
+    cost = cost_projection({"encode_s": 1.0, "schnell_s": 3.0, "dev_s": 6.0, "png_s": 99.0}, pairs=10)
+    assert cost["gpu_seconds_per_pair"]["total"] == 1.0  # PNG overlaps on the CPU: not GPU time
+    hours = cost["projection"]["wall_hours_on_n_gpus"]
+    assert cost["projection"]["gpu_hours"] == round(140_000 / 3600, 2) and hours["8"] == round(140_000 / 3600 / 8, 2)
