@@ -105,3 +105,40 @@ def rebalance(
     typer.echo(json.dumps({"weights_uri": uri, **report}, indent=2))
     typer.echo(f"next build: facelift build --set plan.weights_uri={uri}" +
                (f" --count {count}" if count else ""))
+
+
+def demo_step(ctx: dict) -> dict:
+    """Demo: build a baseline-prompt dataset beside the enriched one, audit both, derive rebalance weights.
+
+    Offline, DeepFace uses random-weight model files (made once under the facelift cache) unless
+    ``DEEPFACE_HOME`` already holds real ones; tiny-FLUX images hold no faces, so the demo analyses the
+    whole image (``detector="skip"``). The numbers show the mechanics, not real demographics.
+    """
+    import os
+    from pathlib import Path
+
+    from facelift.dataset import Dataset
+    from flows.audit_diversity import audit_diversity
+    from flows.build_dataset import build_dataset
+    from models.deepface_weights import build_random_weights, missing_weights
+    from tasks.audit import load_audit
+    from tasks.rebalance import compute_weights, parse_target, write_weights
+
+    if missing_weights():
+        cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")
+        os.environ["DEEPFACE_HOME"] = str(cache / "deepface")
+        build_random_weights(os.environ["DEEPFACE_HOME"])
+        typer.echo(f"DeepFace: random-weight models in {os.environ['DEEPFACE_HOME']} (offline demo)")
+    baseline = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"], mode="baseline")
+    result = audit_diversity([baseline["dataset_uri"], ctx["dataset_uri"]], detector="skip")
+    typer.echo("\n== diversity audit (Table 1) ==\n" + _table(result))
+    target = parse_target({"race": {r: 1 / 6 for r in ("asian", "black", "indian", "latino hispanic",
+                                                       "middle eastern", "white")},
+                           "gender": {"man": 0.5, "woman": 0.5}})
+    enriched = Dataset.open(ctx["dataset_uri"])
+    weights, report = compute_weights(load_audit(enriched, "skip"), target)
+    uri = write_weights(weights, f"{result['run_uri']}/weights.parquet")
+    typer.echo(f"rebalance weights: {uri}; distance to target before {report['tv_before']}, "
+               f"after {report['tv_after']}")
+    return {"baseline_dataset_uri": baseline["dataset_uri"], "audit_run_uri": result["run_uri"],
+            "rebalance_weights_uri": uri}

@@ -29,9 +29,17 @@ def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
 
 DEMO_STEPS: list[Step] = [build_step]
 
+from facelift.cli_audit import demo_step as audit_demo_step  # noqa: E402
+
+DEMO_STEPS.append(audit_demo_step)  # diversity audit (issue 5): baseline vs enriched, rebalance weights
+
 from facelift.cli_train import demo_step as train_demo_step  # noqa: E402
 
 DEMO_STEPS.append(train_demo_step)  # train each head's debug flavor a few steps (issue 3)
+
+from facelift.cli_eval import demo_step as evaluate_demo_step  # noqa: E402
+
+DEMO_STEPS.append(evaluate_demo_step)  # evaluate the trained heads + enhance a folder (issue 4); after train
 
 
 def run_demo(root: str, count: int) -> dict[str, Any]:

@@ -37,7 +37,8 @@ MODELS: dict[str, tuple[str, str]] = {
 AUDIT_MODELS: tuple[str, ...] = ("age", "gender", "race", "arcface")
 HAAR_FILES = ("haarcascade_frontalface_default.xml", "haarcascade_eye.xml")
 _PATTERN_LEN = 1021  # prime: a tiled pattern never lines up with a layer's channel count
-_FULL_RANDOM_MAX = 1 << 16  # arrays up to this many values are stored fully random
+_FULL_RANDOM_MAX = 1 << 16
+_LAST_GAIN = 8.0  # arrays up to this many values are stored fully random
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -123,7 +124,7 @@ def build_architecture(model: str) -> Any:
 
 
 def _init_values(name: str, shape: tuple[int, ...], rng: np.random.Generator, compact: bool,
-                 last_bias: bool) -> np.ndarray:
+                 last: bool) -> np.ndarray:
     """Random values that keep activations finite: He-normal kernels, identity batch-norm statistics."""
     leaf = name.rsplit("/", 1)[-1].split(":")[0]
     size = int(np.prod(shape)) if shape else 1
@@ -136,10 +137,17 @@ def _init_values(name: str, shape: tuple[int, ...], rng: np.random.Generator, co
     if leaf == "alpha":
         return np.full(shape, 0.25, np.float32)
     if leaf in ("beta", "bias"):
-        scale = 1.0 if last_bias else 0.02
+        scale = 0.5 if last else 0.02
         return (scale * rng.standard_normal(shape)).astype(np.float32)
     fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else max(size, 1)
     std = float(np.sqrt(2.0 / max(fan_in, 1)))
+    if last and len(shape) > 1:
+        # The output layer: features after deep random ReLU stacks share a large common component, which
+        # iid weights turn into a fixed per-class offset (one class wins for every image). Zero-mean
+        # columns cancel it, and a larger scale lets the input-dependent part move the argmax.
+        kernel = rng.standard_normal(shape)
+        kernel -= kernel.reshape(-1, shape[-1]).mean(axis=0)
+        return (_LAST_GAIN * std * kernel).astype(np.float32)
     if not compact or size <= _FULL_RANDOM_MAX:
         return (std * rng.standard_normal(shape)).astype(np.float32)
     # Exactly zero-mean: with a tiled pattern every output unit sums the same values, so any mean would
@@ -163,7 +171,45 @@ def _contiguous_chunks(shape: tuple[int, ...], target: int = 1 << 22) -> tuple[i
     return tuple(chunks)
 
 
-def write_random_h5(keras_model: Any, path: Path, seed: int = 0, compact: bool = True) -> int:
+def random_values(keras_model: Any, seed: int = 0, compact: bool = True) -> dict[str, list[np.ndarray]]:
+    """Random values for every weight of every layer (legacy h5 order), keyed by layer name."""
+    from tf_keras.src.saving.legacy.hdf5_format import _legacy_weights
+
+    rng = np.random.default_rng(seed)
+    with_weights = [layer for layer in keras_model.layers if _legacy_weights(layer)]
+    last_layer = with_weights[-1].name if with_weights else None
+    return {layer.name: [_init_values(w.name, tuple(int(d) for d in w.shape), rng, compact,
+                                      last=layer.name == last_layer) for w in _legacy_weights(layer)]
+            for layer in with_weights}
+
+
+def calibrate_classifier(keras_model: Any, values: dict[str, list[np.ndarray]], seed: int = 0,
+                         batch: int = 4) -> None:
+    """Centre the output layer's bias on random inputs, so no class wins for every image.
+
+    Random deep ReLU features share a large input-independent component that becomes a fixed per-class
+    offset; subtracting each class's mean log-probability over a batch of random images removes it, so
+    the arg-max (dominant race, gender, age) varies with the input as it would with a trained model.
+    """
+    from tf_keras.src.saving.legacy.hdf5_format import _legacy_weights
+
+    layers = [layer for layer in keras_model.layers if layer.name in values]
+    for layer in layers:
+        for var, val in zip(_legacy_weights(layer), values[layer.name], strict=True):
+            var.assign(val)
+    last = layers[-1].name
+    names = [w.name.rsplit("/", 1)[-1] for w in _legacy_weights(layers[-1])]
+    if not any(n.startswith("bias") for n in names):
+        return
+    x = np.random.default_rng(seed).random((batch, *keras_model.input_shape[1:]), dtype=np.float32)
+    probs = np.asarray(keras_model.predict(x, verbose=0), dtype=np.float64)
+    bias_i = next(i for i, n in enumerate(names) if n.startswith("bias"))
+    values[last][bias_i] = (values[last][bias_i] - np.log(np.maximum(probs, 1e-30)).mean(axis=0)
+                            ).astype(np.float32)
+
+
+def write_random_h5(keras_model: Any, path: Path, seed: int = 0, compact: bool = True,
+                    calibrate: bool = False) -> int:
     """Write random weights in tf-keras' legacy HDF5 weights layout (what ``load_weights(.h5)`` reads).
 
     Mirrors ``tf_keras.src.saving.legacy.hdf5_format.save_weights_to_hdf5_group``, with gzip-chunked
@@ -173,9 +219,9 @@ def write_random_h5(keras_model: Any, path: Path, seed: int = 0, compact: bool =
     from tf_keras import __version__ as keras_version
     from tf_keras.src.saving.legacy.hdf5_format import _legacy_weights, save_attributes_to_hdf5_group
 
-    rng = np.random.default_rng(seed)
-    with_weights = [layer for layer in keras_model.layers if _legacy_weights(layer)]
-    last_layer = with_weights[-1].name if with_weights else None
+    values = random_values(keras_model, seed, compact)
+    if calibrate:
+        calibrate_classifier(keras_model, values, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with h5py.File(tmp, "w") as f:
@@ -188,11 +234,9 @@ def write_random_h5(keras_model: Any, path: Path, seed: int = 0, compact: bool =
             weights = _legacy_weights(layer)
             names = [w.name.encode("utf8") for w in weights]
             save_attributes_to_hdf5_group(group, "weight_names", names)
-            for w, name in zip(weights, names, strict=True):
-                shape = tuple(int(d) for d in w.shape)
-                values = _init_values(w.name, shape, rng, compact, last_bias=layer.name == last_layer)
-                big = compact and values.size > _FULL_RANDOM_MAX
-                group.create_dataset(name, data=values, chunks=_contiguous_chunks(shape) if big else None,
+            for name, data in zip(names, values.get(layer.name, []), strict=True):
+                big = compact and data.size > _FULL_RANDOM_MAX
+                group.create_dataset(name, data=data, chunks=_contiguous_chunks(data.shape) if big else None,
                                      compression="gzip" if big else None,
                                      compression_opts=6 if big else None)
         save_attributes_to_hdf5_group(f.create_group("top_level_model_weights"), "weight_names", [])
@@ -217,7 +261,8 @@ def build_random_weights(home: str | os.PathLike | None = None, models: Iterable
             continue
         start = time.perf_counter()
         keras_model = build_architecture(model)
-        size = write_random_h5(keras_model, path, seed=seed + i, compact=compact)
+        size = write_random_h5(keras_model, path, seed=seed + i, compact=compact,
+                               calibrate=model in ("age", "gender", "race"))
         del keras_model
         gc.collect()
         log.info("wrote random %s weights to %s (%.1f MB, %.1fs)", model, path, size / 1e6,
