@@ -153,7 +153,7 @@ class FeatureDistanceProxy(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         total = a.new_zeros(())
         h = torch.cat([a, b], 0)
-        for i, layer in enumerate(self.features):
+        for i, layer in enumerate(self.features[:max(self.taps) + 1]):  # the last pool is unused
             h = layer(h)
             if i in self.taps:
                 fa, fb = h.chunk(2, 0)

@@ -173,3 +173,12 @@ def test_models_import_only_torch():
             "bad = [m for m in ('ray', 'prefect', 'diffusers', 'lpips', 'facelift.storage', 'pydantic') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_proxy_perceptual_for_machines_without_lpips():
+    head = debug_head("unet_cbam", perceptual="proxy", lpips_pnet_rand=False)
+    x, y = images(2, 32, seed=9), images(2, 32, seed=10)
+    proxy = head.perceptual(x.device)
+    assert float(proxy(x, x)) == pytest.approx(0.0, abs=1e-6) and float(proxy(x, y)) > 0
+    assert set(head.step({"schnell": x, "dev": y})) == {"loss", "grad", "lpips"}
+    assert not any(k.startswith("_perceptual") for k in head.state_dict())  # the loss net is never saved

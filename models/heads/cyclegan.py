@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from models.heads.base import Head, OptimizerSpec
+from models.heads.base import Head, OptimizerSpec, adam
 from models.heads.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
 from models.losses import cycle_loss, identity_loss, lsgan_loss, ssim
 
@@ -112,7 +112,7 @@ class CycleGANHead(Head):
         d_params = list(self.D_dev.parameters()) + list(self.D_schnell.parameters())
         specs = []
         for name, params, key in (("G", g_params, "loss"), ("D", d_params, "loss_D")):
-            opt = torch.optim.Adam(params, lr=lr, betas=(c.beta1, c.beta2))
+            opt = adam(params, lr, (c.beta1, c.beta2))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(total_steps, c.decay_fraction))
             specs.append(OptimizerSpec(name, opt, key, params, sched))
         return specs

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from models.heads.base import Head, OptimizerSpec
+from models.heads.base import Head, OptimizerSpec, adam
 from models.heads.blocks import UNetCBAM, init_weights
 from models.losses import build_perceptual, gradient_loss, ssim
 
@@ -84,5 +84,5 @@ class UNetCBAMHead(Head):
     def configure_optimizers(self, total_steps: int | None = None, lr: float | None = None) -> list[OptimizerSpec]:
         c = self.config
         params = list(self.net.parameters())
-        opt = torch.optim.Adam(params, lr=lr or c.lr, betas=(c.beta1, c.beta2))
+        opt = adam(params, lr or c.lr, (c.beta1, c.beta2))
         return [OptimizerSpec("net", opt, "loss", params)]
