@@ -35,7 +35,7 @@ def score(rows: list[ev.Row], held: ev.HeldOut, metrics: MetricConfig, cache: An
 def report(run: Any, table: Any, timing: Any, rows: list[ev.Row], held: ev.HeldOut, meta: dict[str, Any],
            grid_images: int) -> dict[str, str]:
     """Files under runs/<id>/evaluation/ plus table and markdown artifacts in the Prefect UI."""
-    grid = eval_report.image_grid([(r.name, r.images) for r in rows], grid_images)
+    grid = eval_report.image_grid([(r.name.split(" (")[0], r.images) for r in rows], grid_images)
     plot = eval_flux.timing_plot(timing) if timing is not None else None
     files = eval_report.write_outputs(run, table, timing, grid, plot, meta)
     cols = ["row", "n", "fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"]
@@ -77,9 +77,7 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
     table = score(rows, held, metrics, ds.root_store() if feature_cache else None, cfg)
     timing = None
     if timing_resolutions and heads:
-        from models.heads import load_head
-
-        timing = timing_table(gen.schnell, gen.dev, load_head(heads[0], endpoint_url), timing_resolutions,
+        timing = timing_table(gen.schnell, gen.dev, ev.timing_head(heads, endpoint_url), timing_resolutions,
                               resolve_config(profile).cache_dir, device, gen.dtype, timing_images)
     meta = {"run_id": run_id, "dataset_uri": ds.uri, "heads": heads, "lora": lora, "val_fraction": frac,
             "n_input": held.n, "n_reference": len(held.ref_ids), "size": held.size, "profile": profile,

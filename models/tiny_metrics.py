@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-TINY_METRICS_VERSION = "v1"
+TINY_METRICS_VERSION = "v2"
 
 
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
@@ -43,9 +43,20 @@ def write_random_fid_weights(path: str | os.PathLike[str], seed: int = 0) -> Pat
     model.train()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _ in range(2):
-            low = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1
-            model(torch.nn.functional.interpolate(low, size=64, mode="bilinear"))
+        # smooth to white-noise images, so every layer's statistics cover the range real inputs span
+        batches = [torch.nn.functional.interpolate(torch.rand(2, 3, g, g, generator=gen) * 2 - 1, size=64,
+                                                   mode="bilinear") for g in (4, 8, 16, 32, 64)]
+        for batch in batches:
+            model(batch)
+        # Scale the last block's output BatchNorms (ReLU is positively homogeneous) so pool features have
+        # the magnitude of the real network's (mean ~0.4): KID's cubic kernel assumes that scale.
+        model.eval()
+        scale = 0.4 / float(model(torch.cat(batches)).mean())
+        last = model.net.Mixed_7c
+        for conv in (last.branch1x1, last.branch3x3_2a, last.branch3x3_2b, last.branch3x3dbl_3a,
+                     last.branch3x3dbl_3b, last.branch_pool):
+            conv.bn.weight.mul_(scale)
+            conv.bn.bias.mul_(scale)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -267,3 +267,11 @@ def resolve_val_fraction(requested: float | None, heads: list[str], dataset_uri:
             log.warning("val_fraction %.3f > %.3f used to train %s: some evaluated pairs were training pairs",
                         requested, frac, uri)
     return requested
+
+
+def timing_head(heads: list[str], endpoint_url: str | None = None) -> Any:
+    """The head the timing table uses: the ESA-CycleGAN when one is given (the paper's), else the first."""
+    from models.heads import load_head, read_head_config
+
+    names = [read_head_config(h, endpoint_url)[1].get("head") for h in heads]
+    return load_head(heads[names.index("esa_cyclegan") if "esa_cyclegan" in names else 0], endpoint_url)
