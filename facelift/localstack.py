@@ -1,0 +1,324 @@
+"""Run the facelift stack on loopback: Prefect server + UI, SeaweedFS S3, a Ray head, a process worker.
+
+Used by ``make stack`` / ``make stack-down`` (``python -m facelift.localstack up|down|status``) and by the
+tests that need a real Prefect server. Every process is started in its own session and stopped by the pid
+recorded when it was started (pid files under ``.stack/``), never by name. ``up`` is idempotent: services
+whose recorded pid is alive and healthy are kept, the rest are (re)started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facelift.testing import SeaweedS3, free_port, stop_pid
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+POOL = "facelift"
+QUEUES = {"gpu": 1, "cpu": None}  # queue -> concurrency limit (None: unlimited)
+RESULTS_BLOCK = "facelift-results"
+BASE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_AUTH_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class StackError(RuntimeError):
+    """A stack service failed to start, or a Prefect CLI call failed."""
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_worker(pid: int, timeout_s: float = 20.0) -> None:
+    """Stop a Prefect worker: an idle worker ignores one SIGTERM, so SIGINT twice, then SIGKILL."""
+    for _ in range(2):
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.2)
+    if pid_alive(pid):
+        stop_pid(pid, timeout_s=2)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@dataclass
+class PrefectServer:
+    """``prefect server start`` on 127.0.0.1 with SQLite under ``home`` (PREFECT_HOME)."""
+
+    home: Path
+    port: int = 0
+    pid: int | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment for clients, workers and CLI calls that talk to this server."""
+        env = {**(os.environ if base is None else base), **BASE_ENV}
+        env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api_url,
+                   PREFECT_UI_API_URL=self.api_url, PREFECT_UI_URL=self.ui_url)
+        env.pop("PREFECT_PROFILES_PATH", None)
+        return env
+
+    def healthy(self) -> bool:
+        return bool(self.port) and http_ok(f"{self.api_url}/health")
+
+    def start(self, timeout_s: float = 120.0) -> PrefectServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        proc = _spawn(cmd, self.env(), self.home / "server.log")
+        self.pid = proc.pid
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"prefect server exited with {proc.returncode}; see {self.home / 'server.log'}")
+            if self.healthy():
+                log.info("prefect server up on %s (pid %d)", self.ui_url, self.pid)
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise StackError(f"prefect server not healthy on {self.api_url} after {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        if self.pid and pid_alive(self.pid):
+            stop_pid(self.pid, timeout_s=15)
+        self.pid = None
+
+
+def prefect_cli(args: list[str], env: dict[str, str], check: bool = True, timeout_s: float = 300.0,
+                cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run ``prefect <args>`` against the server in ``env``; raise with its output on failure."""
+    proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout_s)
+    if check and proc.returncode != 0:
+        raise StackError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def setup_pool(api_url: str, pool: str = POOL, queues: dict[str, int | None] = QUEUES) -> None:
+    """Create the process work pool and its queues with their concurrency limits (idempotent).
+
+    CLI equivalent: ``prefect work-pool create facelift --type process`` and
+    ``prefect work-queue create gpu --pool facelift --limit 1``.
+    """
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkQueueUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with SyncPrefectClient(api=api_url) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            from prefect.workers.process import ProcessWorker
+
+            template = ProcessWorker.get_default_base_job_template()
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
+        for queue, limit in queues.items():
+            try:
+                wq = client.create_work_queue(queue, work_pool_name=pool, concurrency_limit=limit)
+            except ObjectAlreadyExists:
+                wq = client.read_work_queue_by_name(queue, work_pool_name=pool)
+            if wq.concurrency_limit != limit:
+                client.update_work_queue(wq.id, **WorkQueueUpdate(concurrency_limit=limit).model_dump(
+                    exclude_unset=True))
+
+
+def setup_results_block(api_url: str, basepath: str, endpoint_url: str | None) -> None:
+    """The ``remote-file-system/facelift-results`` block the deployments persist results to."""
+    from prefect.filesystems import RemoteFileSystem
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    settings = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        RemoteFileSystem(basepath=basepath, settings=settings).save(RESULTS_BLOCK, overwrite=True)
+
+
+def deploy_all(env: dict[str, str], prefect_file: Path = PREFECT_FILE, repo: Path = REPO) -> str:
+    """``prefect --no-prompt deploy --all`` from the repository root; workers run code from ``repo``."""
+    env = {**env, "DEPLOY_REPO_DIR": str(repo)}
+    return prefect_cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], env, cwd=repo).stdout
+
+
+def start_worker(env: dict[str, str], log_path: Path, pool: str = POOL, name: str = "facelift-local",
+                 query_seconds: int = 1) -> subprocess.Popen:
+    """A process worker for ``pool`` (all queues); flow runs inherit ``env``."""
+    env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)}
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", name, "--type", "process"]
+    return _spawn(cmd, env, log_path)
+
+
+# -- the stack (pid files under .stack/) ----------------------------------------------------------------------
+@dataclass
+class Stack:
+    """State of a loopback stack rooted at ``dir`` (default ``<repo>/.stack``)."""
+
+    dir: Path = field(default_factory=lambda: REPO / ".stack")
+    prefect_port: int = 4200
+    s3_port: int = 8333
+    ray_port: int = 6380
+    bucket: str = "facelift"
+
+    def _pid(self, name: str) -> int | None:
+        path = self.dir / f"{name}.pid"
+        try:
+            return int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _write_pid(self, name: str, pid: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / f"{name}.pid").write_text(f"{pid}\n")
+
+    @property
+    def server(self) -> PrefectServer:
+        return PrefectServer(self.dir / "prefect", self.prefect_port, self._pid("prefect"))
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def env(self) -> dict[str, str]:
+        env = self.server.env()
+        env.setdefault("AWS_ACCESS_KEY_ID", "facelift-local")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "facelift-local-secret")
+        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        env.update(AWS_ENDPOINT_URL_S3=self.s3_endpoint, RAY_ADDRESS=f"127.0.0.1:{self.ray_port}",
+                   FACELIFT_CACHE=env.get("FACELIFT_CACHE", str(self.dir / "cache")),
+                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}", RAY_TMPDIR=str(self.dir / "ray-tmp"))
+        return env
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))}
+                for name in ("prefect", "seaweed", "ray", "worker")}
+
+    def up(self) -> str:
+        """Start whatever is not running, deploy everything, return the UI URL."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        server = self.server
+        if not (pid_alive(server.pid) and server.healthy()):
+            server.start()
+            self._write_pid("prefect", server.pid)
+        env = self.env()
+        if not pid_alive(self._pid("seaweed")):
+            weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port).start()
+            self._write_pid("seaweed", weed.proc.pid)
+            weed.make_bucket(self.bucket)
+        if not pid_alive(self._pid("ray")):
+            self._start_ray(env)
+        setup_pool(server.api_url)
+        setup_results_block(server.api_url, f"s3://{self.bucket}/prefect-results", self.s3_endpoint)
+        deploy_all(env)
+        if not pid_alive(self._pid("worker")):
+            self._write_pid("worker", start_worker(env, self.dir / "worker.log").pid)
+        (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in (
+            "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS", "FACELIFT_STORAGE__ROOT")}, indent=1))
+        return server.ui_url
+
+    def _start_ray(self, env: dict[str, str]) -> None:
+        ray = Path(sys.executable).parent / "ray"
+        cmd = [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.ray_port}",
+               "--include-dashboard=false", f"--temp-dir={self.dir / 'ray-tmp'}", "--disable-usage-stats"]
+        proc = _spawn(cmd, env, self.dir / "ray.log")
+        self._write_pid("ray", proc.pid)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StackError(f"ray start exited with {proc.returncode}; see {self.dir / 'ray.log'}")
+            if b"Ray runtime started" in (self.dir / "ray.log").read_bytes():
+                return
+            time.sleep(0.5)
+        raise StackError(f"Ray head not up after 90s; see {self.dir / 'ray.log'}")
+
+    def down(self) -> list[str]:
+        """Stop exactly the processes this stack started (by pid file); returns what was stopped."""
+        stopped = []
+        for name in ("worker", "ray", "seaweed", "prefect"):
+            pid = self._pid(name)
+            if pid and pid_alive(pid):
+                if name == "worker":
+                    stop_worker(pid)
+                else:  # `ray start --block` tears its node down on SIGTERM; weed and the server too
+                    stop_pid(pid, timeout_s=20)
+                stopped.append(f"{name} ({pid})")
+            (self.dir / f"{name}.pid").unlink(missing_ok=True)
+        return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    stack = Stack(Path(os.environ.get("STACK_DIR", REPO / ".stack")).resolve())  # not FACELIFT_*: config keys
+    cmd = args[0] if args else "status"
+    if cmd == "up":
+        url = stack.up()
+        print(f"facelift stack is up. Prefect UI: {url}\n  source <(python -m facelift.localstack env)  "
+              "# to use it from this shell")  # noqa: T201 - script output
+    elif cmd == "down":
+        stopped = stack.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))  # noqa: T201
+    elif cmd == "env":
+        env = stack.env()
+        for key in ("PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS", "FACELIFT_STORAGE__ROOT"):
+            print(f"export {key}={env[key]}")  # noqa: T201
+    elif cmd == "status":
+        print(json.dumps(stack.status(), indent=1))  # noqa: T201
+    else:
+        print(f"unknown command {cmd!r}; use up | down | status | env", file=sys.stderr)  # noqa: T201
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""A real Prefect server + process worker + SeaweedFS, deployed from deployments/prefect.yaml, shared by
+tests/test_prefect_server.py and tests/test_ui.py (one instance per session, reference counted).
+
+The deployments are the production file with test parameter defaults (tiny/debug models, random metric
+weights, few steps) laid over each deployment's ``parameters``; entrypoints, triggers, pull steps, queues
+and schemas are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from facelift.localstack import (
+    PREFECT_FILE,
+    REPO,
+    PrefectServer,
+    deploy_all,
+    setup_pool,
+    setup_results_block,
+    start_worker,
+    stop_worker,
+)
+from facelift.testing import SeaweedS3
+
+BUCKET = "facelift"
+COUNT = 24  # tiny profile: 3 shards of 8
+
+
+def test_parameters(fid_weights: str, clip_model: str) -> dict[str, dict[str, Any]]:
+    """Per-deployment parameter defaults for CPU-only, offline runs."""
+    return {
+        "train": {"head": "esa_cyclegan", "flavor": "debug", "max_steps": 2, "batch_size": 2, "resolution": 32,
+                  "checkpoint_every": 2},
+        "audit": {"detector": "skip", "enforce_detection": False, "perplexity": 4.0},
+        "evaluate": {"inception_weights": fid_weights, "clip_model": clip_model, "lpips_random_backbone": True,
+                     "n_images": 3, "n_boot": 2, "device": "cpu", "batch_size": 4, "val_fraction": 0.5,
+                     "resolution": 32},
+    }
+
+
+def _background(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, what: str) -> str:
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {err[-2000:]}")
+    return out
+
+
+def overlay_prefect_file(dst: Path, params: dict[str, dict[str, Any]]) -> Path:
+    doc = yaml.safe_load(PREFECT_FILE.read_text())
+    for dep in doc["deployments"]:
+        if dep["name"] in params:
+            dep["parameters"] = {**(dep.get("parameters") or {}), **params[dep["name"]]}
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
+@dataclass
+class DeployStack:
+    tmp: Path
+    cache: Path  # FACELIFT_CACHE: tiny FLUX, random FID/CLIP weights (the session's, shared with other tests)
+    server: PrefectServer | None = None
+    weed: SeaweedS3 | None = None
+    worker: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    deploy_output: str = ""
+    build_runs: dict[str, Any] = field(default_factory=dict)  # memo: label -> completed FlowRun
+    ray_tmp: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # seconds since start, per setup step
+
+    @property
+    def api_url(self) -> str:
+        return self.server.api_url
+
+    @property
+    def root(self) -> str:
+        return f"s3://{BUCKET}/{self.prefix}"
+
+    def start(self) -> DeployStack:
+        deepface = self.tmp / "deepface"
+        # random DeepFace / FID / CLIP weights: built in subprocesses while the server starts
+        weights = _background("import sys; from models.deepface_weights import build_random_weights as b; "
+                              "b(sys.argv[1])", str(deepface))
+        metrics = _background("import sys, json; from models.tiny_metrics import ensure_random_fid_weights as f, "
+                              "ensure_tiny_clip as c; print(json.dumps([str(f(sys.argv[1])), str(c(sys.argv[1]))]))",
+                              str(self.cache))
+        t0 = time.monotonic()
+        try:
+            self.server = PrefectServer(self.tmp / "prefect-home").start()
+            self.timings["server"] = time.monotonic() - t0
+            self.weed = SeaweedS3(self.tmp / "seaweed").start()
+            self.weed.make_bucket(BUCKET)
+            self.prefix = f"deploy-{uuid.uuid4().hex[:6]}"
+            self.ray_tmp = tempfile.mkdtemp(prefix="fl-ray-", dir="/tmp")  # AF_UNIX paths: <= 107 bytes
+            env = self.server.env()
+            env.update(AWS_ENDPOINT_URL_S3=self.weed.endpoint, FACELIFT_CACHE=str(self.cache),
+                       DEEPFACE_HOME=str(deepface), RAY_TMPDIR=self.ray_tmp, TF_CPP_MIN_LOG_LEVEL="3")
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+                env[key] = os.environ[key]
+            self.env = env
+            setup_pool(self.api_url)
+            setup_results_block(self.api_url, f"{self.root}/prefect-results", self.weed.endpoint)
+            self.timings["pool+block"] = time.monotonic() - t0
+            fid, clip = json.loads(_finish(metrics, "building random FID/CLIP weights").strip().splitlines()[-1])
+            prefect_file = overlay_prefect_file(self.tmp / "prefect.yaml", test_parameters(fid, clip))
+            self.timings["test-params"] = time.monotonic() - t0
+            self.deploy_output = deploy_all(env, prefect_file)
+            self.timings["deploy"] = time.monotonic() - t0
+            _, err = weights.communicate(timeout=300)
+            self.timings["deepface"] = time.monotonic() - t0
+            if weights.returncode != 0:
+                raise RuntimeError(f"building DeepFace random weights failed: {err.decode()[-2000:]}")
+            self.worker = start_worker(env, self.tmp / "worker.log")
+        except BaseException:
+            weights.kill()
+            metrics.kill()
+            self.stop()
+            raise
+        return self
+
+    def worker_log(self) -> str:
+        path = self.tmp / "worker.log"
+        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            stop_worker(self.worker.pid)
+            self.worker = None
+        if self.weed is not None:
+            self.weed.stop()
+        if self.server is not None:
+            self.server.stop()
+        if self.ray_tmp:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+_SHARED: dict[str, Any] = {"stack": None, "users": 0}
+
+
+def acquire(tmp_path_factory, cache_dir: Path) -> DeployStack:
+    if _SHARED["stack"] is None:
+        _SHARED["stack"] = DeployStack(tmp_path_factory.mktemp("deploy-stack"), cache_dir).start()
+    _SHARED["users"] += 1
+    return _SHARED["stack"]
+
+
+def release() -> None:
+    _SHARED["users"] -= 1
+    if _SHARED["users"] <= 0 and _SHARED["stack"] is not None:
+        _SHARED["stack"].stop()
+        _SHARED["stack"] = None
+
+
+# -- Prefect API helpers (all through the client, against the stack's server) ---------------------------------
+def client(api_url: str):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api=api_url)
+
+
+def wait_run(api_url: str, run_id: Any, timeout_s: float, stack: DeployStack | None = None) -> Any:
+    final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+    deadline = time.monotonic() + timeout_s
+    with client(api_url) as c:
+        while True:
+            run = c.read_flow_run(run_id)
+            if run.state and run.state.type.value in final:
+                return run
+            if time.monotonic() > deadline:
+                log = stack.worker_log() if stack else ""
+                raise TimeoutError(f"run {run.name} still {run.state_name} after {timeout_s:.0f}s\n{log}")
+            time.sleep(1.0)
+
+
+def runs_of(api_url: str, deployment: str) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with client(api_url) as c:
+        dep = c.read_deployment_by_name(deployment)
+        return c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def wait_for_runs(api_url: str, deployment: str, predicate, timeout_s: float, stack: DeployStack | None = None
+                  ) -> list[Any]:
+    """Runs of ``deployment`` matching ``predicate(run)``, once at least one exists."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [r for r in runs_of(api_url, deployment) if predicate(r)]
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            log = stack.worker_log() if stack else ""
+            raise TimeoutError(f"no run of {deployment} was created within {timeout_s:.0f}s\n{log}")
+        time.sleep(1.0)
+
+
+def run_build(stack: DeployStack, label: str, timeout_s: float = 240.0, **params: Any) -> Any:
+    """Run build-dataset/build through `facelift rebuild`'s code path and wait (memoized per label)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from facelift.cli_ops import build_parameters, run_deployment_now
+
+    if label in stack.build_runs:
+        return stack.build_runs[label]
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        run = run_deployment_now("build-dataset/build", build_parameters(**params), tags=[label])
+    run = wait_run(stack.api_url, run.id, timeout_s, stack)
+    stack.build_runs[label] = run
+    return run

@@ -1,0 +1,165 @@
+"""Against a real ``prefect server start``: deploy deployments/prefect.yaml, run a process worker, rebuild a
+dataset on the tiny profile, and watch the event chain (train + audit, then evaluate) through the API.
+
+One server, SeaweedFS and worker for the session (tests/deploy_stack.py); processes stopped by pid.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import deploy_stack as ds
+import pytest
+import s3fs
+from typer.testing import CliRunner
+
+from facelift.localstack import REPO
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="session")
+def deploy_stack(tmp_path_factory, cache_dir):
+    stack = ds.acquire(tmp_path_factory, cache_dir)
+    yield stack
+    ds.release()
+
+
+@pytest.fixture()
+def api(deploy_stack):
+    """The test process talks to the stack's server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: deploy_stack.api_url}):
+        yield deploy_stack.api_url
+
+
+def _result(run, api_url: str):
+    """The flow run's return value, read back from the object store (results are persisted there)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return run.state.result()
+
+
+def test_everything_deployed_with_triggers_schedule_and_queues(deploy_stack, api):
+    with ds.client(api) as c:
+        names = {f"{c.read_flow(d.flow_id).name}/{d.name}" for d in c.read_deployments()}
+        assert {"build-dataset/build", "train-head/train", "audit-diversity/audit", "evaluate/evaluate",
+                "sweep-heads/sweep", "enhance-images/enhance", "pipeline/pipeline"} <= names
+        build = c.read_deployment_by_name("build-dataset/build")
+        assert build.enforce_parameter_schema and build.parameter_openapi_schema["properties"]["count"]
+        assert build.work_queue_name == "gpu" and build.global_concurrency_limit.limit == 1
+        [schedule] = build.schedules
+        assert schedule.active is False and schedule.schedule.cron == "0 3 * * 0"
+        assert build.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+        assert c.read_deployment_by_name("audit-diversity/audit").work_queue_name == "cpu"
+        gpu = c.read_work_queue_by_name("gpu", work_pool_name="facelift")
+        assert gpu.concurrency_limit == 1
+        autos = {a.name: a for a in c.read_automations()}
+        assert {"train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"} <= set(autos)
+        assert autos["evaluate-new-head"].trigger.expect == {"facelift.head.trained"}
+        assert autos["audit-new-dataset"].actions[0].parameters == {
+            "dataset_uris": ["{{ event.payload.dataset_uri }}"]}
+        env = build.job_variables["env"]
+        assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/facelift-results"
+
+
+def test_invalid_parameters_rejected_by_schema(deploy_stack, api):
+    from facelift.cli import app
+    from facelift.cli_ops import DeploymentRunError, run_deployment_now
+
+    before = len(ds.runs_of(api, "build-dataset/build"))
+    with pytest.raises(DeploymentRunError, match=r"rejected the parameters.*count"):
+        run_deployment_now("build-dataset/build", {"profile": "tiny", "count": "many"})
+    with pytest.raises(DeploymentRunError, match=r"not found"):
+        run_deployment_now("build-dataset/nope", {})
+    res = CliRunner().invoke(app, ["rebuild", "--mode", "sideways"])
+    assert res.exit_code == 2 and "mode" in res.output and "sideways" in res.output
+    # the stock CLI is rejected the same way
+    cli = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "build-dataset/build", "-p",
+                          "count=-3x"], env=deploy_stack.env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode != 0 and "count" in (cli.stdout + cli.stderr)
+    assert len(ds.runs_of(api, "build-dataset/build")) == before  # nothing was created
+
+
+def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
+    build = ds.run_build(deploy_stack, "chain", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
+    assert build.state_name == "Completed", deploy_stack.worker_log()
+    out = _result(build, api)
+    uri = out["dataset_uri"]
+    assert uri.startswith(f"{deploy_stack.root}/datasets/") and out["pairs"] == ds.COUNT
+
+    def on_dataset(r):
+        return r.parameters.get("dataset_uri") == uri or r.parameters.get("dataset_uris") == [uri]
+
+    [train] = ds.wait_for_runs(api, "train-head/train", on_dataset, 60, deploy_stack)
+    [audit] = ds.wait_for_runs(api, "audit-diversity/audit", on_dataset, 60, deploy_stack)
+    assert train.parameters["flavor"] == "debug"  # deployment defaults merged under the trigger's parameters
+    train = ds.wait_run(api, train.id, 300, deploy_stack)
+    assert train.state_name == "Completed", deploy_stack.worker_log()
+    run_uri = _result(train, api)["run_uri"]
+    [evaluate] = ds.wait_for_runs(api, "evaluate/evaluate", on_dataset, 60, deploy_stack)
+    assert evaluate.parameters["heads"] == [run_uri]
+    audit = ds.wait_run(api, audit.id, 300, deploy_stack)
+    assert audit.state_name == "Completed", deploy_stack.worker_log()
+    evaluate = ds.wait_run(api, evaluate.id, 300, deploy_stack)
+    assert evaluate.state_name == "Completed", deploy_stack.worker_log()
+    table = _result(evaluate, api)["table"]
+    assert [row["row"] for row in table][:2] == ["schnell", "dev"] and len(table) == 3
+
+    # the build run published its artifacts; results live in the object store
+    with ds.client(api) as c:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[build.id])))
+    assert {"progress", "table"} <= {a.type for a in arts}
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint})
+    assert fs.ls(f"{deploy_stack.root}/prefect-results".removeprefix("s3://"))
+
+
+def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy_stack, api):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    first = _result(ds.run_build(deploy_stack, "chain", profile="tiny", count=ds.COUNT, root=deploy_stack.root),
+                    api)
+    with ds.client(api) as c:  # keep this test from re-running the chain
+        for auto in c.read_automations():
+            c.pause_automation(auto.id)
+    try:
+        # object store down when the rebuild starts: the run fails visibly
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint})
+        ds_key = first["dataset_uri"].removeprefix("s3://")
+        fs.rm(f"{ds_key}/shards/00001.parquet")
+        deploy_stack.weed.stop()
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            from facelift.cli_ops import build_parameters, run_deployment_now
+
+            params = build_parameters(profile="tiny", count=ds.COUNT, root=deploy_stack.root)
+            down = run_deployment_now("build-dataset/build", params)
+        down = ds.wait_run(api, down.id, 180, deploy_stack)
+        assert down.state_name in {"Failed", "Crashed"}, down.state_name
+        assert "127.0.0.1" in (down.state.message or "") or "connect" in (down.state.message or "").lower()
+        # back up (same data dir and port): the same parameters resume the same dataset
+        deploy_stack.weed.start()
+        again = ds.run_build(deploy_stack, "resume", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
+        assert again.state_name == "Completed", deploy_stack.worker_log()
+        resumed = _result(again, api)
+        assert resumed["dataset_id"] == first["dataset_id"]
+        assert resumed["generated_shards"] == 1 and resumed["pairs"] == ds.COUNT
+        # changed parameters make a new dataset version (through `facelift rebuild --wait`)
+        from facelift.cli import app
+
+        res = CliRunner().invoke(app, ["rebuild", "--count", "8", "--root", deploy_stack.root, "--wait",
+                                       "--timeout", "240"])
+        assert res.exit_code == 0, res.output + deploy_stack.worker_log()
+        assert "Completed" in res.output and '"count": 8' in res.output
+        [cli_run] = [r for r in ds.runs_of(api, "build-dataset/build") if "rebuild" in r.tags]
+        changed = _result(cli_run, api)
+        assert changed["dataset_id"] != first["dataset_id"] and changed["pairs"] == 8
+    finally:
+        with ds.client(api) as c:
+            for auto in c.read_automations():
+                c.resume_automation(auto.id)
+
