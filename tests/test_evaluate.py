@@ -149,3 +149,12 @@ def test_reference_features_reused(dataset, cache_dir, tmp_path, monkeypatch) ->
     second = ev.score_rows(ev.reference_rows(held), held, suite, store, cfg)
     assert calls == [3, 3]  # only the two rows: both reference sets came from the cache
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_cli_evaluate_bad_dataset(prefect_harness, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from facelift.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "datasets" / "nope"), "--head", str(tmp_path)])
+    assert res.exit_code == 2 and "no dataset at" in res.output
