@@ -90,14 +90,14 @@ def main() -> None:
     ap.add_argument("--flavor", default="full")
     ap.add_argument("--size", type=int, default=None, help="default 64 (cpu) / 512 (cuda)")
     ap.add_argument("--batch", type=int, default=None, help="default 8 (cpu) / 16 (cuda)")
-    ap.add_argument("--min-s", type=float, default=None, help="seconds per measurement (default 2 cpu / 3 cuda)")
+    ap.add_argument("--min-s", type=float, default=None, help="seconds per measurement (default 2)")
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--files", type=int, default=32, help="CPU: also time the PNG file pipeline on N files (0: off)")
     ap.add_argument("--out", default=None, help="folder for enhance.json (default $OUT or .)")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     size, batch = args.size or (512 if cuda else 64), args.batch or (16 if cuda else 8)
-    min_s = args.min_s or (3.0 if cuda else 2.0)
+    min_s = args.min_s or 2.0
     torch.backends.cudnn.benchmark = True
     result = {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
               "torch": torch.__version__, "rows": [], "files": []}
