@@ -101,6 +101,8 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     result = {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
               "torch": torch.__version__, "rows": [], "files": []}
+    out = Path(args.out or os.environ.get("OUT", "."))
+    out.mkdir(parents=True, exist_ok=True)
     for name in args.heads.split(","):
         for compiled in ([False] if args.no_compile else [False, True]):
             try:
@@ -109,12 +111,11 @@ def main() -> None:
                 row = {"head": name, "compiled": compiled, "error": f"{type(exc).__name__}: {exc}"[:300]}
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
+            (out / "enhance.json").write_text(json.dumps(result, indent=2))  # partial results survive a timeout
             if cuda:
                 torch.cuda.empty_cache()
     if not cuda and args.files:
         result["files"].append(bench_files(args.heads.split(",")[0], args.flavor, size, batch, args.files))
-    out = Path(args.out or os.environ.get("OUT", "."))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "enhance.json").write_text(json.dumps(result, indent=2))
     print(f"\n### enhance throughput on {result['device']} (torch {result['torch']})\n")
     print("| head | size | batch | mode | dtype | channels_last | tensor img/s | uint8 img/s | first call s |")
