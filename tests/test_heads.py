@@ -88,7 +88,7 @@ def test_full_flavor_parameter_counts():
 
 
 def test_esa_block_shape_and_mask_range():
-    esa = ESA(32)
+    esa = ESA(32).requires_grad_(False)
     for size in (16, 40, 128):
         x = torch.randn(2, 32, size, size)
         mask = esa.mask(x)
