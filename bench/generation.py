@@ -169,15 +169,19 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    def save() -> None:  # after every measurement: a run cut short still leaves its numbers
+        (out / "generation.json").write_text(json.dumps({"device": device_name(args.device), "arch": args.arch,
+                                                         "batch": args.batch, "results": results}, indent=2))
+
     def record(name: str) -> None:
         f, e = floor(pair, cfg, args.batch, args.reps), end_to_end(pair, cfg, args.batches)
         results[name] = {**f, **e, "floor_fraction": f["floor_per_pair"] / e["e2e_per_pair"]}
-        (out / "generation.json").write_text(json.dumps({"device": device_name(args.device), "arch": args.arch,
-                                                         "batch": args.batch, "results": results}, indent=2))
+        save()
         log.info("%s: %s", name, results[name])
 
     record("eager")
     results["eager"]["swap_transformer_s"] = swap_cost(pair)
+    save()
     if args.compile and time.perf_counter() - start < args.budget_s:
         pair.schnell.transformer.compile(fullgraph=True)
         pair.dev.transformer.compile(fullgraph=True)
