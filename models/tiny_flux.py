@@ -8,7 +8,6 @@ in the real checkpoints) and safe under concurrency (built in a temp folder, the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,28 +16,35 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = "v2"  # bump when the tiny architecture changes, so stale caches are rebuilt
+TINY_VERSION = "v3"  # bump when the tiny architecture changes, so stale caches are rebuilt
 _SHARED_SEED = 1234
 _VARIANT_SEEDS = {"schnell": 1, "dev": 2}
 
 
-def _clip_tokenizer(folder: Path):
+def _byte_chars() -> list[str]:
+    """GPT-2/CLIP's printable stand-ins for the 256 byte values (CLIP's first vocab entries)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def _clip_tokenizer(folder: Path | None = None):
+    """A byte-level BPE CLIP tokenizer with CLIP's vocab layout (specials, bytes, bytes + ``</w>``, merges).
+
+    Specials first (ids 0 and 1) to match the tiny CLIP config's bos/eos ids, which CLIP pooling uses.
+    ``folder`` is unused (kept for callers of the older file-based recipe).
+    """
     from transformers import CLIPTokenizer
 
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    chars = _byte_chars()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in chars:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    merges = ["#version: 0.2", "p r", "o r", "a i"]
-    for a, b in (("p", "r"), ("o", "r"), ("a", "i")):
-        vocab[a + b] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    return CLIPTokenizer(
-        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), model_max_length=77
-    )
+    for suffix in ("", "</w>"):
+        for ch in chars:
+            vocab[ch + suffix] = len(vocab)
+    merges = [("p", "r"), ("o", "r"), ("a", "i"), ("i", "t</w>")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def _t5_tokenizer():
