@@ -70,9 +70,11 @@ def train(
 ) -> None:
     """Train (or resume) a head with Ray Train; prints the run URI (load it with models.heads.load_head)."""
     from flows.train_head import train_head
+    from models.heads import head_class
 
     _setup_logging(verbose)
     try:
+        head_class(head)  # before starting Prefect and Ray
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                          batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
                          resolution=resolution, crop=crop, patience=patience, checkpoint_every=checkpoint_every,
@@ -108,9 +110,11 @@ def sweep(
     import pandas as pd
 
     from flows.sweep_heads import sweep_heads
+    from models.heads import head_class
 
     _setup_logging(verbose)
     try:
+        head_class(head)
         out = sweep_heads(dataset_uri=dataset_uri, head=head, flavor=flavor, lambda_cycs=lambda_cyc, lrs=lr,
                           select=select, max_steps=max_steps, batch_size=batch_size, resolution=resolution,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, endpoint_url=endpoint_url,

@@ -18,7 +18,7 @@ import pandas as pd
 
 from facelift.storage import Store
 from models.heads import head_class
-from tasks.train import LoopEnv, TrainConfig, new_run_id, ray_storage, resolve_run, run_loop
+from tasks.train import LoopEnv, TrainConfig, check_config, new_run_id, ray_storage, resolve_run, run_loop
 
 log = logging.getLogger(__name__)
 PAPER_LAMBDA_CYC = (10.0, 5.0, 2.0)
@@ -84,6 +84,7 @@ def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
     grid_lambda = list(lambda_cycs) if has_lambda and lambda_cycs else [None]
     sweep_id = sweep_id or base.run_id or new_run_id(f"sweep-{base.head}")
     base = resolve_run(base.model_copy(update={"run_id": sweep_id, "run_uri": base.run_uri}))
+    check_config(base)
     sweep_store = Store(base.run_uri, base.endpoint_url)
     storage_path, storage_fs = ray_storage(sweep_store)
     resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}

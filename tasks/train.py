@@ -315,6 +315,13 @@ def ray_session(address: str | None = None):
         ray.shutdown()
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Fail fast, before Ray starts: unknown head/flavor/field, missing or empty dataset, no train split."""
+    build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
+    ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
+    split_counts(ds, shards, cfg.val_fraction)
+
+
 @dataclass
 class TrainResult:
     run_id: str
@@ -329,9 +336,7 @@ def train(cfg: TrainConfig, max_failures: int = 0) -> TrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = resolve_run(cfg)
-    build_head(cfg.head, cfg.flavor, **cfg.head_overrides)  # unknown head/flavor/field: fail before Ray
-    ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
-    split_counts(ds, shards, cfg.val_fraction)
+    check_config(cfg)
     run_store = Store(cfg.run_uri, cfg.endpoint_url)
     runs_root, run_name = cfg.run_uri.rstrip("/").rsplit("/", 1)
     storage_path, storage_fs = ray_storage(Store(runs_root, cfg.endpoint_url))
