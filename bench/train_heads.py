@@ -85,6 +85,20 @@ def bench_one(name: str, compiled: bool, args: argparse.Namespace, device: torch
     return row
 
 
+def run_row(name: str, compiled: bool, args: argparse.Namespace, device: torch.device) -> dict:
+    """One table row; a failure (e.g. out of memory) becomes a row with the error, and the run goes on."""
+    mode = "compiled" if compiled else "eager"
+    try:
+        row = bench_one(name, compiled, args, device)
+        print(f"{name} {mode}: {row['pairs_per_s']} pairs/s", flush=True)
+        return row
+    except Exception as exc:  # noqa: BLE001 - report the failure in the table, keep going
+        print(f"{name} {mode}: ERROR {exc!r}"[:300], flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"head": name, "mode": mode, "note": f"error: {repr(exc)[:200]}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -115,18 +129,13 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     for name in args.heads:
-        rows.append(bench_one(name, False, args, device))
-        print(f"{name} eager: {rows[-1]['pairs_per_s']} pairs/s", flush=True)
+        rows.append(run_row(name, False, args, device))
     if not args.no_compile:
         for name in sorted(args.heads, key=lambda n: COMPILE_ORDER.index(n) if n in COMPILE_ORDER else 99):
             if time.perf_counter() - start > args.budget_s:
                 rows.append({"head": name, "mode": "compiled", "note": "skipped: time budget"})
                 continue
-            try:
-                rows.append(bench_one(name, True, args, device))
-                print(f"{name} compiled: {rows[-1]['pairs_per_s']} pairs/s", flush=True)
-            except Exception as exc:  # noqa: BLE001 - report the failure in the table, keep going
-                rows.append({"head": name, "mode": "compiled", "note": f"error: {repr(exc)[:200]}"})
+            rows.append(run_row(name, True, args, device))
     meta = {"device": card, "torch": torch.__version__, "size": args.size, "batch": args.batch,
             "flavor": args.flavor, "dtype": "bf16 autocast + channels_last" if args.bf16 else "fp32",
             "warmup": args.warmup, "timed_steps": args.steps, "total_s": round(time.perf_counter() - start, 1)}

@@ -125,21 +125,23 @@ def test_ray_train_two_workers_killed_run_resumes(dataset: Dataset, ray_local):
         load_head(result.run_uri, dataset.store.endpoint_url, expect="unet_cbam")
 
 
-def test_sweep_two_by_one_reports_table(dataset: Dataset, ray_local):
-    from tasks.sweep import sweep
+def test_sweep_flow_two_by_one_reports_table(dataset: Dataset, ray_local, prefect_harness, monkeypatch):
+    import flows.sweep_heads as flow_module
 
-    base = base_config(dataset, head="cyclegan", max_steps=2, checkpoint_every=2)
-    result = sweep(base, lambda_cycs=(10.0, 2.0), lrs=(2e-4,), sweep_id=f"sweep-{uuid.uuid4().hex[:6]}")
-    table = result.table
-    assert len(table) == 2 and set(table["lambda_cyc"]) == {10.0, 2.0} and set(table["lr"]) == {2e-4}
-    assert table["best_loss"].notna().all() and table["ssim"].between(-1, 1).all()
-    assert table["error"].isna().all()
-    assert result.best["selected_by"] == "ssim"
-    assert result.best["ssim"] == table["ssim"].max()
-    store = Store(result.sweep_uri, dataset.store.endpoint_url)
+    events = []
+    monkeypatch.setattr(flow_module, "emit_event", lambda **kw: events.append(kw))
+    out = flow_module.sweep_heads(dataset_uri=dataset.uri, head="cyclegan", flavor="debug", lambda_cycs=[10.0, 2.0],
+                                  lrs=[2e-4], max_steps=2, batch_size=2, resolution=SIZE,
+                                  endpoint_url=dataset.store.endpoint_url, run_id=f"sweep-{uuid.uuid4().hex[:6]}")
+    rows = out["rows"]
+    assert len(rows) == 2 and {r["lambda_cyc"] for r in rows} == {10.0, 2.0} and {r["lr"] for r in rows} == {2e-4}
+    assert all(r["best_loss"] is not None and -1 <= r["ssim"] <= 1 and r["error"] is None for r in rows)
+    assert out["best"]["selected_by"] == "ssim" and out["best"]["ssim"] == max(r["ssim"] for r in rows)
+    store = Store(out["sweep_uri"], dataset.store.endpoint_url)
     saved = json.loads(store.read_bytes("sweep.json"))
-    assert len(saved["rows"]) == 2 and saved["best"]["trial"] == result.best["trial"]
-    assert load_head(result.best["head_uri"], dataset.store.endpoint_url).name == "cyclegan"
+    assert len(saved["rows"]) == 2 and saved["best"]["trial"] == out["best"]["trial"]
+    assert load_head(out["best"]["head_uri"], dataset.store.endpoint_url).name == "cyclegan"
+    assert events[0]["event"] == "facelift.sweep.completed"
 
 
 def test_train_head_flow_publishes_reports_and_event(dataset: Dataset, ray_local, prefect_harness,
