@@ -40,6 +40,7 @@ def build(
     out: Annotated[str | None, typer.Option(help="storage root: ./data, /path or s3://bucket/prefix")] = None,
     dataset_id: Annotated[str | None, typer.Option(help="dataset id (default: derived from parameters)")] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// roots")] = None,
+    weights: Annotated[str | None, typer.Option(help="per-name sampling weights (facelift rebalance)")] = None,
     workers: Annotated[int | None, typer.Option(help="generation actors (one per GPU)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local Ray)")] = None,
     config: Annotated[Path | None, typer.Option(help="config file (TOML, YAML or JSON)")] = None,
@@ -62,7 +63,7 @@ def build(
         if ray_address is not None:
             overrides["ray.address"] = ray_address
         result = build_dataset(profile=profile, names_uri=names, count=count, mode=mode, root=out,
-                               dataset_id=dataset_id, endpoint_url=endpoint_url,
+                               dataset_id=dataset_id, endpoint_url=endpoint_url, weights_uri=weights,
                                config_file=str(config) if config else None, overrides=overrides)
     except (ConfigError, DatasetError, StorageError, NamesError, PlanError, FluxWeightsError,
             FileNotFoundError) as exc:
@@ -117,3 +118,7 @@ from facelift import cli_train  # noqa: E402
 
 app.command("train")(cli_train.train)
 app.command("sweep")(cli_train.sweep)
+from facelift import cli_ops  # noqa: E402
+
+app.command("rebuild")(cli_ops.rebuild)
+app.command("stack")(cli_ops.stack)

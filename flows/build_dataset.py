@@ -78,13 +78,15 @@ def build_dataset(
     root: str | None = None,
     dataset_id: str | None = None,
     endpoint_url: str | None = None,
+    weights_uri: str | None = None,
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a paired schnell/dev dataset; returns the dataset summary with its URI."""
     logger = get_run_logger()
     given = {"plan.names_uri": names_uri, "plan.count": count, "plan.prompt.mode": mode,
-             "storage.root": root, "dataset_id": dataset_id, "storage.endpoint_url": endpoint_url}
+             "storage.root": root, "dataset_id": dataset_id, "storage.endpoint_url": endpoint_url,
+             "plan.weights_uri": weights_uri}
     given = {k: v for k, v in given.items() if v is not None}
     cfg = resolve_config(profile, config_file=config_file, overrides={**given, **(overrides or {})})
     t0 = time.perf_counter()
