@@ -126,3 +126,19 @@ def test_cli_info_and_clear_errors(local_build):
     assert bad.exit_code == 2 and "unknown profile 'nope'" in bad.output
     missing = runner.invoke(app, ["info", str(root / "nothing")])
     assert missing.exit_code == 2 and "no dataset.json" in missing.output
+
+
+def test_weights_file_steers_the_plan_and_the_dataset_identity(tmp_path):
+    import pandas as pd
+
+    from tasks.names import read_names
+
+    people = read_names()[0].head(6)
+    weights = tmp_path / "weights.parquet"
+    pd.DataFrame({"nconst": people["nconst"], "name": people["name"], "weight": [1.0] * 4 + [0.0] * 2}) \
+        .to_parquet(weights)
+    result = build_dataset(count=4, root=str(tmp_path / "data"), weights_uri=str(weights), overrides=SMALL)
+    plan = Dataset.open(result["dataset_uri"]).plan()
+    assert sorted(plan["nconst"]) == sorted(people["nconst"].head(4))  # weight 0 = never drawn
+    unweighted = build_dataset(count=4, root=str(tmp_path / "data"), overrides=SMALL)
+    assert unweighted["dataset_id"] != result["dataset_id"]
