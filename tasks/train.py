@@ -320,6 +320,14 @@ def check_config(cfg: TrainConfig) -> None:
     build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
     ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
     split_counts(ds, shards, cfg.val_fraction)
+    if cfg.run_uri:  # resuming: the run must be of the same head
+        try:
+            previous = json.loads(Store(cfg.run_uri, cfg.endpoint_url).read_bytes("run.json"))["config"]
+        except (FileNotFoundError, KeyError, ValueError):
+            return
+        if (previous.get("head"), previous.get("flavor")) != (cfg.head, cfg.flavor):
+            raise HeadError(f"run {cfg.run_uri} holds checkpoints of head {previous.get('head')!r} "
+                            f"({previous.get('flavor')}), not {cfg.head!r} ({cfg.flavor}): use another run_id")
 
 
 @dataclass

@@ -175,23 +175,23 @@ class PairStream:
 def load_validation(ds: Dataset, shards: list[int], cfg: DataConfig, rank: int = 0,
                     world: int = 1) -> dict[str, torch.Tensor]:
     """This worker's share of the validation pairs (paired, centre-cropped), at most ``max_val_pairs``
-    in total; reading stops as soon as enough pairs are found."""
-    a: list[torch.Tensor] = []
-    b: list[torch.Tensor] = []
-    found = 0
-    size = cfg.size
-    off = (cfg.resolution - size) // 2
+    in total; reading stops as soon as enough pairs are found. With fewer pairs than workers every worker
+    gets all of them (the averaged metrics stay exact and every worker reports the same metric names)."""
+    pairs: list[tuple[dict, dict]] = []
     for table in ds.iter_shards(READ_COLUMNS, shards):
         for row in table.to_pylist():
-            if found >= cfg.max_val_pairs:
+            if len(pairs) >= cfg.max_val_pairs:
                 break
-            if not is_validation(row["pair_id"], cfg.val_fraction):
-                continue
-            if found % world == rank:
-                a.append(_crop_flip(to_uint8(row["schnell_image"], cfg.resolution), off, off, size, False))
-                b.append(_crop_flip(to_uint8(row["dev_image"], cfg.resolution), off, off, size, False))
-            found += 1
-        if found >= cfg.max_val_pairs:
+            if is_validation(row["pair_id"], cfg.val_fraction):
+                pairs.append((row["schnell_image"], row["dev_image"]))
+        if len(pairs) >= cfg.max_val_pairs:
             break
-    empty = torch.zeros(0, 3, size, size)
-    return {"schnell": to_float(torch.stack(a)) if a else empty, "dev": to_float(torch.stack(b)) if b else empty}
+    mine = pairs[rank::world] if len(pairs) >= world else pairs
+    size = cfg.size
+    off = (cfg.resolution - size) // 2
+    if not mine:
+        empty = torch.zeros(0, 3, size, size)
+        return {"schnell": empty, "dev": empty.clone()}
+    a = [_crop_flip(to_uint8(x, cfg.resolution), off, off, size, False) for x, _ in mine]
+    b = [_crop_flip(to_uint8(y, cfg.resolution), off, off, size, False) for _, y in mine]
+    return {"schnell": to_float(torch.stack(a)), "dev": to_float(torch.stack(b))}

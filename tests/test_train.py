@@ -44,6 +44,10 @@ def test_split_is_deterministic_and_disjoint(dataset: Dataset):
     cfg = DataConfig(resolution=SIZE, val_fraction=0.25, max_val_pairs=100, shuffle_buffer=4)
     held_out = load_validation(dataset, shards, cfg)
     assert held_out["schnell"].shape == (len(val), 3, SIZE, SIZE)
+    halves = [load_validation(dataset, shards, cfg, rank, 2)["schnell"] for rank in (0, 1)]
+    assert sum(h.shape[0] for h in halves) == len(val)  # two workers split the validation pairs
+    many = load_validation(dataset, shards, cfg, 0, len(val) + 1)  # more workers than pairs: all of them
+    assert many["schnell"].shape[0] == len(val)
 
 
 def _mean_pair_gap(batch: dict[str, torch.Tensor]) -> float:
@@ -123,6 +127,8 @@ def test_ray_train_two_workers_killed_run_resumes(dataset: Dataset, ray_local):
     assert head.name == "esa_cyclegan" and head.flavor == "debug"
     with pytest.raises(HeadError, match="is a 'esa_cyclegan' head, not 'unet_cbam'"):
         load_head(result.run_uri, dataset.store.endpoint_url, expect="unet_cbam")
+    with pytest.raises(HeadError, match="holds checkpoints of head 'esa_cyclegan'"):
+        train(cfg.model_copy(update={"head": "unet_cbam", "fail_at_step": None}))  # fails before Ray starts
 
 
 def test_sweep_flow_two_by_one_reports_table(dataset: Dataset, ray_local, prefect_harness, monkeypatch):
