@@ -34,7 +34,7 @@ def sweep_heads(
     select: str = "ssim",
     max_steps: int = 1000,
     batch_size: int = 4,
-    resolution: int = 256,
+    resolution: int = 512,
     patience: int | None = 10,
     cpus_per_trial: float = 1.0,
     gpus_per_trial: float = 0.0,

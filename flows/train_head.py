@@ -49,7 +49,7 @@ def train_head(
     lr: float | None = None,
     num_workers: int = 1,
     use_gpu: bool = False,
-    resolution: int = 256,
+    resolution: int = 512,
     crop: int | None = None,
     patience: int | None = 10,
     checkpoint_every: int = 500,

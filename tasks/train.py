@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
     lr: float | None = Field(None, gt=0, description="None: the head's default")
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    resolution: int = Field(256, ge=8)
+    resolution: int = Field(512, ge=8, description="square training size (the dataset is 512)")
     crop: int | None = None
     flip: bool = True
     val_fraction: float = Field(0.1, gt=0, lt=1)

@@ -30,7 +30,7 @@ READ_COLUMNS = ["pair_id", "schnell_image", "dev_image"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    resolution: int = 256  # images are resized to this square size
+    resolution: int = 512  # images are resized to this square size
     crop: int | None = None  # random crop (centre crop for validation); None = no crop
     flip: bool = True  # random horizontal flip (training only)
     val_fraction: float = 0.1

@@ -72,7 +72,7 @@ def loss_curve_png(metrics: dict[str, Any]) -> bytes:
 
 
 def sample_grid_png(run_uri: str, dataset_uri: str, endpoint_url: str | None = None, n: int = 4,
-                    resolution: int = 256, val_fraction: float = 0.1) -> bytes:
+                    resolution: int = 512, val_fraction: float = 0.1) -> bytes:
     """Rows of validation pairs: schnell input | head output | dev target."""
     from PIL import Image
 
@@ -94,7 +94,7 @@ def sample_grid_png(run_uri: str, dataset_uri: str, endpoint_url: str | None = N
 
 
 def write_reports(run_uri: str, dataset_uri: str, endpoint_url: str | None = None,
-                  resolution: int = 256, val_fraction: float = 0.1) -> dict[str, Any]:
+                  resolution: int = 512, val_fraction: float = 0.1) -> dict[str, Any]:
     """Write ``loss_curve.png`` and ``samples.png`` into the run folder; return rows and image bytes."""
     store = Store(run_uri, endpoint_url)
     metrics = read_metrics(run_uri, endpoint_url)
