@@ -124,14 +124,16 @@ def sync_grads(world: int):
     import torch.distributed as dist
 
     def sync(params: list[torch.nn.Parameter]) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)  # same memory format as the parameter
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
         dist.all_reduce(flat)
         flat.div_(world)
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad.copy_(flat[offset:offset + n].view(p.shape))  # keeps the grad's layout (channels_last)
             offset += n
     return sync
 
