@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from facelift.cli_common import fail, setup_logging
 from facelift.config import ConfigError, parse_set_options
 
 app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and distilled heads.",
@@ -17,18 +17,6 @@ app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and 
 log = logging.getLogger("facelift")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override any config key: a.b.c=VALUE")]
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()

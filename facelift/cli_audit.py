@@ -8,20 +8,9 @@ from typing import Annotated
 
 import typer
 
+from facelift.cli_common import fail, setup_logging
+
 log = logging.getLogger("facelift")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
-
-
-def _setup_logging(verbose: bool) -> None:
-    import os
-
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def audit(
@@ -49,14 +38,14 @@ def audit(
     from models.deepface_weights import MissingWeightsError
     from tasks.audit import AuditError
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         result = audit_diversity(dataset_uris=dataset_uris, detector=detector, include_dev=include_dev,
                                  tsne=tsne, endpoint_url=endpoint_url, run_id=run_id, output_root=output_root,
                                  enforce_detection=enforce_detection, perplexity=perplexity,
                                  tsne_max_fit=tsne_max_fit)
     except (DatasetError, StorageError, MissingWeightsError, AuditError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(_table(result))
     typer.echo(json.dumps({k: result[k] for k in ("run_id", "run_uri", "files", "audit")}, indent=2))
 
@@ -92,7 +81,7 @@ def rebalance(
     from tasks.audit import AuditError, audit_prefix, load_audit
     from tasks.rebalance import RebalanceError, compute_weights, load_target, write_weights
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         ds = Dataset.open(dataset_uri, endpoint_url)
         goal = load_target(target, endpoint_url)
@@ -101,7 +90,7 @@ def rebalance(
         uri = write_weights(weights, out or ds.store.url(f"{audit_prefix(detector)}/weights.parquet"),
                             endpoint_url)
     except (DatasetError, StorageError, AuditError, RebalanceError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(json.dumps({"weights_uri": uri, **report}, indent=2))
     typer.echo(f"next build: facelift build --set plan.weights_uri={uri}" +
                (f" --count {count}" if count else ""))

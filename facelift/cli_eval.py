@@ -8,20 +8,9 @@ from typing import Annotated
 
 import typer
 
+from facelift.cli_common import fail, setup_logging
+
 log = logging.getLogger("facelift")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
-
-
-def _setup_logging(verbose: bool) -> None:
-    import os
-
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -60,14 +49,14 @@ def evaluate(
     from models.metrics import DEFAULT_CLIP_IQA_MODEL
     from tasks.eval_report import table_markdown
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         result = evaluate_flow(dataset_uri, head or [], lora=lora, n_images=n_images, endpoint_url=endpoint_url,
                                run_id=run_id, inception_weights=inception_weights,
                                clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, val_fraction=val_fraction,
                                n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution)
     except _errors() as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     import pandas as pd
 
     typer.echo(table_markdown(pd.DataFrame(result["table"])))
@@ -95,13 +84,13 @@ def enhance(
     """Apply a trained head to any images; unreadable files are reported and skipped (exit 1 if any)."""
     from tasks.enhance import run_enhance
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     fmt = None if out_format is None else "." + out_format.lower().lstrip(".")
     try:
         report = run_enhance(src, dst, head, endpoint_url=endpoint_url, device=device, batch_size=batch_size,
                              policy=policy, size=size, compile=compile, out_format=fmt, workers=workers)
     except _errors() as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:

@@ -8,20 +8,9 @@ from typing import Annotated
 
 import typer
 
+from facelift.cli_common import fail, setup_logging
+
 log = logging.getLogger("facelift")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
-
-
-def _setup_logging(verbose: bool) -> None:
-    import os
-
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -72,7 +61,7 @@ def train(
     from flows.train_head import train_head
     from models.heads import head_class
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         head_class(head)  # before starting Prefect and Ray
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
@@ -81,7 +70,7 @@ def train(
                          compile=compile, endpoint_url=endpoint_url, run_id=run_id, ray_address=ray_address,
                          head_overrides=_overrides(set_))
     except _errors() as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(json.dumps(out, indent=2))
     typer.echo(out["run_uri"])
 
@@ -112,7 +101,7 @@ def sweep(
     from flows.sweep_heads import sweep_heads
     from models.heads import head_class
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         head_class(head)
         out = sweep_heads(dataset_uri=dataset_uri, head=head, flavor=flavor, lambda_cycs=lambda_cyc, lrs=lr,
@@ -120,7 +109,7 @@ def sweep(
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, endpoint_url=endpoint_url,
                           run_id=run_id, ray_address=ray_address, head_overrides=_overrides(set_))
     except _errors() as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = pd.DataFrame(out["rows"])[["lambda_cyc", "lr", "best_loss", "ssim", "steps", "error"]]
     typer.echo(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
     typer.echo(f"best ({out['best']['selected_by']}): lambda_cyc={out['best']['lambda_cyc']} "
