@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean stack stack-down
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -31,3 +31,10 @@ bench: install
 
 clean:
 	rm -rf data runs .pytest_cache
+
+# local loopback stack: Prefect server + UI, SeaweedFS S3, Ray head, process worker; deploys everything
+stack: install
+	PY=$(PY) infra/local/up.sh
+
+stack-down:
+	PY=$(PY) infra/local/down.sh
