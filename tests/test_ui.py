@@ -1,0 +1,119 @@
+"""The Prefect UI in headless Debian Chromium (driven by playwright; never `playwright install`): the build run,
+its progress and table artifacts, and the chaining automations. Screenshots go to the test's tmp dir and to
+``test-outputs/ui/`` (override with TEST_OUTPUTS_DIR)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import deploy_stack as ds
+import pytest
+
+from facelift.localstack import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (/usr/bin/chromium): "
+                                                     "run infra/ci/install-system.sh"),
+]
+
+
+@pytest.fixture(scope="session")
+def deploy_stack(tmp_path_factory, cache_dir):
+    stack = ds.acquire(tmp_path_factory, cache_dir)
+    yield stack
+    ds.release()
+
+
+@pytest.fixture(scope="module")
+def build_run(deploy_stack):
+    """The completed build run of tests/test_prefect_server.py, or a fresh one with the chain paused."""
+    if "chain" in deploy_stack.build_runs:
+        return deploy_stack.build_runs["chain"]
+    with ds.client(deploy_stack.api_url) as c:
+        autos = c.read_automations()
+        for auto in autos:
+            c.pause_automation(auto.id)
+    try:
+        return ds.run_build(deploy_stack, "ui", profile="tiny", count=8, root=deploy_stack.root)
+    finally:
+        with ds.client(deploy_stack.api_url) as c:
+            for auto in autos:
+                c.resume_automation(auto.id)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+def _save(page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    outputs = Path(os.environ.get("TEST_OUTPUTS_DIR", REPO / "test-outputs")) / "ui"
+    outputs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, outputs / shot.name)
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+    return shot
+
+
+def test_ui_shows_build_run_with_progress_and_table_artifacts(deploy_stack, build_run, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    assert build_run.state_name == "Completed", deploy_stack.worker_log()
+    ui = deploy_stack.server.ui_url
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+
+    # the runs list shows the build run by name
+    page.goto(f"{ui}/runs", wait_until="networkidle")
+    expect(page.get_by_text(build_run.name).first).to_be_visible(timeout=30_000)
+    _save(page, tmp_path, "runs")
+
+    # the run page: state, flow, and its artifacts tab (progress + the dataset summary table)
+    page.get_by_text(build_run.name).first.click()
+    page.wait_for_url(re.compile(rf".*/runs/flow-run/{build_run.id}.*"))
+    expect(page.get_by_text("Completed").first).to_be_visible()
+    expect(page.get_by_text("build-dataset").first).to_be_visible()
+    page.get_by_text("Artifacts", exact=True).first.click()
+    page.wait_for_url(re.compile(r".*tab=Artifacts.*"))
+    page.wait_for_load_state("networkidle")
+    progress = page.get_by_role("link", name=re.compile(r"^progress "))
+    expect(progress.first).to_be_visible(timeout=30_000)
+    expect(progress.first).to_contain_text("shards committed for ")
+    table = page.get_by_role("link", name=re.compile(r"^table build-"))
+    expect(table.first).to_contain_text(deploy_stack.root)  # "Dataset s3://.../datasets/<id>"
+    _save(page, tmp_path, "build-run-artifacts")
+
+    # the table artifact's own page renders the rows the flow published
+    table.first.click()
+    page.wait_for_url(re.compile(r".*/artifacts/artifact/.*"))
+    page.wait_for_load_state("networkidle")
+    expect(page.get_by_text("pairs generated (this run)").first).to_be_visible(timeout=30_000)
+    _save(page, tmp_path, "build-table-artifact")
+
+
+def test_ui_lists_chaining_automations(deploy_stack, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{deploy_stack.server.ui_url}/automations", wait_until="networkidle")
+    for name in ("train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"):
+        expect(page.get_by_text(name).first).to_be_visible(timeout=30_000)
+    _save(page, tmp_path, "automations")
