@@ -25,9 +25,12 @@ from facelift.testing import SeaweedS3, free_port, stop_pid
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+LOCAL_PARAMETERS = REPO / "infra" / "local" / "parameters.yaml"
 POOL = "facelift"
 QUEUES = {"gpu": 1, "cpu": None}  # queue -> concurrency limit (None: unlimited)
 RESULTS_BLOCK = "facelift-results"
+LOCAL_S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "facelift-local", "AWS_SECRET_ACCESS_KEY": "facelift-local-secret",
+                        "AWS_DEFAULT_REGION": "us-east-1"}
 BASE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "RAY_AUTH_MODE": "disabled",
@@ -70,6 +73,24 @@ def stop_worker(pid: int, timeout_s: float = 20.0) -> None:
         time.sleep(0.2)
     if pid_alive(pid):
         stop_pid(pid, timeout_s=2)
+    stop_group(pid)  # flow runs it started (same process group)
+
+
+def stop_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """Stop what is left of a process group this module started (``start_new_session``: pgid = leader pid):
+    flow-run subprocesses of a worker, raylet/GCS of a Ray head. SIGTERM, bounded wait, SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.2)
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -191,6 +212,38 @@ def deploy_all(env: dict[str, str], prefect_file: Path = PREFECT_FILE, repo: Pat
     return prefect_cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], env, cwd=repo).stdout
 
 
+def overlay_prefect_file(dst: Path, params: dict[str, dict[str, object]], src: Path = PREFECT_FILE) -> Path:
+    """Write ``src`` with ``params[deployment name]`` laid over each deployment's ``parameters``."""
+    import yaml
+
+    doc = yaml.safe_load(src.read_text())
+    for dep in doc["deployments"]:
+        if dep["name"] in params:
+            dep["parameters"] = {**(dep.get("parameters") or {}), **params[dep["name"]]}
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
+def build_offline_weights(cache: Path, deepface_home: Path, env: dict[str, str]) -> dict[str, str]:
+    """Random-weight FID Inception + tiny CLIP (in ``cache``) and DeepFace files (in ``deepface_home``), made
+    once, in two parallel subprocesses; returns evaluate's ``inception_weights`` and ``clip_model``."""
+    env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(arg)], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for code, arg in (
+        ("import sys, json; from models.tiny_metrics import ensure_random_fid_weights as f, ensure_tiny_clip as c;"
+         " print(json.dumps([str(f(sys.argv[1])), str(c(sys.argv[1]))]))", cache),
+        ("import sys; from models.deepface_weights import build_random_weights as b; b(sys.argv[1])",
+         deepface_home))]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise StackError(f"building offline weights failed: {err[-2000:]}")
+        outs.append(out)
+    fid, clip = json.loads(outs[0].strip().splitlines()[-1])
+    return {"inception_weights": fid, "clip_model": clip}
+
+
 def start_worker(env: dict[str, str], log_path: Path, pool: str = POOL, name: str = "facelift-local",
                  query_seconds: int = 1) -> subprocess.Popen:
     """A process worker for ``pool`` (all queues); flow runs inherit ``env``."""
@@ -231,12 +284,12 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         env = self.server.env()
-        env.setdefault("AWS_ACCESS_KEY_ID", "facelift-local")
-        env.setdefault("AWS_SECRET_ACCESS_KEY", "facelift-local-secret")
-        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        for key, value in LOCAL_S3_CREDENTIALS.items():  # SeaweedFS runs without auth; s3fs needs some keys
+            env.setdefault(key, value)
         env.update(AWS_ENDPOINT_URL_S3=self.s3_endpoint, RAY_ADDRESS=f"127.0.0.1:{self.ray_port}",
                    FACELIFT_CACHE=env.get("FACELIFT_CACHE", str(self.dir / "cache")),
-                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}", RAY_TMPDIR=str(self.dir / "ray-tmp"))
+                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}", RAY_TMPDIR=str(self.dir / "ray-tmp"),
+                   DEEPFACE_HOME=env.get("DEEPFACE_HOME", str(self.dir / "deepface")))
         return env
 
     def status(self) -> dict[str, dict[str, object]]:
@@ -251,15 +304,23 @@ class Stack:
             server.start()
             self._write_pid("prefect", server.pid)
         env = self.env()
+        for key in LOCAL_S3_CREDENTIALS:
+            os.environ.setdefault(key, env[key])
+        weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port)
         if not pid_alive(self._pid("seaweed")):
-            weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port).start()
+            weed.start()
             self._write_pid("seaweed", weed.proc.pid)
-            weed.make_bucket(self.bucket)
+        weed.make_bucket(self.bucket)
         if not pid_alive(self._pid("ray")):
             self._start_ray(env)
         setup_pool(server.api_url)
         setup_results_block(server.api_url, f"s3://{self.bucket}/prefect-results", self.s3_endpoint)
-        deploy_all(env)
+        import yaml
+
+        params = yaml.safe_load(LOCAL_PARAMETERS.read_text())
+        params["evaluate"].update(build_offline_weights(Path(env["FACELIFT_CACHE"]), Path(env["DEEPFACE_HOME"]),
+                                                        env))
+        deploy_all(env, overlay_prefect_file(self.dir / "prefect.yaml", params))
         if not pid_alive(self._pid("worker")):
             self._write_pid("worker", start_worker(env, self.dir / "worker.log").pid)
         (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in (
@@ -291,6 +352,7 @@ class Stack:
                     stop_worker(pid)
                 else:  # `ray start --block` tears its node down on SIGTERM; weed and the server too
                     stop_pid(pid, timeout_s=20)
+                    stop_group(pid)
                 stopped.append(f"{name} ({pid})")
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
         return stopped
@@ -298,6 +360,7 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = sys.argv[1:] if argv is None else argv
     stack = Stack(Path(os.environ.get("STACK_DIR", REPO / ".stack")).resolve())  # not FACELIFT_*: config keys
     cmd = args[0] if args else "status"

@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from facelift.localstack import (
-    PREFECT_FILE,
     REPO,
     PrefectServer,
     deploy_all,
+    overlay_prefect_file,
     setup_pool,
     setup_results_block,
     start_worker,
@@ -61,15 +59,6 @@ def _finish(proc: subprocess.Popen, what: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {err[-2000:]}")
     return out
-
-
-def overlay_prefect_file(dst: Path, params: dict[str, dict[str, Any]]) -> Path:
-    doc = yaml.safe_load(PREFECT_FILE.read_text())
-    for dep in doc["deployments"]:
-        if dep["name"] in params:
-            dep["parameters"] = {**(dep.get("parameters") or {}), **params[dep["name"]]}
-    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return dst
 
 
 @dataclass
