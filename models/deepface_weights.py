@@ -15,6 +15,7 @@ TensorFlow/DeepFace are imported lazily, inside functions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -49,6 +50,10 @@ def import_deepface() -> Any:
     """Import ``deepface.DeepFace`` with the settings it needs (legacy tf-keras, quiet TF logs)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow and triton (torch.compile's, imported by diffusers/peft) each bundle LLVM: loading triton
+    # after TensorFlow segfaults the process, loading it first is fine. Same process as torch work: load it now.
+    with contextlib.suppress(ImportError):
+        import triton  # noqa: F401
     from deepface import DeepFace
 
     return DeepFace
