@@ -28,6 +28,10 @@ demo: install
 
 bench: install
 	$(PY) bench/build_overhead.py
+	$(PY) bench/generation.py
+	$(PY) bench/train_heads.py
+	$(PY) bench/enhance.py
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf data runs .pytest_cache
