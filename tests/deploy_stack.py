@@ -73,6 +73,7 @@ class DeployStack:
     deploy_output: str = ""
     build_runs: dict[str, Any] = field(default_factory=dict)  # memo: label -> completed FlowRun
     ray_tmp: str = ""
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # test parameter defaults per deployment
     timings: dict[str, float] = field(default_factory=dict)  # seconds since start, per setup step
 
     @property
@@ -109,7 +110,8 @@ class DeployStack:
             setup_results_block(self.api_url, f"{self.root}/prefect-results", self.weed.endpoint)
             self.timings["pool+block"] = time.monotonic() - t0
             fid, clip = json.loads(_finish(metrics, "building random FID/CLIP weights").strip().splitlines()[-1])
-            prefect_file = overlay_prefect_file(self.tmp / "prefect.yaml", test_parameters(fid, clip))
+            self.params = test_parameters(fid, clip)
+            prefect_file = overlay_prefect_file(self.tmp / "prefect.yaml", self.params)
             self.timings["test-params"] = time.monotonic() - t0
             self.deploy_output = deploy_all(env, prefect_file)
             self.timings["deploy"] = time.monotonic() - t0

@@ -115,7 +115,8 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
 
         arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[build.id])))
     assert {"progress", "table"} <= {a.type for a in arts}
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint})
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint}, skip_instance_cache=True,
+                           use_listings_cache=False)
     assert fs.ls(f"{deploy_stack.root}/prefect-results".removeprefix("s3://"))
 
 
@@ -129,7 +130,8 @@ def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy
             c.pause_automation(auto.id)
     try:
         # object store down when the rebuild starts: the run fails visibly
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint})
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint}, skip_instance_cache=True,
+                           use_listings_cache=False)
         ds_key = first["dataset_uri"].removeprefix("s3://")
         fs.rm(f"{ds_key}/shards/00001.parquet")
         deploy_stack.weed.stop()
@@ -163,3 +165,38 @@ def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy
             for auto in c.read_automations():
                 c.resume_automation(auto.id)
 
+
+
+def test_pipeline_runs_stages_as_subflows_without_starting_the_chain(deploy_stack, api):
+    """build (resumed: nothing to generate) -> train -> evaluate as subflows of one run; no trigger fires."""
+    import time
+
+    from facelift.cli_ops import run_deployment_now
+
+    first = ds.run_build(deploy_stack, "chain", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
+    uri = _result(first, api)["dataset_uri"]
+    chained = ("train-head/train", "audit-diversity/audit")
+    for dep in chained:  # the build's own triggered runs (created a moment after its event) are not ours
+        ds.wait_for_runs(api, dep, lambda r: uri in (r.parameters.get("dataset_uri"), *r.parameters.get(
+            "dataset_uris", [])), 60, deploy_stack)
+    before = {r.id for dep in chained for r in ds.runs_of(api, dep)}
+    run = run_deployment_now("pipeline/pipeline", {
+        "profile": "tiny", "count": ds.COUNT, "root": deploy_stack.root, "heads": ["cyclegan"], "audit": False,
+        "train": {k: v for k, v in deploy_stack.params["train"].items() if k != "head"},
+        "evaluate_options": deploy_stack.params["evaluate"]})
+    run = ds.wait_run(api, run.id, 300, deploy_stack)
+    assert run.state_name == "Completed", deploy_stack.worker_log()
+    out = _result(run, api)
+    assert out["dataset_uri"] == uri
+    assert len(out["train_runs"]) == 1 and out["audit_run"] is None
+    assert [row["row"] for row in out["table"]][:2] == ["schnell", "dev"]
+    with ds.client(api) as c:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+        subs = c.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
+            any_=[run.id])))
+    assert len(subs) == 3 and all(r.state_name == "Completed" for r in subs)  # build, train, evaluate
+    time.sleep(5)  # triggers fire within ~0.1 s of an event
+    # subflow events carry no deployment: the chain is not started a second time
+    assert not [r.name for d in chained for r in ds.runs_of(api, d) if r.id not in before]
+    assert not [r for r in ds.runs_of(api, "evaluate/evaluate") if r.parameters.get("heads") == out["train_runs"]]
