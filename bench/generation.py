@@ -45,7 +45,7 @@ def build_pair(arch: str, device: str, dtype, cfg):
 
     from models import flux_arch
     from models.flux import FluxPair
-    from models.tiny_flux import _clip_tokenizer, _t5_tokenizer
+    from models.tiny_flux import clip_tokenizer, t5_tokenizer
 
     t0 = time.perf_counter()
     prev = torch.get_default_dtype()
@@ -56,7 +56,7 @@ def build_pair(arch: str, device: str, dtype, cfg):
             t_s, t_d = flux_arch.transformer(arch, "schnell"), flux_arch.transformer(arch, "dev")
     finally:
         torch.set_default_dtype(prev)
-    toks = {"tokenizer": _clip_tokenizer(Path(tempfile.mkdtemp())), "tokenizer_2": _t5_tokenizer()}
+    toks = {"tokenizer": clip_tokenizer(), "tokenizer_2": t5_tokenizer()}
     schnell = FluxPipeline(scheduler=flux_arch.scheduler("schnell"), transformer=t_s, **shared, **toks)
     dev = FluxImg2ImgPipeline(scheduler=flux_arch.scheduler("dev"), transformer=t_d, **shared, **toks)
     for pipe in (schnell, dev):

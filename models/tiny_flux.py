@@ -28,11 +28,10 @@ def _byte_chars() -> list[str]:
     return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
-def _clip_tokenizer(folder: Path | None = None):
+def clip_tokenizer():
     """A byte-level BPE CLIP tokenizer with CLIP's vocab layout (specials, bytes, bytes + ``</w>``, merges).
 
     Specials first (ids 0 and 1) to match the tiny CLIP config's bos/eos ids, which CLIP pooling uses.
-    ``folder`` is unused (kept for callers of the older file-based recipe).
     """
     from transformers import CLIPTokenizer
 
@@ -47,7 +46,7 @@ def _clip_tokenizer(folder: Path | None = None):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _t5_tokenizer():
+def t5_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import T5TokenizerFast
 
@@ -74,12 +73,11 @@ def build_tiny_flux(folder: Path, variant: str) -> None:
     torch.manual_seed(_SHARED_SEED)
     shared = flux_arch.shared_components("tiny")
     torch.manual_seed(_VARIANT_SEEDS[variant])
-    with tempfile.TemporaryDirectory() as tok_dir:
-        pipe = FluxPipeline(
-            scheduler=flux_arch.scheduler(variant), tokenizer=_clip_tokenizer(Path(tok_dir)),
-            tokenizer_2=_t5_tokenizer(), transformer=flux_arch.transformer("tiny", variant), **shared,
-        )
-        pipe.save_pretrained(folder, safe_serialization=True)
+    pipe = FluxPipeline(
+        scheduler=flux_arch.scheduler(variant), tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(),
+        transformer=flux_arch.transformer("tiny", variant), **shared,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
 
 
 def ensure_tiny_flux(cache_dir: str | os.PathLike[str], variant: str) -> Path:
