@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd transformers")
+    parser.add_argument("--stage", action="store_true", help="also measure the stage-pass placement")
     parser.add_argument("--budget-s", type=float, default=420, help="skip the compiled pass past this time")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
@@ -182,6 +183,12 @@ def main() -> None:
     record("eager")
     results["eager"]["swap_transformer_s"] = swap_cost(pair)
     save()
+    if args.stage:  # stage placement: one transformer on the GPU at a time, swapped once per shard
+        pair.placement = "stage"
+        results["eager_stage"] = end_to_end(pair, cfg, args.batches)
+        save()
+        pair.placement = "resident"
+        pair.schnell.transformer.to(pair.device)  # both transformers resident again
     if args.compile and time.perf_counter() - start < args.budget_s:
         pair.schnell.transformer.compile(fullgraph=True)
         pair.dev.transformer.compile(fullgraph=True)

@@ -11,7 +11,7 @@ fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEV=cuda; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  GEN="--arch full --compile --budget-s 150"; HEADS="--heads esa_cyclegan cyclegan unet_cbam"
+  GEN="--arch full --stage --compile --budget-s 150"; HEADS="--heads esa_cyclegan cyclegan unet_cbam"
 else
   DEV=cpu; GEN="--arch tiny --batches 1 --reps 1"; HEADS="--heads esa_cyclegan --flavor debug --size 32 --batch 2 --no-compile"
 fi

@@ -75,6 +75,8 @@ class GenerationConfig(_Model):
     png_compress_level: int = Field(1, ge=0, le=9)
     share_text_encoders: bool = Field(True, description="reuse schnell's text encoders/VAE when identical")
     compile: bool = False
+    placement: Literal["auto", "resident", "stage"] = Field(
+        "auto", description="resident: both transformers on the GPU; stage: one at a time, swapped per shard")
 
     @field_validator("height", "width")
     @classmethod
@@ -125,7 +127,8 @@ class BuildConfig(_Model):
         keep = {
             "plan": self.plan.model_dump(exclude={"names_uri"}),  # the names file counts by content
             "generation": self.generation.model_dump(
-                exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile"}
+                exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile",
+                         "placement"}
             ),
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()

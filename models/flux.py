@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ class FluxPair:
     shared: bool
     load_s: float
     sources: dict[str, str] = field(default_factory=dict)
+    placement: str = "resident"  # or "stage": one transformer on the GPU at a time
 
     @classmethod
     def load(cls, cfg: GenerationConfig, cache_dir: str) -> FluxPair:
@@ -125,17 +127,21 @@ class FluxPair:
         )
         reuse = {c: getattr(schnell, c) for c in SHARED_COMPONENTS} if shared else {}
         dev = FluxImg2ImgPipeline.from_pretrained(dev_dir, dtype=dtype, **reuse)
+        placement = choose_placement(cfg.placement, device, module_bytes(schnell, dev))
         for pipe in (schnell, dev):
-            pipe.to(device)
             pipe.set_progress_bar_config(disable=True)
+        schnell.to(device)
+        for name, module in dev.components.items():  # shared modules are already there
+            if hasattr(module, "to") and not (placement == "stage" and name == "transformer"):
+                module.to(device)
         if cfg.compile and device.startswith("cuda"):
             schnell.transformer.compile(fullgraph=True)
             dev.transformer.compile(fullgraph=True)
         load_s = time.perf_counter() - t0
-        log.info("loaded FLUX pair on %s (%s) in %.1fs; text encoders/VAE shared: %s",
-                 device, dtype, load_s, shared)
+        log.info("loaded FLUX pair on %s (%s) in %.1fs; text encoders/VAE shared: %s; placement: %s",
+                 device, dtype, load_s, shared, placement)
         return cls(schnell, dev, cfg, device, shared, load_s,
-                   {"schnell": str(schnell_dir), "dev": str(dev_dir)})
+                   {"schnell": str(schnell_dir), "dev": str(dev_dir)}, placement)
 
     def _encode(self, pipe: Any, prompts: list[str], max_len: int) -> tuple[Any, Any]:
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=pipe._execution_device,
@@ -148,35 +154,106 @@ class FluxPair:
         gen_device = "cpu" if self.device == "cpu" else self.device
         return [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
 
-    def generate(self, prompts: list[str], seeds: list[int]) -> tuple[list[Any], list[Any], dict[str, float]]:
-        """One batch: schnell images, dev images (PIL) and per-batch stage seconds."""
+    def _sync(self) -> None:
         import torch
 
-        cfg, sync = self.cfg, (torch.cuda.synchronize if self.device.startswith("cuda") else lambda: None)
-        timings: dict[str, float] = {}
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def hold(self, variant: str) -> float:
+        """Stage placement: put ``variant``'s transformer on the device, the other on the host (seconds)."""
+        if self.placement != "stage":
+            return 0.0
+        t0 = time.perf_counter()
+        keep, drop = (self.schnell, self.dev) if variant == "schnell" else (self.dev, self.schnell)
+        drop.transformer.to("cpu")
+        keep.transformer.to(self.device)
+        self._sync()
+        return time.perf_counter() - t0
+
+    def schnell_stage(self, prompts: list[str], seeds: list[int]) -> tuple[list[Any], Any, dict[str, float]]:
+        """Prompt embeddings (for both pipelines) and the schnell images of one batch."""
+        import torch
+
+        cfg, timings = self.cfg, {}
         with torch.inference_mode():
             t0 = time.perf_counter()
             s_emb = self._encode(self.schnell, prompts, cfg.schnell.max_sequence_length)
             same_len = cfg.schnell.max_sequence_length == cfg.dev.max_sequence_length
             d_emb = s_emb if self.shared and same_len else self._encode(self.dev, prompts,
                                                                        cfg.dev.max_sequence_length)
-            sync()
+            self._sync()
             timings["encode_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            schnell_images = self.schnell(
+            images = self.schnell(
                 prompt_embeds=s_emb[0], pooled_prompt_embeds=s_emb[1], num_inference_steps=cfg.schnell.steps,
                 guidance_scale=cfg.schnell.guidance, height=cfg.height, width=cfg.width,
                 generator=self._generators(seeds), output_type="pil",
             ).images
-            sync()
+            self._sync()
             timings["schnell_s"] = time.perf_counter() - t0
+        return images, d_emb, timings
+
+    def dev_stage(self, images: list[Any], d_emb: Any, seeds: list[int]) -> tuple[list[Any], float]:
+        """dev image-to-image from the schnell images of one batch, same prompts."""
+        import torch
+
+        cfg = self.cfg
+        with torch.inference_mode():
             t0 = time.perf_counter()
-            dev_images = self.dev(
-                prompt_embeds=d_emb[0], pooled_prompt_embeds=d_emb[1], image=schnell_images,
+            out = self.dev(
+                prompt_embeds=d_emb[0], pooled_prompt_embeds=d_emb[1], image=images,
                 strength=cfg.dev.strength, num_inference_steps=cfg.dev.steps, guidance_scale=cfg.dev.guidance,
                 height=cfg.height, width=cfg.width, generator=self._generators([s + 1 for s in seeds]),
                 output_type="pil",
             ).images
-            sync()
-            timings["dev_s"] = time.perf_counter() - t0
-        return schnell_images, dev_images, timings
+            self._sync()
+        return out, time.perf_counter() - t0
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> tuple[list[Any], list[Any], dict[str, float]]:
+        """One batch: schnell images, dev images (PIL) and per-batch stage seconds."""
+        return next(self.render_batches([(prompts, seeds)]))
+
+    def render_batches(self, batches: list[tuple[list[str], list[int]]]) -> Iterator[tuple[list, list, dict]]:
+        """Yield (schnell images, dev images, seconds) per batch, in order.
+
+        Resident: schnell then dev per batch. Stage: schnell for every batch, one transformer swap, then dev
+        for every batch (the swap seconds are spread over the batches' ``dev_s``)."""
+        if self.placement != "stage":
+            for prompts, seeds in batches:
+                s_imgs, d_emb, t = self.schnell_stage(prompts, seeds)
+                d_imgs, t["dev_s"] = self.dev_stage(s_imgs, d_emb, seeds)
+                yield s_imgs, d_imgs, t
+            return
+        self.hold("schnell")
+        firsts = [self.schnell_stage(p, s) for p, s in batches]
+        swap = self.hold("dev") / max(len(batches), 1)
+        for (_, seeds), (s_imgs, d_emb, t) in zip(batches, firsts, strict=True):
+            d_imgs, dev_s = self.dev_stage(s_imgs, d_emb, seeds)
+            yield s_imgs, d_imgs, t | {"dev_s": dev_s + swap}
+
+
+def module_bytes(*pipes: Any) -> int:
+    """Bytes of all distinct weights of the pipelines (shared modules counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for pipe in pipes:
+        for module in pipe.components.values():
+            if hasattr(module, "parameters"):
+                for p in module.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        total += p.numel() * p.element_size()
+    return total
+
+
+def choose_placement(requested: str, device: str, weight_bytes: int, headroom: int = 12 << 30) -> str:
+    """``resident`` when both pipelines plus activation headroom fit the GPU, else ``stage``."""
+    if requested != "auto":
+        return requested
+    if not device.startswith("cuda"):
+        return "resident"
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return "resident" if weight_bytes + headroom <= total else "stage"

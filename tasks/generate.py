@@ -87,9 +87,9 @@ def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker
     records: list[dict[str, Any]] = []
     pending: list[tuple[list[dict], Any, dict[str, float]]] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as pool:
-        for start in range(0, len(rows), g.batch_size):
-            batch = rows[start:start + g.batch_size]
-            s_imgs, d_imgs, t = pair.generate([r["prompt"] for r in batch], [r["seed"] for r in batch])
+        batches = [rows[i:i + g.batch_size] for i in range(0, len(rows), g.batch_size)]
+        rendered = pair.render_batches([([r["prompt"] for r in b], [r["seed"] for r in b]) for b in batches])
+        for batch, (s_imgs, d_imgs, t) in zip(batches, rendered, strict=True):
             futures = [pool.submit(encode_png, img, g.png_compress_level) for img in [*s_imgs, *d_imgs]]
             pending.append((batch, futures, t))
         now = datetime.now(UTC).isoformat(timespec="seconds")

@@ -52,3 +52,20 @@ def test_missing_weights_name_what_was_looked_for(tmp_path, monkeypatch):
 
 def test_dev_steps_follow_diffusers_strength_rule():
     assert dev_steps_run(28, 0.6) == 17 and dev_steps_run(28, 1.0) == 28 and dev_steps_run(4, 0.6) == 3
+
+
+def test_stage_placement_renders_the_same_pairs_as_resident(cache_dir):
+    from models.flux import choose_placement
+
+    cfg = resolve_config("tiny", environ={}, overrides={"generation.placement": "stage"}).generation
+    staged = FluxPair.load(cfg, str(cache_dir))
+    resident = FluxPair.load(cfg.model_copy(update={"placement": "resident"}), str(cache_dir))
+    assert (staged.placement, resident.placement) == ("stage", "resident")
+    batches = [(["A professional portrait of Ada", "A professional portrait of Bo"], [1, 2]),
+               (["A professional portrait of Cy"], [3])]
+    a, b = list(staged.render_batches(batches)), list(resident.render_batches(batches))
+    assert [len(x[0]) for x in a] == [2, 1]
+    for (s1, d1, _), (s2, d2, _) in zip(a, b, strict=True):
+        assert [i.tobytes() for i in s1 + d1] == [i.tobytes() for i in s2 + d2]
+    assert choose_placement("auto", "cpu", 10**12) == "resident"  # no GPU memory to run out of
+    assert choose_placement("stage", "cuda", 1) == "stage"  # an explicit choice is kept
