@@ -5,68 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from facelift.config import BuildConfig, resolve_config
-from tasks import build, generate
-
-
-@task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")
-def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any) -> dict[str, Any]:
-    """Render and commit one shard on one Ray worker."""
-    return generate.call_worker(worker, shard, rows)
-
-
-def _ray_up(cfg: BuildConfig) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(address=cfg.ray.address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    return True
-
-
-def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> list[int]:
-    """Keep every worker busy with one shard at a time; returns the shards that failed for good."""
-    import ray
-
-    logger = get_run_logger()
-    started_ray = _ray_up(cfg)
-    workers = generate.start_workers(cfg, prepared.dataset.uri)
-    task = generate_shard.with_options(retries=cfg.ray.shard_retries)
-    todo, failed, inflight, done = list(reversed(shards)), [], {}, 0
-    try:
-        while todo or inflight:
-            while todo and len(inflight) < len(workers):
-                free = next(w for w in workers if all(w is not x for x, _ in inflight.values()))
-                shard = todo.pop()
-                inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), free)] = (free, shard)
-            future = next(as_completed(list(inflight)))
-            worker, shard = inflight.pop(future)
-            future.wait()
-            done += 1
-            if future.state.is_completed():
-                res = future.result()
-                logger.info("shard %05d committed: %d pairs, %.1f MB, %.2fs on %s", shard, res["pairs"],
-                            res["bytes"] / 1e6, res["seconds"], res["worker"])
-            else:
-                failed.append(shard)
-                logger.error("shard %05d failed after retries: %s", shard, future.state.message)
-                if not generate.worker_alive(worker):  # restarts exhausted: replace it
-                    logger.warning("worker died for good; starting a replacement")
-                    workers[workers.index(worker)] = generate.start_worker(cfg, prepared.dataset.uri)
-            progress(done, len(shards))
-    finally:
-        for w in workers:
-            ray.kill(w)
-        if started_ray:
-            ray.shutdown()
-    return failed
+from facelift.config import resolve_config
+from tasks import build, schedule
 
 
 @flow(name="build-dataset", log_prints=False)
@@ -105,7 +50,7 @@ def build_dataset(
         update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
 
     with bar:
-        failed = run_shards(cfg, prepared, shards, progress) if shards else []
+        failed = schedule.run_shards(cfg, prepared, shards, progress) if shards else []
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed: {failed}. Committed shards are kept; run the "
                            f"same build again to generate only the missing ones.")
