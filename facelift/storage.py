@@ -11,7 +11,6 @@ import logging
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,10 +176,6 @@ class Store:
     def open(self, key: str, mode: str = "rb") -> Any:
         return self.fs.open(self.path(key), mode)
 
-    def walk_keys(self, prefix: str) -> Iterator[str]:
-        base = self.path(prefix)
-        for path in sorted(self.fs.find(base)):
-            yield posixpath.relpath(path, self.root)
 
 
 def open_uri(uri: str, endpoint_url: str | None = None, mode: str = "rb") -> Any:

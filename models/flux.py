@@ -22,7 +22,6 @@ from facelift.config import GenerationConfig, StageConfig
 log = logging.getLogger(__name__)
 
 SHARED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
-_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
 class FluxWeightsError(FileNotFoundError):
@@ -116,8 +115,7 @@ class FluxPair:
 
         t0 = time.perf_counter()
         device = pick_device(cfg.device)
-        dtype = getattr(torch, _DTYPES[cfg.dtype]) if device != "cpu" or cfg.dtype == "float32" \
-            else torch.float32
+        dtype = torch.float32 if device == "cpu" else getattr(torch, cfg.dtype)  # no bf16 kernels worth it on CPU
         schnell_dir = resolve_source(cfg.schnell, cache_dir)
         dev_dir = resolve_source(cfg.dev, cache_dir)
         schnell = FluxPipeline.from_pretrained(schnell_dir, dtype=dtype)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
-import json
 import logging
 import platform
 import time
@@ -190,7 +189,3 @@ def summary_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
         *[(f"140k pairs on {n} GPU(s), hours", h)
           for n, h in info.get("cost", {}).get("projection", {}).get("wall_hours_on_n_gpus", {}).items()],
     ]]
-
-
-def dumps(info: dict[str, Any]) -> str:
-    return json.dumps(info, indent=2, sort_keys=True)

@@ -116,8 +116,7 @@ class ShardWorker:
         from models.flux import FluxPair
 
         self.cfg = BuildConfig.model_validate(cfg_json)
-        self.dataset = Dataset(Store(dataset_uri, self.cfg.storage.endpoint_url,
-                                     self.cfg.storage.connect_timeout_s, self.cfg.storage.max_attempts))
+        self.dataset = Dataset(Store.from_config(self.cfg.storage, root=dataset_uri))
         self.pair = FluxPair.load(self.cfg.generation, self.cfg.cache_dir)
         self.name = worker_name(self.pair.device)
 
