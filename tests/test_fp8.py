@@ -254,3 +254,37 @@ def test_flux_bf16_fp8_compiles_fullgraph(flux: dict) -> None:
     assert compiled.dtype == torch.bfloat16 and compiled.shape == eager.shape
     assert rel_err(compiled, eager) < 1e-2
     assert rel_err(eager, flux["ref"]) < 0.06  # bf16 + fp8 against the float32 model
+
+
+def test_cuda_call_contract_under_fake_tensors() -> None:
+    """Fake CUDA tensors run ATen's CUDA checks for _scaled_mm (row/col-major, K and N % 16, contiguous
+    (M, 1) / (1, N) float32 scales) without a GPU; the call asks for bf16 and casts back to the input dtype."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list[dict] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._scaled_mm.default:
+                names = [a.name for a in func._schema.arguments]
+                calls.append({**dict(zip(names, args, strict=False)), **kwargs})
+            return func(*args, **kwargs)
+
+    with FakeTensorMode(), Record():
+        q = Fp8Linear(64, 48, device="cuda", bias_dtype=torch.bfloat16)
+        for dtype in (torch.float32, torch.bfloat16):
+            y = q(torch.randn(2, 7, 64, device="cuda", dtype=dtype))
+            assert y.shape == (2, 7, 48) and y.dtype == dtype and y.device.type == "cuda"
+        # control: the fake mode really enforces the CUDA layout rule
+        a = torch.randn(14, 64, device="cuda").to(FP8_DTYPE)
+        with pytest.raises(RuntimeError, match="col_major"):
+            torch._scaled_mm(a, q.weight.t().contiguous(), scale_a=torch.ones(14, 1, device="cuda"),
+                             scale_b=torch.ones(1, 48, device="cuda"), out_dtype=torch.bfloat16)
+    assert len(calls) == 3
+    for c in calls[:2]:
+        assert c["out_dtype"] == torch.bfloat16
+        assert c["self"].shape == (14, 64) and c["mat2"].stride() == (1, 64)
+        assert c["scale_a"].shape == (14, 1) and c["scale_b"].shape == (1, 48)
+        assert c["scale_a"].dtype == c["scale_b"].dtype == torch.float32
