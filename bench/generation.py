@@ -1,12 +1,13 @@
 """Where a FLUX pair's time goes, against the transformer-bound floor measured in the same run.
 
     python bench/generation.py                          # tiny arch on CPU (smoke test)
-    python bench/generation.py --device cuda --arch full --compile   # real FLUX.1 sizes, random weights
+    python bench/generation.py --device cuda --arch full --modes eager stage regional fp8-regional
 
 Measures, side by side: one transformer step (schnell, dev), VAE decode/encode, the floor for a pair
 (S schnell steps + dev steps run + 2 decodes + 1 encode), then the production path end to end
 (``models.flux.FluxPair.generate`` + PNG + Parquet commit via ``tasks.generate.render_shard``), its per-stage
-breakdown, and the cost of moving a transformer between host and GPU (the stage-pass placement).
+breakdown — for each mode: eager, stage passes (pinned host copies; swap cost), regional or full
+``torch.compile``, FP8 linears.
 Writes ``generation.json`` and prints a markdown table.
 """
 
@@ -111,7 +112,9 @@ def end_to_end(pair, cfg, batches: int) -> dict[str, float]:
     b = cfg.generation.batch_size
     rows = [{"pair_id": f"p{i}", "name": f"Person {i}", "nconst": f"nm{i:07d}", "weight": 1.0, "shard": 0,
              "prompt": f"A professional portrait of Person {i}", "seed": i} for i in range(b * batches)]
-    render_shard(pair, cfg, rows[:b], "bench")  # warm-up batch
+    t0 = time.perf_counter()
+    render_shard(pair, cfg, rows[:b], "bench")  # warm-up batch (kernels, compilation)
+    warmup = time.perf_counter() - t0
     ds = Dataset(Store(tempfile.mkdtemp()))
     t0 = time.perf_counter()
     table = render_shard(pair, cfg, rows, "bench")
@@ -122,22 +125,44 @@ def end_to_end(pair, cfg, batches: int) -> dict[str, float]:
     col = lambda c: sum(table.column(c).to_pylist()) / n  # noqa: E731
     return {"e2e_per_pair": wall / n, "encode": col("encode_s"), "schnell+vae_decode": col("schnell_s"),
             "dev(vae_enc+denoise+dec)": col("dev_s"), "png_cpu_s (overlapped)": col("png_s"),
-            "commit": (time.perf_counter() - t_commit) / n, "shard_MB": size / 1e6}
+            "commit": (time.perf_counter() - t_commit) / n, "shard_MB": size / 1e6, "warmup_batch_s": warmup}
 
 
-def swap_cost(pair) -> float:
-    """Seconds to move one transformer GPU->host->GPU (the stage-pass placement pays 2 per shard)."""
-    import torch
+def reset_compile(pair) -> None:
+    """Back to eager transformers (``Module.compile`` only sets a compiled call on each module)."""
+    for pipe in (pair.schnell, pair.dev):
+        for module in pipe.transformer.modules():
+            module._compiled_call_impl = None
 
-    if not pair.device.startswith("cuda"):
-        return 0.0
-    t = pair.dev.transformer
-    torch.cuda.synchronize()
+
+def set_mode(pair, mode: str) -> None:
+    """eager | stage (pinned host copies, one transformer held) | regional | full (torch.compile) |
+    fp8-regional (FP8 linears, then regional compile; irreversible: run it last)."""
+    from models.flux import compile_transformer
+
+    pair.set_placement("stage" if mode == "stage" else "resident")
+    reset_compile(pair)
+    if mode == "fp8-regional":
+        from models.fp8 import quantize_transformer
+
+        for pipe in (pair.schnell, pair.dev):
+            quantize_transformer(pipe.transformer, pair.device)
+    if mode in ("regional", "full", "fp8-regional"):
+        for pipe in (pair.schnell, pair.dev):
+            compile_transformer(pipe.transformer, mode.removeprefix("fp8-"))
+
+
+def swap_cost(pair) -> dict[str, float]:
+    """Stage placement: seconds to hold the other transformer (release is free), and to pin the copies."""
     t0 = time.perf_counter()
-    t.to("cpu")
-    t.to(pair.device)
-    torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    pair.set_placement("stage")
+    pin = time.perf_counter() - t0
+    pair.hold("schnell")
+    return {"pin_host_copies_s": pin, "swap_to_dev_s": pair.hold("dev"), "swap_to_schnell_s": pair.hold("schnell")}
+
+
+FLOOR_KEYS = ("schnell_step", "dev_step", "vae_decode", "vae_encode", "floor_per_pair")
+MODES = ("eager", "stage", "regional", "fp8-regional", "full")
 
 
 def main() -> None:
@@ -147,9 +172,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd transformers")
-    parser.add_argument("--stage", action="store_true", help="also measure the stage-pass placement")
-    parser.add_argument("--budget-s", type=float, default=420, help="skip the compiled pass past this time")
+    parser.add_argument("--modes", nargs="+", default=["eager", "stage", "regional"], choices=MODES,
+                        help="measured in this order (fp8-regional quantizes for good: put it after the others)")
+    parser.add_argument("--budget-s", type=float, default=420, help="start no new mode past this time")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -174,25 +199,23 @@ def main() -> None:
         (out / "generation.json").write_text(json.dumps({"device": device_name(args.device), "arch": args.arch,
                                                          "batch": args.batch, "results": results}, indent=2))
 
-    def record(name: str) -> None:
-        f, e = floor(pair, cfg, args.batch, args.reps), end_to_end(pair, cfg, args.batches)
-        results[name] = {**f, **e, "floor_fraction": f["floor_per_pair"] / e["e2e_per_pair"]}
+    for mode in args.modes:
+        if time.perf_counter() - start > args.budget_s:
+            log.info("%s: skipped (time budget)", mode)
+            continue
+        t0 = time.perf_counter()
+        if mode == "stage":
+            results["stage"] = swap_cost(pair)  # leaves the pair in stage placement
+            save()
+        set_mode(pair, mode)
+        e = end_to_end(pair, cfg, args.batches)
+        pair.set_placement("resident")  # the floor is measured with both transformers on the device
+        same_floor = mode == "stage" and "eager" in results  # stage passes run the eager kernels
+        f = {k: results["eager"][k] for k in FLOOR_KEYS} if same_floor else floor(pair, cfg, args.batch, args.reps)
+        results[mode] = {**results.get(mode, {}), **f, **e, "floor_fraction": f["floor_per_pair"] / e["e2e_per_pair"],
+                         "mode_wall_s": time.perf_counter() - t0}
         save()
-        log.info("%s: %s", name, results[name])
-
-    record("eager")
-    results["eager"]["swap_transformer_s"] = swap_cost(pair)
-    save()
-    if args.stage:  # stage placement: one transformer on the GPU at a time, swapped once per shard
-        pair.placement = "stage"
-        results["eager_stage"] = end_to_end(pair, cfg, args.batches)
-        save()
-        pair.placement = "resident"
-        pair.schnell.transformer.to(pair.device)  # both transformers resident again
-    if args.compile and time.perf_counter() - start < args.budget_s:
-        pair.schnell.transformer.compile(fullgraph=True)
-        pair.dev.transformer.compile(fullgraph=True)
-        record("compiled")
+        log.info("%s: %s", mode, results[mode])
     print(table(results, device_name(args.device), args.arch, args.batch))  # noqa: T201
 
 
@@ -203,7 +226,7 @@ def device_name(device: str) -> str:
 
 
 def table(results: dict[str, dict[str, float]], device: str, arch: str, batch: int) -> str:
-    keys = list(next(iter(results.values())))
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
     lines = [f"FLUX pair generation, {arch} arch, {device}, batch {batch} (seconds per image/pair)", "",
              "| measure | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
     for k in keys:

@@ -74,9 +74,19 @@ class GenerationConfig(_Model):
     batch_size: int = Field(4, ge=1)
     png_compress_level: int = Field(1, ge=0, le=9)
     share_text_encoders: bool = Field(True, description="reuse schnell's text encoders/VAE when identical")
-    compile: bool = False
-    placement: Literal["auto", "resident", "stage"] = Field(
-        "auto", description="resident: both transformers on the GPU; stage: one at a time, swapped per shard")
+    compile: Literal["none", "regional", "full"] = Field(
+        "none", description="torch.compile the transformers: regional = each repeated block once (fast to "
+                            "compile), full = the whole model (true = regional)")
+    fp8: bool = Field(False, description="FP8 (e4m3) weights and activations in the transformer blocks' "
+                                         "linears (Ada/Hopper GPUs); changes the images, so the dataset id")
+    placement: Literal["auto", "resident", "stage", "pools"] = Field(
+        "auto", description="resident: both transformers on each GPU; stage: one at a time, swapped per shard; "
+                            "pools: separate schnell and dev actors (ray.schnell_workers)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, v: Any) -> Any:
+        return {True: "regional", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("height", "width")
     @classmethod
@@ -106,6 +116,9 @@ class RayConfig(_Model):
     num_gpus_per_worker: float = Field(1.0, ge=0)
     num_cpus_per_worker: float = Field(1.0, ge=0)
     resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources per worker")
+    schnell_workers: int | None = Field(
+        None, ge=1, description="placement=pools: actors in the schnell pool (the rest run dev); None = sized "
+                                "by the two stages' step counts")
     max_restarts: int = Field(2, ge=0)
     shard_retries: int = Field(2, ge=0)
     chaos: ChaosConfig = ChaosConfig()
@@ -124,13 +137,13 @@ class BuildConfig(_Model):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what a dataset contains (not where or how fast it is built)."""
-        keep = {
-            "plan": self.plan.model_dump(exclude={"names_uri"}),  # the names file counts by content
-            "generation": self.generation.model_dump(
-                exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile",
-                         "placement"}
-            ),
-        }
+        generation = self.generation.model_dump(
+            exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile", "placement"}
+        )
+        if not generation["fp8"]:
+            del generation["fp8"]  # datasets built before the option existed keep their ids
+        keep = {"plan": self.plan.model_dump(exclude={"names_uri"}),  # the names file counts by content
+                "generation": generation}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
     def public_dict(self) -> dict[str, Any]:

@@ -95,9 +95,63 @@ def dev_steps_run(steps: int, strength: float) -> int:
     return steps - int(max(steps - init, 0))
 
 
+class HostWeights:
+    """A module's weights in (pinned, on CUDA) host memory, on the device only while held.
+
+    Inference never changes weights, so releasing is free (the device copies are dropped, nothing is
+    copied back) and holding is one host->device copy per tensor, from pinned memory at full PCIe speed."""
+
+    def __init__(self, module: Any, device: str):
+        import torch
+
+        self.device = device
+        pin = device.startswith("cuda")
+        self.tensors: list[tuple[Any, Any]] = []
+        for t in [*module.parameters(), *module.buffers()]:
+            host = t.data
+            if pin or host.device.type != "cpu":
+                host = torch.empty_like(t, device="cpu", pin_memory=pin)
+                host.copy_(t.data)
+                t.data = host
+            self.tensors.append((t, host))
+
+    def hold(self) -> None:
+        for t, host in self.tensors:
+            t.data = host.to(self.device, non_blocking=True)
+
+    def release(self) -> None:
+        for t, host in self.tensors:
+            t.data = host
+
+
+def compile_transformer(transformer: Any, mode: str) -> None:
+    """``regional``: each repeated block class compiled once and reused by all its instances (and by both
+    pipelines, which share the block code): minutes less than ``full``, the whole model as one graph."""
+    if mode == "regional":
+        transformer.compile_repeated_blocks(fullgraph=True)
+    elif mode == "full":
+        transformer.compile(fullgraph=True)
+    elif mode != "none":
+        raise ValueError(f"unknown compile mode {mode!r}; valid: none, regional, full")
+
+
+def quantize_transformer(transformer: Any, device: str) -> dict[str, Any]:
+    """FP8 (e4m3, rowwise scales) linears in the transformer blocks, via :mod:`models.fp8`; layers
+    narrower than min(1024, model width) stay in high precision. A device without FP8 matmuls is an error."""
+    from models.fp8 import DEFAULT_MIN_FEATURES, fp8_supported, quantize_linears
+
+    ok, why = fp8_supported(device)
+    if not ok:
+        raise RuntimeError(f"generation.fp8 is set but {why}")
+    if device == "cpu":
+        log.warning("generation.fp8 on CPU: %s", why)
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    return quantize_linears(transformer, min_features=min(DEFAULT_MIN_FEATURES, width))
+
+
 @dataclass
 class FluxPair:
-    """Both pipelines, loaded once per worker."""
+    """Both pipelines, loaded once per worker (or one of them, for the schnell and dev actor pools)."""
 
     schnell: Any
     dev: Any
@@ -107,39 +161,55 @@ class FluxPair:
     load_s: float
     sources: dict[str, str] = field(default_factory=dict)
     placement: str = "resident"  # or "stage": one transformer on the GPU at a time
+    host: dict[str, HostWeights] | None = None  # stage placement: the transformers' host copies
 
     @classmethod
-    def load(cls, cfg: GenerationConfig, cache_dir: str) -> FluxPair:
+    def load(cls, cfg: GenerationConfig, cache_dir: str, role: str = "pair") -> FluxPair:
+        """``role``: ``pair`` (both pipelines), ``schnell`` or ``dev`` (one, for pooled placement)."""
         import torch
         from diffusers import FluxImg2ImgPipeline, FluxPipeline
 
+        if role not in ("pair", "schnell", "dev"):
+            raise ValueError(f"unknown worker role {role!r}; valid: pair, schnell, dev")
         t0 = time.perf_counter()
         device = pick_device(cfg.device)
         dtype = torch.float32 if device == "cpu" else getattr(torch, cfg.dtype)  # no bf16 kernels worth it on CPU
-        schnell_dir = resolve_source(cfg.schnell, cache_dir)
-        dev_dir = resolve_source(cfg.dev, cache_dir)
-        schnell = FluxPipeline.from_pretrained(schnell_dir, dtype=dtype)
-        shared = cfg.share_text_encoders and all(
-            component_fingerprint(schnell_dir, c) == component_fingerprint(dev_dir, c)
+        dirs = {v: resolve_source(getattr(cfg, v), cache_dir) for v in ("schnell", "dev") if role in (v, "pair")}
+        schnell = FluxPipeline.from_pretrained(dirs["schnell"], dtype=dtype) if "schnell" in dirs else None
+        shared = role == "pair" and cfg.share_text_encoders and all(
+            component_fingerprint(dirs["schnell"], c) == component_fingerprint(dirs["dev"], c)
             for c in SHARED_COMPONENTS
         )
         reuse = {c: getattr(schnell, c) for c in SHARED_COMPONENTS} if shared else {}
-        dev = FluxImg2ImgPipeline.from_pretrained(dev_dir, dtype=dtype, **reuse)
-        placement = choose_placement(cfg.placement, device, module_bytes(schnell, dev))
-        for pipe in (schnell, dev):
+        dev = FluxImg2ImgPipeline.from_pretrained(dirs["dev"], dtype=dtype, **reuse) if "dev" in dirs else None
+        pipes = [p for p in (schnell, dev) if p is not None]
+        placement = "resident" if role != "pair" else choose_placement(cfg.placement, device, module_bytes(*pipes))
+        for pipe in pipes:
             pipe.set_progress_bar_config(disable=True)
-        schnell.to(device)
-        for name, module in dev.components.items():  # shared modules are already there
-            if hasattr(module, "to") and not (placement == "stage" and name == "transformer"):
-                module.to(device)
-        if cfg.compile and device.startswith("cuda"):
-            schnell.transformer.compile(fullgraph=True)
-            dev.transformer.compile(fullgraph=True)
-        load_s = time.perf_counter() - t0
-        log.info("loaded FLUX pair on %s (%s) in %.1fs; text encoders/VAE shared: %s; placement: %s",
-                 device, dtype, load_s, shared, placement)
-        return cls(schnell, dev, cfg, device, shared, load_s,
-                   {"schnell": str(schnell_dir), "dev": str(dev_dir)}, placement)
+            for name, module in pipe.components.items():  # shared modules move once
+                if isinstance(module, torch.nn.Module) and not (placement == "stage" and name == "transformer"):
+                    module.to(device)
+            if cfg.fp8:
+                quantize_transformer(pipe.transformer, device)
+            compile_transformer(pipe.transformer, cfg.compile)
+        pair = cls(schnell, dev, cfg, device, shared, 0.0, {k: str(v) for k, v in dirs.items()})
+        pair.set_placement(placement)
+        pair.load_s = time.perf_counter() - t0
+        log.info("loaded FLUX %s on %s (%s) in %.1fs; text encoders/VAE shared: %s; placement: %s; "
+                 "compile: %s; fp8: %s", role, device, dtype, pair.load_s, shared, placement, cfg.compile, cfg.fp8)
+        return pair
+
+    def set_placement(self, placement: str) -> None:
+        """Switch between ``resident`` (both transformers on the device) and ``stage`` (host copies, one
+        transformer held at a time)."""
+        if placement == "stage" and self.host is None:
+            self.host = {v: HostWeights(getattr(self, v).transformer, self.device) for v in ("schnell", "dev")}
+        elif placement == "resident" and self.host is not None:
+            for weights in self.host.values():
+                weights.hold()
+            self._sync()
+            self.host = None  # the pinned copies are freed
+        self.placement = placement
 
     def _encode(self, pipe: Any, prompts: list[str], max_len: int) -> tuple[Any, Any]:
         embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=pipe._execution_device,
@@ -159,13 +229,12 @@ class FluxPair:
             torch.cuda.synchronize()
 
     def hold(self, variant: str) -> float:
-        """Stage placement: put ``variant``'s transformer on the device, the other on the host (seconds)."""
-        if self.placement != "stage":
+        """Stage placement: hold ``variant``'s transformer on the device, release the other (seconds)."""
+        if self.host is None:
             return 0.0
         t0 = time.perf_counter()
-        keep, drop = (self.schnell, self.dev) if variant == "schnell" else (self.dev, self.schnell)
-        drop.transformer.to("cpu")
-        keep.transformer.to(self.device)
+        self.host["dev" if variant == "schnell" else "schnell"].release()
+        self.host[variant].hold()
         self._sync()
         return time.perf_counter() - t0
 
@@ -178,8 +247,11 @@ class FluxPair:
             t0 = time.perf_counter()
             s_emb = self._encode(self.schnell, prompts, cfg.schnell.max_sequence_length)
             same_len = cfg.schnell.max_sequence_length == cfg.dev.max_sequence_length
-            d_emb = s_emb if self.shared and same_len else self._encode(self.dev, prompts,
-                                                                       cfg.dev.max_sequence_length)
+            if self.dev is None:  # schnell pool: the dev actor encodes its own prompts
+                d_emb = None
+            else:
+                d_emb = s_emb if self.shared and same_len else self._encode(self.dev, prompts,
+                                                                           cfg.dev.max_sequence_length)
             self._sync()
             timings["encode_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -192,13 +264,17 @@ class FluxPair:
             timings["schnell_s"] = time.perf_counter() - t0
         return images, d_emb, timings
 
-    def dev_stage(self, images: list[Any], d_emb: Any, seeds: list[int]) -> tuple[list[Any], float]:
-        """dev image-to-image from the schnell images of one batch, same prompts."""
+    def dev_stage(self, images: list[Any], d_emb: Any, seeds: list[int],
+                  prompts: list[str] | None = None) -> tuple[list[Any], float]:
+        """dev image-to-image from the schnell images of one batch, same prompts (embedded here when
+        ``d_emb`` is None)."""
         import torch
 
         cfg = self.cfg
         with torch.inference_mode():
             t0 = time.perf_counter()
+            if d_emb is None:
+                d_emb = self._encode(self.dev, prompts or [], cfg.dev.max_sequence_length)
             out = self.dev(
                 prompt_embeds=d_emb[0], pooled_prompt_embeds=d_emb[1], image=images,
                 strength=cfg.dev.strength, num_inference_steps=cfg.dev.steps, guidance_scale=cfg.dev.guidance,
@@ -212,11 +288,19 @@ class FluxPair:
         """One batch: schnell images, dev images (PIL) and per-batch stage seconds."""
         return next(self.render_batches([(prompts, seeds)]))
 
-    def render_batches(self, batches: list[tuple[list[str], list[int]]]) -> Iterator[tuple[list, list, dict]]:
+    def render_batches(self, batches: list[tuple[list[str], list[int]]],
+                       schnell: list[tuple[list[Any], dict[str, float]]] | None = None,
+                       ) -> Iterator[tuple[list, list, dict]]:
         """Yield (schnell images, dev images, seconds) per batch, in order.
 
         Resident: schnell then dev per batch. Stage: schnell for every batch, one transformer swap, then dev
-        for every batch (the swap seconds are spread over the batches' ``dev_s``)."""
+        for every batch (the swap seconds are spread over the batches' ``dev_s``). ``schnell`` given (dev
+        pool): the batches' schnell images and seconds, rendered by a schnell actor; only dev runs here."""
+        if schnell is not None:
+            for (prompts, seeds), (s_imgs, t) in zip(batches, schnell, strict=True):
+                d_imgs, dev_s = self.dev_stage(s_imgs, None, seeds, prompts)
+                yield s_imgs, d_imgs, t | {"dev_s": dev_s}
+            return
         if self.placement != "stage":
             for prompts, seeds in batches:
                 s_imgs, d_emb, t = self.schnell_stage(prompts, seeds)
@@ -229,6 +313,10 @@ class FluxPair:
         for (_, seeds), (s_imgs, d_emb, t) in zip(batches, firsts, strict=True):
             d_imgs, dev_s = self.dev_stage(s_imgs, d_emb, seeds)
             yield s_imgs, d_imgs, t | {"dev_s": dev_s + swap}
+
+    def schnell_batches(self, batches: list[tuple[list[str], list[int]]]) -> list[tuple[list[Any], dict]]:
+        """Schnell pool: the schnell images and seconds of every batch, for a dev actor to finish."""
+        return [(images, t) for images, _, t in (self.schnell_stage(p, s) for p, s in batches)]
 
 
 def module_bytes(*pipes: Any) -> int:
@@ -247,8 +335,8 @@ def module_bytes(*pipes: Any) -> int:
 
 def choose_placement(requested: str, device: str, weight_bytes: int, headroom: int = 12 << 30) -> str:
     """``resident`` when both pipelines plus activation headroom fit the GPU, else ``stage``."""
-    if requested != "auto":
-        return requested
+    if requested in ("resident", "stage"):
+        return requested  # "pools" is the scheduler's choice: a worker holding both pipelines decides as auto
     if not device.startswith("cuda"):
         return "resident"
     import torch

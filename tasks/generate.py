@@ -80,15 +80,23 @@ def _provenance(cfg: BuildConfig) -> dict[str, Any]:
     }
 
 
-def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker: str) -> pa.Table:
-    """Generate every pair of one shard; returns the shard table (images inline, provenance columns)."""
+def batch_inputs(cfg: BuildConfig, rows: list[dict[str, Any]]) -> list[tuple[list[str], list[int]]]:
+    """The shard's rows as generation batches of (prompts, seeds)."""
+    b = cfg.generation.batch_size
+    return [([r["prompt"] for r in rows[i:i + b]], [r["seed"] for r in rows[i:i + b]]) for i in range(0, len(rows), b)]
+
+
+def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker: str,
+                 schnell: list[tuple[list[Any], dict[str, float]]] | None = None) -> pa.Table:
+    """Generate every pair of one shard (only the dev half when a schnell actor rendered ``schnell``);
+    returns the shard table (images inline, provenance columns)."""
     g = cfg.generation
     fixed = _provenance(cfg)
     records: list[dict[str, Any]] = []
     pending: list[tuple[list[dict], Any, dict[str, float]]] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as pool:
         batches = [rows[i:i + g.batch_size] for i in range(0, len(rows), g.batch_size)]
-        rendered = pair.render_batches([([r["prompt"] for r in b], [r["seed"] for r in b]) for b in batches])
+        rendered = pair.render_batches(batch_inputs(cfg, rows), schnell)
         for batch, (s_imgs, d_imgs, t) in zip(batches, rendered, strict=True):
             futures = [pool.submit(encode_png, img, g.png_compress_level) for img in [*s_imgs, *d_imgs]]
             pending.append((batch, futures, t))
@@ -110,18 +118,23 @@ def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker
 
 
 class ShardWorker:
-    """Holds a loaded :class:`models.flux.FluxPair`; one instance per GPU (a Ray actor in production)."""
+    """Holds a loaded :class:`models.flux.FluxPair`; one instance per GPU (a Ray actor in production).
 
-    def __init__(self, cfg_json: dict[str, Any], dataset_uri: str):
+    Role ``pair`` renders and commits whole shards; with pooled placement a ``schnell`` actor renders a
+    shard's schnell images and a ``dev`` actor turns them into the dev images and commits the shard."""
+
+    def __init__(self, cfg_json: dict[str, Any], dataset_uri: str, role: str = "pair"):
         from models.flux import FluxPair
 
         self.cfg = BuildConfig.model_validate(cfg_json)
         self.dataset = Dataset(Store.from_config(self.cfg.storage, root=dataset_uri))
-        self.pair = FluxPair.load(self.cfg.generation, self.cfg.cache_dir)
+        self.pair = FluxPair.load(self.cfg.generation, self.cfg.cache_dir, role)
+        self.role = role
         self.name = worker_name(self.pair.device)
 
     def info(self) -> dict[str, Any]:
-        return {"worker": self.name, "load_s": self.pair.load_s, "shared_text_encoders": self.pair.shared}
+        return {"worker": self.name, "role": self.role, "load_s": self.pair.load_s,
+                "shared_text_encoders": self.pair.shared}
 
     def _chaos(self, shard: int) -> None:
         chaos = self.cfg.ray.chaos
@@ -133,11 +146,17 @@ class ShardWorker:
             log.warning("chaos: killing worker %s while rendering shard %d", self.name, shard)
             os._exit(1)
 
-    def run(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def render_schnell(self, shard: int, rows: list[dict[str, Any]]) -> list[tuple[list[Any], dict[str, float]]]:
+        """Schnell pool: one shard's schnell images (PIL, lossless through Ray) and seconds per batch."""
+        self._chaos(shard)
+        return self.pair.schnell_batches(batch_inputs(self.cfg, rows))
+
+    def run(self, shard: int, rows: list[dict[str, Any]],
+            schnell: list[tuple[list[Any], dict[str, float]]] | None = None) -> dict[str, Any]:
         """Render and commit one shard; returns its :class:`ShardResult` as a dict."""
         t0 = time.perf_counter()
         self._chaos(shard)
-        table = render_shard(self.pair, self.cfg, rows, self.name)
+        table = render_shard(self.pair, self.cfg, rows, self.name, schnell)
         t_commit = time.perf_counter()
         size = self.dataset.commit_shard(shard, table)
         done = time.perf_counter()
@@ -146,24 +165,52 @@ class ShardWorker:
                            col("dev_s"), col("png_s"), done - t_commit, self.name).as_dict()
 
 
-def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], ready_timeout_s: float = 900.0) -> dict:
-    """Run one shard on an actor, first waiting while Ray restarts it after a crash (pipelines reload)."""
+def wait_ready(worker: Any, deadline: float) -> None:
+    """Wait while Ray restarts an actor after a crash (its pipelines reload)."""
     import ray
     from ray.exceptions import ActorUnavailableError
 
-    deadline = time.monotonic() + ready_timeout_s
     while True:
         try:
             ray.get(worker.info.remote())
-            break
+            return
         except ActorUnavailableError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
-    return ray.get(worker.run.remote(shard, rows))
 
 
-def start_worker(cfg: BuildConfig, dataset_uri: str) -> Any:
+def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], schnell_worker: Any = None,
+                ready_timeout_s: float = 900.0) -> dict:
+    """Run one shard on an actor (after its schnell half on ``schnell_worker``, when pooled)."""
+    import ray
+
+    deadline = time.monotonic() + ready_timeout_s
+    for actor in (worker, schnell_worker):
+        if actor is not None:
+            wait_ready(actor, deadline)
+    schnell = None if schnell_worker is None else schnell_worker.render_schnell.remote(shard, rows)
+    return ray.get(worker.run.remote(shard, rows, schnell))  # Ray hands the schnell result over by reference
+
+
+def pool_sizes(cfg: BuildConfig) -> dict[str, int]:
+    """Actors per role: ``{"pair": n}``, or for ``placement=pools`` a schnell pool and a dev pool sized by
+    the stages' cost (transformer steps; a VAE pass costs about a third of a step)."""
+    from models.flux import dev_steps_run
+
+    n, g = cfg.ray.num_workers, cfg.generation
+    if g.placement != "pools":
+        return {"pair": n}
+    if n < 2:
+        raise ValueError("generation.placement=pools needs ray.num_workers >= 2 (a schnell and a dev actor)")
+    s_cost = g.schnell.steps + 0.3
+    d_cost = dev_steps_run(g.dev.steps, g.dev.strength) + 0.6
+    n_schnell = cfg.ray.schnell_workers or round(n * s_cost / (s_cost + d_cost))
+    n_schnell = min(max(n_schnell, 1), n - 1)
+    return {"schnell": n_schnell, "dev": n - n_schnell}
+
+
+def start_worker(cfg: BuildConfig, dataset_uri: str, role: str = "pair") -> Any:
     """Start one generation actor (Ray must be initialised); it loads the pipelines in its constructor."""
     import ray
 
@@ -171,7 +218,7 @@ def start_worker(cfg: BuildConfig, dataset_uri: str) -> Any:
         num_gpus=cfg.ray.num_gpus_per_worker, num_cpus=cfg.ray.num_cpus_per_worker,
         max_restarts=cfg.ray.max_restarts, max_task_retries=0, resources=cfg.ray.resources or None,
     )
-    return actor_cls.remote(cfg.model_dump(mode="json"), dataset_uri)
+    return actor_cls.remote(cfg.model_dump(mode="json"), dataset_uri, role)
 
 
 def worker_alive(worker: Any) -> bool:
@@ -187,13 +234,14 @@ def worker_alive(worker: Any) -> bool:
     return True
 
 
-def start_workers(cfg: BuildConfig, dataset_uri: str) -> list[Any]:
-    """Start ``cfg.ray.num_workers`` actors and wait until all have loaded their pipelines."""
+def start_workers(cfg: BuildConfig, dataset_uri: str) -> dict[str, list[Any]]:
+    """Start the actors of every role (:func:`pool_sizes`) and wait until all have loaded their pipelines."""
     import ray
 
-    actors = [start_worker(cfg, dataset_uri) for _ in range(cfg.ray.num_workers)]
-    infos = ray.get([a.info.remote() for a in actors])
-    for info in infos:
-        log.info("worker ready: %s (load %.1fs, shared text encoders: %s)", info["worker"], info["load_s"],
-                 info["shared_text_encoders"])
-    return actors
+    pools = {role: [start_worker(cfg, dataset_uri, role) for _ in range(n)]
+             for role, n in pool_sizes(cfg).items()}
+    actors = [a for pool in pools.values() for a in pool]
+    for info in ray.get([a.info.remote() for a in actors]):
+        log.info("worker ready: %s %s (load %.1fs, shared text encoders: %s)", info["role"], info["worker"],
+                 info["load_s"], info["shared_text_encoders"])
+    return pools

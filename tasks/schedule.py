@@ -1,8 +1,7 @@
-"""Shard scheduling for the build: a Prefect task per shard over a pool of Ray generation actors.
+"""Shard scheduling for the build: a Prefect task per shard over the Ray generation actors.
 
-Each worker has at most one shard in flight (the UI shows real progress, not queued tasks); a shard's task
-retries on the same actor, which Ray restarts after a crash; an actor whose restarts are exhausted is
-replaced.
+Workers hold few shards in flight (the UI shows real progress, not queued tasks); a shard's task retries on
+the same actors, which Ray restarts after a crash; an actor whose restarts are exhausted is replaced.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ from tasks import build, generate
 
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")
-def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any) -> dict[str, Any]:
-    """Render and commit one shard on one Ray worker."""
-    return generate.call_worker(worker, shard, rows)
+def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any, schnell_worker: Any = None) -> dict[str, Any]:
+    """Render and commit one shard on one Ray worker (its schnell half first on a schnell actor, if pooled)."""
+    return generate.call_worker(worker, shard, rows, schnell_worker)
 
 
 def _ray_up(cfg: BuildConfig) -> bool:
@@ -32,23 +31,39 @@ def _ray_up(cfg: BuildConfig) -> bool:
     return True
 
 
+def _least_busy(pool: list[Any], busy: list[Any], depth: int) -> Any | None:
+    """The actor of ``pool`` with the fewest shards in flight, if it has fewer than ``depth``."""
+    load = {id(w): sum(w is b for b in busy) for w in pool}
+    best = min(pool, key=lambda w: load[id(w)])
+    return best if load[id(best)] < depth else None
+
+
 def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> list[int]:
-    """Keep every worker busy with one shard at a time; returns the shards that failed for good."""
+    """Keep every worker busy; returns the shards that failed for good.
+
+    One pool: each actor has one shard in flight. Pooled placement: each dev actor has two (the one it
+    renders and the next, whose schnell half a schnell actor renders meanwhile)."""
     import ray
 
     logger = get_run_logger()
     started_ray = _ray_up(cfg)
-    workers = generate.start_workers(cfg, prepared.dataset.uri)
+    pools = generate.start_workers(cfg, prepared.dataset.uri)
+    committers, depth = (pools["dev"], 2) if "dev" in pools else (pools["pair"], 1)
     task = generate_shard.with_options(retries=cfg.ray.shard_retries)
     todo, failed, inflight, done = list(reversed(shards)), [], {}, 0
     try:
         while todo or inflight:
-            while todo and len(inflight) < len(workers):
-                free = next(w for w in workers if all(w is not x for x, _ in inflight.values()))
+            while todo:
+                busy = [a for assigned in inflight.values() for a in assigned[:2]]
+                worker = _least_busy(committers, busy, depth)
+                if worker is None:
+                    break
+                schnell = _least_busy(pools["schnell"], busy, len(shards)) if "schnell" in pools else None
                 shard = todo.pop()
-                inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), free)] = (free, shard)
+                inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), worker, schnell)] = \
+                    (worker, schnell, shard)
             future = next(as_completed(list(inflight)))
-            worker, shard = inflight.pop(future)
+            *_, shard = inflight.pop(future)
             future.wait()
             done += 1
             if future.state.is_completed():
@@ -58,13 +73,20 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
             else:
                 failed.append(shard)
                 logger.error("shard %05d failed after retries: %s", shard, future.state.message)
-                if not generate.worker_alive(worker):  # restarts exhausted: replace it
-                    logger.warning("worker died for good; starting a replacement")
-                    workers[workers.index(worker)] = generate.start_worker(cfg, prepared.dataset.uri)
+                _replace_dead(cfg, prepared.dataset.uri, pools, logger)
             progress(done, len(shards))
     finally:
-        for w in workers:
+        for w in (a for pool in pools.values() for a in pool):
             ray.kill(w)
         if started_ray:
             ray.shutdown()
     return failed
+
+
+def _replace_dead(cfg: BuildConfig, dataset_uri: str, pools: dict[str, list[Any]], logger: Any) -> None:
+    """Start a replacement for every actor whose restarts are exhausted."""
+    for role, pool in pools.items():
+        for i, worker in enumerate(pool):
+            if not generate.worker_alive(worker):
+                logger.warning("%s worker died for good; starting a replacement", role)
+                pool[i] = generate.start_worker(cfg, dataset_uri, role)

@@ -103,6 +103,38 @@ def test_killed_worker_shard_is_retried_without_duplicates(tmp_path):
     assert workers[0] != workers[1]  # shard 1 was redone by the restarted actor (a new process)
 
 
+def test_pooled_placement_builds_the_same_dataset_and_survives_a_killed_schnell_actor(local_build, tmp_path):
+    """placement=pools: a schnell actor hands each shard's schnell images to a dev actor that commits it;
+    the pairs are bit-identical to the resident build's, and a schnell actor killed mid-shard costs nothing."""
+    marker = tmp_path / "killed-once"
+    result = build_dataset(count=12, root=str(tmp_path / "data"), overrides={
+        **SMALL, "generation.placement": "pools", "ray.num_workers": 2,
+        "ray.chaos.kill_on_shard": 2, "ray.chaos.marker": str(marker)})
+    assert marker.exists()  # the first actor to see shard 2 (the schnell one) really died
+    resident = Dataset.open(local_build[1]["dataset_uri"]).manifest().set_index("pair_id").sort_index()
+    pooled = Dataset.open(result["dataset_uri"]).manifest().set_index("pair_id").sort_index()
+    assert result["dataset_uri"].endswith(local_build[1]["dataset_id"])  # placement is not part of the identity
+    assert pooled.index.is_unique and len(pooled) == 12
+    for col in ("schnell_sha256", "dev_sha256"):
+        assert pooled[col].equals(resident[col]), col
+    assert (pooled["schnell_s"] > 0).all() and (pooled["dev_s"] > 0).all()
+
+
+def test_pool_sizes_follow_the_stage_costs():
+    from facelift.config import resolve_config
+    from tasks.generate import pool_sizes
+
+    flux = resolve_config("flux", environ={}, overrides={"generation.placement": "pools", "ray.num_workers": 8})
+    assert pool_sizes(flux) == {"schnell": 2, "dev": 6}  # 4 schnell steps : 17 dev steps (+ VAE passes)
+    assert pool_sizes(flux.model_copy(update={"ray": flux.ray.model_copy(update={"schnell_workers": 9})})) == \
+        {"schnell": 7, "dev": 1}  # an explicit size leaves at least one dev actor
+    two = flux.model_copy(update={"ray": flux.ray.model_copy(update={"num_workers": 2})})
+    assert pool_sizes(two) == {"schnell": 1, "dev": 1}
+    with pytest.raises(ValueError, match="num_workers >= 2"):
+        pool_sizes(flux.model_copy(update={"ray": flux.ray.model_copy(update={"num_workers": 1})}))
+    assert pool_sizes(resolve_config("tiny", environ={})) == {"pair": 1}
+
+
 def test_unreachable_store_is_a_clear_error_and_writes_nothing():
     with pytest.raises(StorageError, match=r"unreachable.*127\.0\.0\.1:9"):
         build_dataset(count=4, root="s3://facelift/x", endpoint_url="http://127.0.0.1:9",

@@ -69,3 +69,28 @@ def test_stage_placement_renders_the_same_pairs_as_resident(cache_dir):
         assert [i.tobytes() for i in s1 + d1] == [i.tobytes() for i in s2 + d2]
     assert choose_placement("auto", "cpu", 10**12) == "resident"  # no GPU memory to run out of
     assert choose_placement("stage", "cuda", 1) == "stage"  # an explicit choice is kept
+
+
+def test_regional_compile_and_fp8_keep_the_pictures(pair, cache_dir):
+    """generation.compile=regional compiles each repeated block once (shared by schnell and dev) and
+    renders what eager renders; generation.fp8 swaps the block linears for FP8 ones and stays close."""
+    import numpy as np
+
+    from models.fp8 import Fp8Linear
+
+    base = resolve_config("tiny", environ={}).generation
+    batch = [(["A professional portrait of Ada", "A professional portrait of Bo"], [1, 2])]
+    (s_ref, d_ref, _), = pair.render_batches(batch)
+    for update in ({"compile": True}, {"fp8": True}):
+        other = FluxPair.load(type(base).model_validate(base.model_dump() | update), str(cache_dir))
+        (s_img, d_img, _), = other.render_batches(batch)
+        diff = max(np.abs(np.asarray(a, int) - np.asarray(b, int)).max()
+                   for a, b in zip(s_img + d_img, s_ref + d_ref, strict=True))
+        if "compile" in update:
+            blocks = [*other.schnell.transformer.transformer_blocks, *other.dev.transformer.single_transformer_blocks]
+            assert all(b._compiled_call_impl is not None for b in blocks)
+            assert other.schnell.transformer._compiled_call_impl is None  # regional, not the whole model
+            assert diff <= 2, diff
+        else:
+            assert any(isinstance(m, Fp8Linear) for m in other.dev.transformer.modules())
+            assert 0 < diff <= 64, diff  # FP8 changes pixels, a little
