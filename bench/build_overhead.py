@@ -40,7 +40,7 @@ def orchestration(cfg, n: int) -> dict[str, float]:
 
     from tasks.generate import start_workers
 
-    worker = start_workers(cfg, str(Path(tempfile.mkdtemp()) / "datasets" / "x"))[0]
+    worker = start_workers(cfg, str(Path(tempfile.mkdtemp()) / "datasets" / "x"))["pair"][0]
     ray_ms = 1000 * time_calls(lambda: ray.get(worker.info.remote()), n)
 
     @task(cache_policy=NO_CACHE)
