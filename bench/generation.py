@@ -138,13 +138,11 @@ def reset_compile(pair) -> None:
 def set_mode(pair, mode: str) -> None:
     """eager | stage (pinned host copies, one transformer held) | regional | full (torch.compile) |
     fp8-regional (FP8 linears, then regional compile; irreversible: run it last)."""
-    from models.flux import compile_transformer
+    from models.flux import compile_transformer, quantize_transformer
 
     pair.set_placement("stage" if mode == "stage" else "resident")
     reset_compile(pair)
     if mode == "fp8-regional":
-        from models.fp8 import quantize_transformer
-
         for pipe in (pair.schnell, pair.dev):
             quantize_transformer(pipe.transformer, pair.device)
     if mode in ("regional", "full", "fp8-regional"):
