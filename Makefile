@@ -29,6 +29,8 @@ demo: install
 bench: install
 	$(PY) bench/build_overhead.py
 	$(PY) bench/generation.py
+	$(PY) bench/compile_time.py
+	$(PY) bench/fp8_linear.py
 	$(PY) bench/train_heads.py
 	$(PY) bench/enhance.py
 	$(PY) bench/audit.py
