@@ -9,7 +9,11 @@ The GPU path imports only torch and ``models.heads`` / ``models.losses`` (torch-
 ``lpips`` package is not installed on the GPU machine: there the U-Net's LPIPS term is replaced by a
 same-cost stand-in (random AlexNet feature distance, ``perceptual=proxy``) and the table says so; on CPU
 the real ``lpips`` loss runs with a random backbone (``lpips_pnet_rand``: same cost as the real weights).
-Compiled rows run while ``--budget-s`` allows (ESA-CycleGAN first); the rest are reported as skipped.
+Compile time (the first step) is reported apart from the steady state (median of the timed steps after
+``--warmup`` steps). Row order: ESA-CycleGAN compiled first (the target), then every head eager, then the
+other compiled rows, each started only while ``--budget-s`` allows (later rows: "skipped: time budget").
+``--compile-modes regional full`` (default: regional, the product default); ``--cold`` disables the
+compile caches (honest compile times on a machine that compiled before; a fresh GPU machine is cold).
 Writes ``train_heads.json`` to ``--out``; prints a markdown table.
 """
 
@@ -27,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
 
-from models.heads import HEADS, build_head, train_step  # noqa: E402
+from models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step  # noqa: E402
 
 COMPILE_ORDER = ["esa_cyclegan", "cyclegan", "unet_cbam"]
 
@@ -44,7 +49,13 @@ def perceptual_for(device: torch.device) -> tuple[dict, str]:
     return {"perceptual": "proxy"}, "PROXY: lpips absent, random-AlexNet feature distance"
 
 
-def bench_one(name: str, compiled: bool, args: argparse.Namespace, device: torch.device) -> dict:
+def graphs_compiled() -> int:
+    from torch._dynamo.utils import counters  # also imports torch._dynamo for reset()
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def bench_one(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     overrides, perceptual = perceptual_for(device) if name == "unet_cbam" else ({}, "n/a")
     torch.manual_seed(0)
     head = build_head(name, args.flavor, **overrides)
@@ -52,15 +63,22 @@ def bench_one(name: str, compiled: bool, args: argparse.Namespace, device: torch
     mem = torch.channels_last if cuda else torch.contiguous_format
     head.to(device, memory_format=mem).train()
     optimizers = head.configure_optimizers(total_steps=10_000)
-    if compiled:
-        head.compile_modules()
+    if mode != "none":
+        torch._dynamo.reset()  # each compiled row pays its own compilation
+        head.compile_modules(mode)
     shape = (args.batch, 3, args.size, args.size)
     batch = {k: (torch.rand(shape, device=device) * 2 - 1).contiguous(memory_format=mem)
              for k in ("schnell", "dev")}
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and args.bf16 else \
         contextlib.nullcontext
+    graphs0 = graphs_compiled()
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
+    train_step(head, optimizers, batch, autocast)  # compiles every graph of the step
+    sync(device)
+    first_s = time.perf_counter() - t0
+    graphs1 = graphs_compiled()
+    t0 = time.perf_counter()
+    for _ in range(args.warmup - 1):
         train_step(head, optimizers, batch, autocast)
     sync(device)
     warm_s = time.perf_counter() - t0
@@ -73,8 +91,11 @@ def bench_one(name: str, compiled: bool, args: argparse.Namespace, device: torch
     times.sort()
     median = times[len(times) // 2]
     assert all(torch.isfinite(v) for v in losses.values()), f"{name}: non-finite loss"
-    row = {"head": name, "mode": "compiled" if compiled else "eager", "pairs_per_s": round(args.batch / median, 2),
-           "ms_per_step": round(median * 1e3, 1), "warmup_s": round(warm_s, 1),
+    row = {"head": name, "mode": "eager" if mode == "none" else mode, "pairs_per_s": round(args.batch / median, 2),
+           "ms_per_step": round(median * 1e3, 1), "first_step_s": round(first_s, 1),
+           "compile_s": round(max(first_s - median, 0.0), 1) if mode != "none" else None,
+           "later_warmup_s": round(warm_s, 1), "graphs": graphs1 - graphs0,
+           "late_graphs": graphs_compiled() - graphs1,  # compiled after the first step: recompiles (want 0)
            "params_M": round(sum(p.numel() for p in head.parameters()) / 1e6, 2), "perceptual": perceptual}
     if cuda:
         row["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
@@ -85,18 +106,40 @@ def bench_one(name: str, compiled: bool, args: argparse.Namespace, device: torch
     return row
 
 
-def run_row(name: str, compiled: bool, args: argparse.Namespace, device: torch.device) -> dict:
+def run_row(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     """One table row; a failure (e.g. out of memory) becomes a row with the error, and the run goes on."""
-    mode = "compiled" if compiled else "eager"
+    label = "eager" if mode == "none" else mode
     try:
-        row = bench_one(name, compiled, args, device)
-        print(f"{name} {mode}: {row['pairs_per_s']} pairs/s", flush=True)
+        row = bench_one(name, mode, args, device)
+        print(f"{name} {label}: {row['pairs_per_s']} pairs/s ({row['ms_per_step']} ms/step), first step "
+              f"{row['first_step_s']} s, {row['graphs']} graphs (+{row['late_graphs']} later)", flush=True)
         return row
     except Exception as exc:  # noqa: BLE001 - report the failure in the table, keep going
-        print(f"{name} {mode}: ERROR {exc!r}"[:300], flush=True)
+        print(f"{name} {label}: ERROR {exc!r}"[:300], flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return {"head": name, "mode": mode, "note": f"error: {repr(exc)[:200]}"}
+        return {"head": name, "mode": label, "note": f"error: {repr(exc)[:200]}"}
+
+
+def plan_rows(heads: list[str], modes: list[str]) -> list[tuple[str, str]]:
+    """(head, mode) in run order: the first head of COMPILE_ORDER compiled (first mode), every head eager,
+    then the other modes of that head and the other heads' compiled rows."""
+    ordered = sorted(heads, key=lambda n: COMPILE_ORDER.index(n) if n in COMPILE_ORDER else 99)
+    if not modes:
+        return [(h, "none") for h in heads]
+    first = ordered[0]
+    rows = [(first, modes[0])] + [(h, "none") for h in heads]
+    rows += [(first, m) for m in modes[1:]] + [(h, m) for h in ordered[1:] for m in modes]
+    return rows
+
+
+def disable_compile_caches() -> None:
+    """Cold compilation (no FX graph / AOT / kernel caches from earlier runs on this machine)."""
+    import torch._inductor.config
+
+    for config in (getattr(torch.compiler, "config", None), torch._inductor.config):
+        if config is not None and hasattr(config, "force_disable_caches"):
+            config.force_disable_caches = True
 
 
 def main() -> None:
@@ -106,50 +149,64 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default 2 on cpu, 16 on cuda")
     parser.add_argument("--flavor", default="full")
     parser.add_argument("--heads", nargs="*", default=list(HEADS))
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps, the first compiles (>= 1)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 3 cpu, 6 cuda)")
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-modes", nargs="*", default=[DEFAULT_COMPILE],
+                        choices=[m for m in COMPILE_MODES if m != "none"])
+    parser.add_argument("--no-compile", action="store_true", help="eager rows only")
+    parser.add_argument("--cold", action="store_true", help="disable the compile caches")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
-    parser.add_argument("--budget-s", type=float, default=110.0, help="skip compiled rows past this")
+    parser.add_argument("--budget-s", type=float, default=110.0, help="start no row past this many seconds")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but no GPU is visible")
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the first step compiles)")
     args.size = args.size or (512 if cuda else 64)
     args.batch = args.batch or (16 if cuda else 2)
     args.steps = args.steps or (6 if cuda else 3)
     args.bf16 = args.bf16 and cuda
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cold:
+        disable_compile_caches()
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    card = torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)"
+    card = torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     start = time.perf_counter()
-    rows = []
-    for name in args.heads:
-        rows.append(run_row(name, False, args, device))
-    if not args.no_compile:
-        for name in sorted(args.heads, key=lambda n: COMPILE_ORDER.index(n) if n in COMPILE_ORDER else 99):
-            if time.perf_counter() - start > args.budget_s:
-                rows.append({"head": name, "mode": "compiled", "note": "skipped: time budget"})
-                continue
-            rows.append(run_row(name, True, args, device))
     meta = {"device": card, "torch": torch.__version__, "size": args.size, "batch": args.batch,
             "flavor": args.flavor, "dtype": "bf16 autocast + channels_last" if args.bf16 else "fp32",
-            "warmup": args.warmup, "timed_steps": args.steps, "total_s": round(time.perf_counter() - start, 1)}
-    cols = ["head", "mode", "pairs_per_s", "ms_per_step", "warmup_s", "params_M", "perceptual"]
+            "warmup": args.warmup, "timed_steps": args.steps, "cold_compile": args.cold}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for name, mode in plan_rows(args.heads, [] if args.no_compile else args.compile_modes):
+        if time.perf_counter() - start > args.budget_s:
+            rows.append({"head": name, "mode": "eager" if mode == "none" else mode, "note": "skipped: time budget"})
+            continue
+        rows.append(run_row(name, mode, args, device))
+        meta["total_s"] = round(time.perf_counter() - start, 1)
+        with open(out / "train_heads.json", "w") as fh:  # after every row: a killed run keeps its rows
+            json.dump({**meta, "rows": rows}, fh, indent=2)
+    meta["total_s"] = round(time.perf_counter() - start, 1)
+    cols = ["head", "mode", "pairs_per_s", "ms_per_step", "first_step_s", "compile_s", "graphs", "late_graphs",
+            "params_M", "perceptual"]
     if cuda:
         cols.append("peak_mem_GiB")
     cols.append("note")
     print(f"\n{card}, {args.size}², batch {args.batch}, {meta['dtype']}, flavor {args.flavor}, torch "
-          f"{torch.__version__} (median of {args.steps} steps; warmup includes compilation)\n")
+          f"{torch.__version__} (median of {args.steps} steps after {args.warmup} warmup; first_step_s "
+          f"includes compilation{', cold caches' if args.cold else ''}; total {meta['total_s']} s)\n")
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
-        print("| " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out) / "train_heads.json", "w") as fh:
+        print("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in cols) + " |")
+    with open(out / "train_heads.json", "w") as fh:
         json.dump({**meta, "rows": rows}, fh, indent=2)
 
 

@@ -50,7 +50,9 @@ def train(
     crop: Annotated[int | None, typer.Option(help="random crop size (default: no crop)")] = None,
     patience: Annotated[int | None, typer.Option(help="early-stopping patience in epochs")] = 10,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
-    compile: Annotated[bool, typer.Option(help="torch.compile the networks")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the networks (the default mode, regional)")] = False,
+    compile_mode: Annotated[str | None, typer.Option(help="none | regional | full (implies --compile; "
+                                                          "see docs/train_heads.md)")] = None,
     run_id: Annotated[str | None, typer.Option(help="run id; an existing one resumes")] = None,
     endpoint_url: Endpoint = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local)")] = None,
@@ -67,7 +69,8 @@ def train(
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                          batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
                          resolution=resolution, crop=crop, patience=patience, checkpoint_every=checkpoint_every,
-                         compile=compile, endpoint_url=endpoint_url, run_id=run_id, ray_address=ray_address,
+                         compile=compile_mode or compile, endpoint_url=endpoint_url, run_id=run_id,
+                         ray_address=ray_address,
                          head_overrides=_overrides(set_))
     except _errors() as exc:
         raise fail(str(exc)) from None

@@ -53,7 +53,7 @@ def train_head(
     crop: int | None = None,
     patience: int | None = 10,
     checkpoint_every: int = 500,
-    compile: bool = False,
+    compile: bool | str = False,
     endpoint_url: str | None = None,
     run_id: str | None = None,
     ray_address: str | None = None,

@@ -22,15 +22,15 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from facelift.dataset import Dataset
 from facelift.storage import Store
-from models.heads import CONFIG_FILE, Head, HeadError, build_head, train_step
+from models.heads import CONFIG_FILE, Head, HeadError, build_head, compile_mode, train_step
 from tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, split_counts
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,19 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(10, ge=1, description="epochs without val improvement before stopping")
     min_delta: float = 0.0
     log_every: int = Field(10, ge=1)
-    compile: bool = False
+    compile: Literal["none", "regional", "full"] = Field(
+        "none", description="torch.compile the networks: regional = each generator's stem, residual block "
+                            "(one shared graph) and tail, and each discriminator (fast to compile); full = each "
+                            "network whole; true = regional (models.heads.DEFAULT_COMPILE)")
     bf16: bool = True
     seed: int = 0
     fail_at_step: int | None = Field(None, description="fault injection: worker 0 dies before this step "
                                                        "unless the run was restored (tests only)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, v: Any) -> Any:
+        return compile_mode(v) if isinstance(v, bool) or v is None else v
 
     def data_config(self) -> DataConfig:
         return DataConfig(self.resolution, self.crop, self.flip, self.val_fraction, self.max_val_pairs,
@@ -151,13 +159,17 @@ def _all_reduce_sums(sums: dict[str, float], world: int) -> dict[str, float]:
 
 @torch.no_grad()
 def validate(head: Head, val: dict[str, torch.Tensor], env: LoopEnv, batch_size: int, autocast) -> dict:
-    """Mean validation losses and metrics over all workers' validation pairs."""
+    """Mean validation losses and metrics over all workers' validation pairs.
+
+    Runs eager even when the networks are compiled: no-grad, eval-mode and a smaller last batch would
+    each compile another graph, for a few validation batches per epoch.
+    """
     head.eval()
     sums: dict[str, float] = {"n": 0.0}
     n = val["schnell"].shape[0]
     for i in range(0, n, batch_size):
         batch = {k: v[i:i + batch_size].to(env.device) for k, v in val.items()}
-        with autocast():
+        with torch.compiler.set_stance("force_eager"), autocast():
             losses = head.step(batch)
             metrics = head.metrics(batch)
         k = batch["schnell"].shape[0]
@@ -211,6 +223,8 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
                          f"({cfg.head} {cfg.flavor})")
     cuda = env.device.type == "cuda"
     mem = torch.channels_last if cuda else torch.contiguous_format
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest conv algorithms once
     head.to(env.device, memory_format=mem).train()
     optimizers = head.configure_optimizers(max_steps, cfg.lr)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "best": math.inf, "best_step": None, "bad_epochs": 0,
@@ -226,8 +240,7 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
 
         for tensor in head.state_dict().values():
             dist.broadcast(tensor, 0)
-    if cfg.compile:
-        head.compile_modules()
+    head.compile_modules(cfg.compile)  # "none": nothing
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.bf16 else \
         contextlib.nullcontext
     stream = iter(PairStream(ds, shards, data_cfg, cfg.batch_size, head.paired, env.rank, env.world))

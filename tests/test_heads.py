@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from facelift.storage import Store
-from models.heads import HEADS, HeadError, build_head, load_head, train_step
+from models.heads import DEFAULT_COMPILE, HEADS, HeadError, build_head, compile_mode, load_head, train_step
 from models.heads.blocks import ESA, PatchDiscriminator, ResnetGenerator
 from models.losses import (
     LPIPSLoss,
@@ -182,3 +182,91 @@ def test_proxy_perceptual_for_machines_without_lpips():
     assert float(proxy(x, x)) == pytest.approx(0.0, abs=1e-6) and float(proxy(x, y)) > 0
     assert set(head.step({"schnell": x, "dev": y})) == {"loss", "grad", "lpips"}
     assert not any(k.startswith("_perceptual") for k in head.state_dict())  # the loss net is never saved
+
+
+@pytest.fixture
+def one_thread():
+    """Compiled CPU kernels run their own OpenMP pool; on a shared 2-core machine its spinning threads can
+    stall a step for seconds. One thread keeps these tests' timings sane (numerics are unaffected)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_compile_modes_parse_and_errors():
+    assert compile_mode(True) == DEFAULT_COMPILE == "regional"
+    assert [compile_mode(v) for v in (False, None, "none", "full")] == ["none", "none", "none", "full"]
+    with pytest.raises(HeadError, match="unknown compile mode 'fast'; valid: none, regional, full"):
+        compile_mode("fast")
+    head = debug_head("cyclegan")
+    assert head.compile_modules("none") == "none" and head.compiled == "none"
+    assert head.compile_modules("full", backend="eager") == "full"
+    with pytest.raises(HeadError, match="already compiled"):
+        head.compile_modules("regional")
+
+
+def test_compiled_training_matches_eager_without_recompiles(one_thread):
+    """The default (regional, inductor) compiled ESA-CycleGAN step: 4 graphs in the first step (generator
+    stem, one residual block shared by all blocks of G and F, tail, one discriminator graph), none after
+    (error_on_recompile), and the same losses and weights as eager over 4 steps (pool filling included)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    batches = [{"schnell": images(seed=10 + i), "dev": images(seed=20 + i)} for i in range(4)]
+    eager, compiled = debug_head("esa_cyclegan").train(), debug_head("esa_cyclegan").train()
+    init = {k: v.clone() for k, v in eager.state_dict().items()}
+    assert compiled.compile_modules(True) == "regional"
+    opt_eager, opt_compiled = eager.configure_optimizers(10), compiled.configure_optimizers(10)
+    before = graphs_compiled()
+    out = [train_step(compiled, opt_compiled, batches[0])]
+    assert graphs_compiled() - before == 4
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out += [train_step(compiled, opt_compiled, b) for b in batches[1:]]
+    assert graphs_compiled() - before == 4
+    ref = [train_step(eager, opt_eager, b) for b in batches]
+    for r, o in zip(ref, out, strict=True):
+        assert set(r) == set(o)
+        for key in r:
+            assert torch.allclose(o[key], r[key], rtol=1e-3, atol=1e-5), (key, float(o[key]), float(r[key]))
+    compiled_state = compiled.state_dict()
+    assert set(compiled_state) == set(eager.state_dict())  # compilation does not rename weights
+    # Adam's normalised steps amplify rounding where a grad is ~0: compare the updates on average
+    moved = sum(float((v - init[k]).abs().sum()) for k, v in eager.state_dict().items())
+    apart = sum(float((compiled_state[k] - v).abs().sum()) for k, v in eager.state_dict().items())
+    assert moved > 0 and apart < 0.05 * moved, (apart, moved)
+
+
+def test_full_compile_one_graph_per_network_under_autocast_channels_last():
+    """GPU conditions on CPU (bf16 autocast, channels_last): real fp32 images, generated bf16 ones and
+    pooled past fakes reach each network as one kind of input, so G/F and D compile one graph each and
+    nothing recompiles; validation runs eager (no graphs for no-grad, eval or a smaller last batch)."""
+    import torch._dynamo
+
+    from tasks.train import LoopEnv, validate
+
+    torch._dynamo.reset()
+    head = debug_head("esa_cyclegan").to(memory_format=torch.channels_last).train()
+    head.compile_modules("full", backend="aot_eager")  # dynamo + AOT autograd guards, no code generation
+    optimizers = head.configure_optimizers(10)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    batch = {k: images(seed=s).contiguous(memory_format=torch.channels_last) for k, s in (("schnell", 1), ("dev", 2))}
+    pooled = head.pool_dev.query(batch["dev"].to(torch.bfloat16))
+    assert pooled.dtype == torch.bfloat16 and pooled.is_contiguous(memory_format=torch.channels_last)
+    before = graphs_compiled()
+    train_step(head, optimizers, batch, autocast)
+    assert graphs_compiled() - before == 2
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):  # the pool (size 4) fills, then serves past fakes
+            losses = train_step(head, optimizers, batch, autocast)
+        val = {k: torch.cat([v, v[:1]]) for k, v in batch.items()}  # 3 images: last batch of 1
+        metrics = validate(head, val, LoopEnv(), 2, autocast)
+    assert graphs_compiled() - before == 2
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert {"val_loss", "val_loss_D", "val_ssim"} <= set(metrics) and head.training

@@ -14,12 +14,15 @@ import json
 from typing import Any
 
 from models.heads.base import (
+    COMPILE_MODES,
     CONFIG_FILE,
+    DEFAULT_COMPILE,
     HEAD_FORMAT,
     WEIGHTS_FILE,
     Head,
     HeadError,
     OptimizerSpec,
+    compile_mode,
     config_from_dict,
     train_step,
 )
@@ -36,6 +39,7 @@ HEADS: dict[str, type[Head]] = {
 __all__ = [
     "HEADS", "Head", "HeadError", "OptimizerSpec", "build_head", "load_head", "head_class", "train_step",
     "UNetCBAMConfig", "CycleGANConfig", "ESACycleGANConfig", "CONFIG_FILE", "WEIGHTS_FILE", "HEAD_FORMAT",
+    "COMPILE_MODES", "DEFAULT_COMPILE", "compile_mode",
 ]
 
 

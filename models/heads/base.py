@@ -30,6 +30,21 @@ class HeadError(ValueError):
     """A head name, flavor, config or saved folder is invalid."""
 
 
+COMPILE_MODES = ("none", "regional", "full")
+DEFAULT_COMPILE = "regional"  # compile=True: measured fastest to compile (docs/train_heads.md)
+
+
+def compile_mode(value: bool | str | None) -> str:
+    """A compile setting as one of ``COMPILE_MODES``: ``True`` -> ``DEFAULT_COMPILE``, ``False``/None -> none."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return DEFAULT_COMPILE
+    if value not in COMPILE_MODES:
+        raise HeadError(f"unknown compile mode {value!r}; valid: {', '.join(COMPILE_MODES)} (or true/false)")
+    return value
+
+
 @dataclass
 class OptimizerSpec:
     """One optimizer of a head: it minimises ``losses[loss_key]`` over ``params``."""
@@ -72,6 +87,7 @@ class Head(nn.Module):
         super().__init__()
         self.config = config
         self.flavor = flavor
+        self.compiled = "none"  # the compile mode applied by compile_modules
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -114,11 +130,47 @@ class Head(nn.Module):
         self.check_input(x)
         return self.inference_module()(x).clamp(-1, 1)
 
-    def compile_modules(self, **kwargs: Any) -> None:
-        """``torch.compile`` every trainable submodule in place (state-dict keys unchanged)."""
+    def compile_modules(self, mode: bool | str = True, **kwargs: Any) -> str:
+        """``torch.compile`` the trainable networks in place (state-dict keys and maths unchanged).
+
+        ``mode`` (see ``compile_mode``): ``regional`` compiles each network's regions (``compile_regions``:
+        for the ResNet generators the stem, every residual block - one shared graph - and the tail; a
+        network without regions is compiled whole), ``full`` each network whole, ``none`` nothing;
+        ``True`` is ``DEFAULT_COMPILE``. Static shapes (``dynamic=False``) unless ``kwargs`` say otherwise.
+        Returns the mode used.
+        """
+        mode = compile_mode(mode)
+        if mode == "none":
+            return mode
+        if self.compiled != "none":
+            raise HeadError(f"{self.name} is already compiled ({self.compiled})")
+        kwargs.setdefault("dynamic", False)
         for module in self.children():
-            if any(p.requires_grad for p in module.parameters()):
+            if not any(p.requires_grad for p in module.parameters()):
+                continue
+            regions = getattr(module, "compile_regions", None)
+            if mode == "regional" and regions is not None:
+                regions(**kwargs)
+            else:
                 module.compile(**kwargs)
+        self.compiled = mode
+        return mode
+
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the compiled networks should see it (training with ``compiled`` set); else ``x`` itself.
+
+        Dynamo guards on the dtype, strides and ``requires_grad`` of a compiled graph's inputs, so a network
+        fed both real images (fp32, no grad) and generated ones (autocast dtype, grad) compiles once per
+        kind. Real images are therefore fed like generated ones: cast to the autocast dtype (what the first
+        conv casts them to anyway) and as a leaf that requires grad, so each network compiles one graph.
+        The optimizers' ``backward(inputs=params)`` never accumulates into these leaves: losses and
+        parameter grads are unchanged (the discarded input grads of the first conv cost well under 1%).
+        """
+        if self.compiled == "none" or not torch.is_grad_enabled() or x.requires_grad:
+            return x
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return x.detach().to(dtype).requires_grad_()
 
     def describe(self) -> dict[str, Any]:
         from facelift import __version__

@@ -6,6 +6,7 @@ Only torch is imported here, so these modules run on a bare GPU machine (bench) 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +95,32 @@ class ResnetGenerator(nn.Module):
             c //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        # regional compilation (compile_regions): plain list, not registered, so state-dict keys do not change
+        self._regions: list[nn.Module] | None = None
+
+    def compile_regions(self, **kwargs: Any) -> None:
+        """Regional ``torch.compile``: the stem (c7s1 + downs), every residual block, the tail (ups + c7s1).
+
+        The residual blocks share one compiled graph (same code and shapes: the 9 blocks of G and of F),
+        so compilation costs about one block, a stem and a tail instead of a whole unrolled generator.
+        The layers are the same objects as in ``self.model``: weights, state dict and maths are unchanged.
+        """
+        layers = list(self.model)
+        blocks = [i for i, m in enumerate(layers) if isinstance(m, ResnetBlock)]
+        first, end = (blocks[0], blocks[-1] + 1) if blocks else (len(layers), len(layers))
+        regions = [nn.Sequential(*layers[:first]), *layers[first:end]]
+        if end < len(layers):
+            regions.append(nn.Sequential(*layers[end:]))
+        for region in regions:
+            region.compile(**kwargs)
+        self._regions = regions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        if self._regions is None:
+            return self.model(x)
+        for region in self._regions:
+            x = region(x)
+        return x
 
 
 class PatchDiscriminator(nn.Module):
@@ -195,18 +219,20 @@ class ImagePool:
         self._rng = random.Random(seed)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
+        """A detached batch like ``images`` (same shape, dtype and memory format): each image is the new one
+        or, once the pool is full, with probability 1/2 a stored past one (which the new one replaces)."""
         if self.size == 0:
             return images.detach()
-        out = []
-        for image in images.detach():
+        out = torch.empty_like(images, requires_grad=False)  # keeps channels_last: no recompile downstream
+        for i, image in enumerate(images.detach()):
             image = image.unsqueeze(0)
             if len(self.images) < self.size:
                 self.images.append(image.clone())
-                out.append(image)
+                out[i] = image[0]
             elif self._rng.random() > 0.5:
                 idx = self._rng.randrange(self.size)
-                out.append(self.images[idx].clone())
+                out[i] = self.images[idx][0]
                 self.images[idx] = image.clone()
             else:
-                out.append(image)
-        return torch.cat(out, 0).to(images.dtype)
+                out[i] = image[0]
+        return out

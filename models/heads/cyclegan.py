@@ -79,7 +79,8 @@ class CycleGANHead(Head):
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a, b = batch["schnell"], batch["dev"]  # unpaired: any schnell batch, any dev batch
         c = self.config
-        fake_b, fake_a = self.G(a), self.F(b)
+        net_a, net_b = self.net_input(a), self.net_input(b)  # compiled: one graph per network (net_input)
+        fake_b, fake_a = self.G(net_a), self.F(net_b)
         rec_a, rec_b = self.F(fake_b), self.G(fake_a)
         gan_g = lsgan_loss(self.D_dev(fake_b), True)
         gan_f = lsgan_loss(self.D_schnell(fake_a), True)
@@ -87,13 +88,13 @@ class CycleGANHead(Head):
         losses = {"gan_G": gan_g, "gan_F": gan_f, "cycle": cyc}
         loss_g = gan_g + gan_f + c.lambda_cyc * cyc
         if c.lambda_idt > 0:
-            idt = identity_loss(self.G(b), b) + identity_loss(self.F(a), a)
+            idt = identity_loss(self.G(net_b), b) + identity_loss(self.F(net_a), a)
             losses["identity"] = idt
             loss_g = loss_g + c.lambda_idt * c.lambda_cyc * idt
-        pooled_b = self.pool_dev.query(fake_b) if self.training else fake_b.detach()
-        pooled_a = self.pool_schnell.query(fake_a) if self.training else fake_a.detach()
-        d_dev = 0.5 * (lsgan_loss(self.D_dev(b), True) + lsgan_loss(self.D_dev(pooled_b), False))
-        d_schnell = 0.5 * (lsgan_loss(self.D_schnell(a), True) + lsgan_loss(self.D_schnell(pooled_a), False))
+        pooled_b = self.net_input(self.pool_dev.query(fake_b) if self.training else fake_b.detach())
+        pooled_a = self.net_input(self.pool_schnell.query(fake_a) if self.training else fake_a.detach())
+        d_dev = 0.5 * (lsgan_loss(self.D_dev(net_b), True) + lsgan_loss(self.D_dev(pooled_b), False))
+        d_schnell = 0.5 * (lsgan_loss(self.D_schnell(net_a), True) + lsgan_loss(self.D_schnell(pooled_a), False))
         losses.update({"loss": loss_g, "loss_D": d_dev + d_schnell, "D_dev": d_dev, "D_schnell": d_schnell})
         return losses
 
