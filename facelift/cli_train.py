@@ -51,7 +51,7 @@ def train(
     patience: Annotated[int | None, typer.Option(help="early-stopping patience in epochs")] = 10,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
     compile: Annotated[bool, typer.Option(help="torch.compile the networks (the default mode, regional)")] = False,
-    compile_mode: Annotated[str | None, typer.Option(help="none | regional | full (implies --compile; "
+    compile_mode: Annotated[str | None, typer.Option(help="none | regional | full (overrides --compile; "
                                                           "see docs/train_heads.md)")] = None,
     run_id: Annotated[str | None, typer.Option(help="run id; an existing one resumes")] = None,
     endpoint_url: Endpoint = None,

@@ -87,6 +87,15 @@ def test_unknown_head_is_a_clear_error(dataset: Dataset):
         train(base_config(dataset, head="pix2pixHD"))
 
 
+def test_compile_setting_accepts_bool_or_mode():
+    from pydantic import ValidationError
+
+    make = lambda v: TrainConfig(dataset_uri="s3://b/datasets/d", head="esa_cyclegan", compile=v)  # noqa: E731
+    assert [make(v).compile for v in (True, False, "full", "none")] == ["regional", "none", "full", "none"]
+    with pytest.raises(ValidationError, match="regional"):
+        make("fast")
+
+
 def test_paired_loop_in_process_writes_head(dataset: Dataset, tmp_path):
     """The loop without Ray (rank 0 of 1): U-Net+CBAM with LPIPS, outputs in a local run folder."""
     cfg = resolve_run(base_config(dataset, head="unet_cbam", run_uri=str(tmp_path / "run"),
