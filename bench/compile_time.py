@@ -69,10 +69,16 @@ def main() -> None:
     parser.add_argument("--arch", default="tiny", choices=["tiny", "full"])
     parser.add_argument("--layers", default="19,38", help="double,single blocks (FLUX.1: 19,38)")
     parser.add_argument("--modes", nargs="+", default=["none", "regional", "full"])
+    parser.add_argument("--cold", action="store_true", help="disable the compile caches of earlier runs")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from train_heads import disable_compile_caches  # bench/ is on sys.path when run as a script
+
     from models.flux import compile_transformer
+
+    if args.cold:
+        disable_compile_caches()
 
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -93,7 +99,7 @@ def main() -> None:
         del models
     card = torch.cuda.get_device_name() if cuda else "cpu"
     print(f"\nFLUX transformer compile time, {args.arch} width, {layers[0]}+{layers[1]} blocks, {card}, "  # noqa: T201
-          f"batch {batch}, {tokens} image + {text} text tokens\n")
+          f"batch {batch}, {tokens} image + {text} text tokens, {'cold' if args.cold else 'warm'} caches\n")
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))  # noqa: T201
     for r in rows:
@@ -101,7 +107,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compile_time.json").write_text(json.dumps({"device": card, "arch": args.arch, "layers": layers,
-                                                       "rows": rows}, indent=2))
+                                                       "cold": args.cold, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
