@@ -182,8 +182,11 @@ def summary_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
     """A small table of the build for artifacts and the CLI."""
     counts, timings = info.get("counts", {}), info.get("timings", {})
     per_pair = timings.get("worker_seconds_per_pair", {})
+    g = info.get("config", {}).get("generation", {})
+    setup = " / ".join(f"{k} {g[k]}" for k in ("placement", "compile", "fp8") if k in g)
     return [{"metric": k, "value": v} for k, v in [
         ("dataset", info.get("dataset_id")), ("pairs", counts.get("pairs")), ("shards", counts.get("shards")),
+        ("generation", setup),
         ("build seconds (this run)", timings.get("last_run_s")),
         *[(f"{k} per pair", round(v, 4)) for k, v in per_pair.items()],
         *[(f"140k pairs on {n} GPU(s), hours", h)

@@ -42,6 +42,9 @@ def test_build_writes_plan_shards_manifest_and_info(local_build):
     assert info["config"]["generation"]["dev"]["guidance"] == 3.5 and info["versions"]["diffusers"]
     assert info["names"]["dropped"]["malformed_line"] == 2
     assert (manifest["dev_steps_run"] == 3).all() and (manifest["width"] == 64).all()
+    from tasks.build import summary_rows
+
+    assert {"metric": "generation", "value": "placement auto / compile none / fp8 False"} in summary_rows(info)
 
 
 def test_shards_decode_as_images_with_hf_datasets(local_build):
