@@ -102,18 +102,15 @@ class HostWeights:
     copied back) and holding is one host->device copy per tensor, from pinned memory at full PCIe speed."""
 
     def __init__(self, module: Any, device: str):
-        import torch
-
         self.device = device
-        pin = device.startswith("cuda")
-        self.tensors: list[tuple[Any, Any]] = []
-        for t in [*module.parameters(), *module.buffers()]:
-            host = t.data
-            if pin or host.device.type != "cpu":
-                host = torch.empty_like(t, device="cpu", pin_memory=pin)
-                host.copy_(t.data)
-                t.data = host
-            self.tensors.append((t, host))
+        tensors = [*module.parameters(), *module.buffers()]
+        if device.startswith("cuda") or any(t.device.type != "cpu" for t in tensors):
+            hosts = host_copies([t.data for t in tensors], pin=device.startswith("cuda"))
+        else:  # already in host memory and nothing to pin: keep the very same tensors
+            hosts = [t.data for t in tensors]
+        self.tensors: list[tuple[Any, Any]] = list(zip(tensors, hosts, strict=True))
+        for t, host in self.tensors:
+            t.data = host
 
     def hold(self) -> None:
         for t, host in self.tensors:
@@ -122,6 +119,27 @@ class HostWeights:
     def release(self) -> None:
         for t, host in self.tensors:
             t.data = host
+
+
+def host_copies(tensors: list[Any], pin: bool, chunk_bytes: int = 1 << 30) -> list[Any]:
+    """Copies of ``tensors`` in host memory, packed into few large buffers (pinned when ``pin``).
+
+    The CUDA host allocator rounds every pinned allocation up to a power of two, so pinning a 12B
+    model tensor by tensor can cost up to twice its size; ``chunk_bytes`` buffers (a power of two) waste
+    only their tails. Each copy is a view of its chunk at a 512-byte aligned offset."""
+    import torch
+
+    copies, chunk, offset = [], None, 0
+    for t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if chunk is None or offset + nbytes > chunk.numel():
+            size = max(chunk_bytes, 1 << max(nbytes - 1, 0).bit_length())
+            chunk, offset = torch.empty(size, dtype=torch.uint8, pin_memory=pin), 0
+        view = chunk[offset:offset + nbytes].view(t.dtype).view(t.shape)
+        view.copy_(t)
+        copies.append(view)
+        offset += -(-nbytes // 512) * 512
+    return copies
 
 
 def compile_transformer(transformer: Any, mode: str) -> None:

@@ -94,3 +94,26 @@ def test_regional_compile_and_fp8_keep_the_pictures(pair, cache_dir):
         else:
             assert any(isinstance(m, Fp8Linear) for m in other.dev.transformer.modules())
             assert 0 < diff <= 64, diff  # FP8 changes pixels, a little
+
+
+def test_host_copies_pack_tensors_into_few_aligned_buffers():
+    """Stage placement's host copies: equal values, few buffers (pinned allocations round up to powers
+    of two), 512-byte aligned views that never overlap."""
+    import torch
+
+    from models.flux import host_copies
+
+    tensors = [torch.randn(300, 7), torch.randn(2000), torch.arange(10, dtype=torch.int64),
+               torch.randn(2, 3).to(torch.bfloat16), torch.zeros(0)]
+    copies = host_copies(tensors, pin=False, chunk_bytes=4096)
+    for c, t in zip(copies, tensors, strict=True):
+        assert c.dtype == t.dtype and c.shape == t.shape and torch.equal(c, t)
+    offsets = [c.data_ptr() - c.untyped_storage().data_ptr() for c in copies if c.numel()]
+    assert all(o % 512 == 0 for o in offsets)
+    # 8400 B opens a 16 KiB buffer, 8000 B no longer fits there (8704 + 8000) and opens an 8 KiB one, which
+    # is then full, so the small tensors share one 4 KiB buffer
+    sizes = [c.untyped_storage().nbytes() for c in copies[:4]]
+    assert sizes == [16384, 8192, 4096, 4096] and copies[2].untyped_storage().data_ptr() == \
+        copies[3].untyped_storage().data_ptr()
+    copies[0][0, 0] = 123.0
+    assert tensors[0][0, 0] != 123.0  # copies, not aliases
