@@ -201,7 +201,10 @@ class FluxPair:
         reuse = {c: getattr(schnell, c) for c in SHARED_COMPONENTS} if shared else {}
         dev = FluxImg2ImgPipeline.from_pretrained(dirs["dev"], dtype=dtype, **reuse) if "dev" in dirs else None
         pipes = [p for p in (schnell, dev) if p is not None]
-        placement = "resident" if role != "pair" else choose_placement(cfg.placement, device, module_bytes(*pipes))
+        weights = module_bytes(*pipes)
+        if cfg.fp8:  # the transformers' block linears will hold one byte per weight instead of two
+            weights -= sum(p.numel() * p.element_size() for pipe in pipes for p in pipe.transformer.parameters()) // 2
+        placement = "resident" if role != "pair" else choose_placement(cfg.placement, device, weights)
         for pipe in pipes:
             pipe.set_progress_bar_config(disable=True)
             for name, module in pipe.components.items():  # shared modules move once
