@@ -13,10 +13,10 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFL
 if $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEV=cuda; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   HEADS="--heads esa_cyclegan --compile-modes regional full --budget-s 100"
-  GEN="--arch full --modes eager stage regional fp8-regional --budget-s 220"
+  GEN="--arch full --modes eager regional stage fp8-regional --budget-s 220"
 else
   DEV=cpu; HEADS="--heads esa_cyclegan --flavor debug --size 32 --batch 2 --no-compile"
-  GEN="--arch tiny --batches 1 --reps 1 --modes eager stage regional fp8-regional"
+  GEN="--arch tiny --batches 1 --reps 1 --modes eager regional stage fp8-regional"
 fi
 run() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$? in $((SECONDS - t0))s"; grep '^|' "$OUT/$name.log"; }
