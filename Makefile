@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint demo bench clean stack stack-down
+.PHONY: install test lint demo bench gpu-wheels clean stack stack-down
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,13 @@ test: install
 
 demo: install
 	$(VENV)/bin/facelift demo
+
+# Wheels the GPU benchmark machine lacks (it has Python 3.12 + torch, not diffusers/pydantic): carry `.whl`
+# with `bash bench/gpu_all.sh` in one device call.
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 \
+	  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
 
 bench: install
 	$(PY) bench/build_overhead.py
