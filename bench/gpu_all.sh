@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All GPU benchmarks in one device call (results and logs under $OUT). On a machine without CUDA it runs
-# the same scripts at CPU smoke sizes. Carry: .whl (diffusers, pydantic: not on the GPU image).
+# the same scripts at CPU smoke sizes. Carry: .whl (diffusers, pydantic: not on the GPU image; make gpu-wheels).
 # Budget: ~9.5 min of a 10-min call; each benchmark saves its JSON as it goes, so a cut-short run keeps rows.
 set -u
 OUT=${OUT:-bench/results}; mkdir -p "$OUT"
