@@ -186,10 +186,11 @@ def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], schnell_wor
     import ray
 
     deadline = time.monotonic() + ready_timeout_s
-    for actor in (worker, schnell_worker):
-        if actor is not None:
-            wait_ready(actor, deadline)
-    schnell = None if schnell_worker is None else schnell_worker.render_schnell.remote(shard, rows)
+    schnell = None
+    if schnell_worker is not None:  # start the schnell half now: the dev actor may still be on its last shard
+        wait_ready(schnell_worker, deadline)
+        schnell = schnell_worker.render_schnell.remote(shard, rows)
+    wait_ready(worker, deadline)  # a busy actor answers after its current shard
     return ray.get(worker.run.remote(shard, rows, schnell))  # Ray hands the schnell result over by reference
 
 

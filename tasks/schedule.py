@@ -63,7 +63,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
                 inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), worker, schnell)] = \
                     (worker, schnell, shard)
             future = next(as_completed(list(inflight)))
-            *_, shard = inflight.pop(future)
+            worker, schnell, shard = inflight.pop(future)
             future.wait()
             done += 1
             if future.state.is_completed():
@@ -73,7 +73,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
             else:
                 failed.append(shard)
                 logger.error("shard %05d failed after retries: %s", shard, future.state.message)
-                _replace_dead(cfg, prepared.dataset.uri, pools, logger)
+                _replace_dead(cfg, prepared.dataset.uri, pools, [worker, schnell], logger)
             progress(done, len(shards))
     finally:
         for w in (a for pool in pools.values() for a in pool):
@@ -83,10 +83,12 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
     return failed
 
 
-def _replace_dead(cfg: BuildConfig, dataset_uri: str, pools: dict[str, list[Any]], logger: Any) -> None:
-    """Start a replacement for every actor whose restarts are exhausted."""
+def _replace_dead(cfg: BuildConfig, dataset_uri: str, pools: dict[str, list[Any]], suspects: list[Any],
+                  logger: Any) -> None:
+    """Replace those of the failed shard's actors whose restarts are exhausted (only they are asked:
+    a busy actor would answer only after its current shard)."""
     for role, pool in pools.items():
         for i, worker in enumerate(pool):
-            if not generate.worker_alive(worker):
+            if any(worker is s for s in suspects) and not generate.worker_alive(worker):
                 logger.warning("%s worker died for good; starting a replacement", role)
                 pool[i] = generate.start_worker(cfg, dataset_uri, role)
