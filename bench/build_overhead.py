@@ -1,5 +1,6 @@
-"""Benchmark the dataset build's plumbing: orchestration overhead per shard, pairs/s with the tiny model,
-and shard commit throughput to a local path and to SeaweedFS S3 — measured side by side in one run.
+"""Benchmark the dataset build's plumbing: orchestration overhead per shard, pairs/s with the tiny model
+(two pair actors vs a schnell + a dev actor), and shard commit throughput to a local path and to SeaweedFS
+S3 — measured side by side in one run.
 
     python bench/build_overhead.py [--shards 8] [--out bench/results]
 """
@@ -80,6 +81,20 @@ def build_throughput(root: str, shards: int, shard_size: int, endpoint: str | No
             "fixed_cost_s": (w1 - g1) - n1 * per_shard, "overhead_per_shard_s": per_shard}
 
 
+def placement_throughput(root: Path, shards: int, shard_size: int) -> dict[str, float]:
+    """The same build with two actors each holding both pipelines, and with a schnell actor feeding a dev
+    actor (placement=pools): pairs/s end to end, and what the pools' handoff costs."""
+    from flows.build_dataset import build_dataset
+
+    out = {}
+    for name, over in (("pair_x2", {}), ("pools_1+1", {"generation.placement": "pools"})):
+        t0 = time.perf_counter()
+        result = build_dataset(count=shards * shard_size, root=str(root / name), overrides={
+            "plan.shard_size": shard_size, "ray.num_workers": 2, **over})
+        out[f"{name}_pairs_per_s"] = result["generated_pairs"] / (time.perf_counter() - t0)
+    return out
+
+
 def commit_throughput(store, mb: int, n: int) -> float:
     data = os.urandom(mb << 20)
     times = []
@@ -119,6 +134,7 @@ def main() -> None:
                                                            None).items()},
             **{f"s3_{k}": v for k, v in build_throughput(s3_root, args.shards, args.shard_size,
                                                         weed.endpoint).items()},
+            **placement_throughput(tmp / "placement", args.shards, args.shard_size),
             "commit_local_MB_per_s": commit_throughput(Store(str(tmp / "commit")), args.mb, 5),
             "commit_seaweedfs_MB_per_s": commit_throughput(Store(s3_root, weed.endpoint), args.mb, 5),
         }
