@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--modes", nargs="+", default=["eager", "stage", "regional"], choices=MODES,
+    parser.add_argument("--modes", nargs="+", default=["eager", "regional", "stage"], choices=MODES,
                         help="measured in this order (fp8-regional quantizes for good: put it after the others)")
     parser.add_argument("--budget-s", type=float, default=420, help="start no new mode past this time")
     parser.add_argument("--out", default="bench/results")
