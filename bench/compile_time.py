@@ -19,48 +19,28 @@ import time
 from pathlib import Path
 
 import torch
+from generation import timed, transformer_inputs  # bench/ is on sys.path when run as a script
 
 log = logging.getLogger("bench.compile_time")
 
 
-def build(arch: str, layers: tuple[int, int] | None, device: str, dtype: torch.dtype) -> list[torch.nn.Module]:
-    from diffusers import FluxTransformer2DModel
+def build(arch: str, layers: tuple[int, int], device: str, dtype: torch.dtype) -> list[torch.nn.Module]:
+    from models.flux_arch import transformer
 
-    from models.flux_arch import ARCHS
-
-    cfg = dict(ARCHS[arch]["transformer"])
-    if layers:
-        cfg.update(num_layers=layers[0], num_single_layers=layers[1])
     with torch.device(device):
-        models = [FluxTransformer2DModel(**cfg), FluxTransformer2DModel(**cfg, guidance_embeds=True)]
+        models = [transformer(arch, v, num_layers=layers[0], num_single_layers=layers[1]) for v in ("schnell", "dev")]
     return [m.to(dtype).eval() for m in models]
 
 
-def inputs(model: torch.nn.Module, batch: int, tokens: int, text: int, device: str, dtype: torch.dtype) -> dict:
-    c = model.config
-    args = dict(hidden_states=torch.randn(batch, tokens, c.in_channels), timestep=torch.full((batch,), 0.5),
-                encoder_hidden_states=torch.randn(batch, text, c.joint_attention_dim),
-                pooled_projections=torch.randn(batch, c.pooled_projection_dim),
-                img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
-    if c.guidance_embeds:
-        args["guidance"] = torch.full((batch,), 3.5)
-    return {k: v.to(device, dtype if k != "guidance" else torch.float32) for k, v in args.items()}
-
-
 def measure(model: torch.nn.Module, args: dict, device: str) -> tuple[float, float]:
+    """Seconds of the first 3 calls (compilation and any recompiles), then the median step of 9."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
     for _ in range(3):
         model(**args)
     sync()
     warm = time.perf_counter() - t0
-    steps = []
-    for _ in range(9):
-        t = time.perf_counter()
-        model(**args)
-        sync()
-        steps.append(time.perf_counter() - t)
-    return warm, sorted(steps)[4]
+    return warm, timed(lambda: model(**args), device, 9)
 
 
 def main() -> None:
@@ -92,7 +72,7 @@ def main() -> None:
             for m in models:
                 compile_transformer(m, mode)
             for name, m in zip(("schnell", "dev"), models, strict=True):
-                warm, step = measure(m, inputs(m, batch, tokens, text, args.device, dtype), args.device)
+                warm, step = measure(m, transformer_inputs(m, batch, tokens, text, args.device, dtype), args.device)
                 rows.append({"mode": mode, "model": name, "warmup_3_calls_s": round(warm, 2),
                              "compile_s": round(max(warm - 3 * step, 0.0), 2), "step_ms": round(step * 1e3, 2)})
                 log.info("%s", rows[-1])

@@ -65,6 +65,21 @@ def build_pair(arch: str, device: str, dtype, cfg):
     return FluxPair(schnell, dev, cfg.generation, device, True, time.perf_counter() - t0)
 
 
+def transformer_inputs(model, batch: int, tokens: int, text: int, device: str, dtype, guidance: float = 3.5) -> dict:
+    """Random keyword inputs for one denoising step of ``model`` (guidance only for a guidance-embedded one)."""
+    import torch
+
+    c = model.config
+    args = dict(hidden_states=torch.randn(batch, tokens, c.in_channels), timestep=torch.full((batch,), 0.5),
+                encoder_hidden_states=torch.randn(batch, text, c.joint_attention_dim),
+                pooled_projections=torch.randn(batch, c.pooled_projection_dim),
+                img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
+    args = {k: v.to(device, dtype) for k, v in args.items()}
+    if c.guidance_embeds:
+        args["guidance"] = torch.full((batch,), guidance, device=device, dtype=torch.float32)
+    return args
+
+
 def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
     """Per-image seconds of the pieces no pipeline can avoid."""
     import torch
@@ -76,23 +91,15 @@ def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
     scale = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for FLUX.1's VAE
     tokens = (g.height // scale // 2) * (g.width // scale // 2)  # 2x2 latent patches
     text = g.schnell.max_sequence_length
-    hid = torch.randn(batch, tokens, s_t.config.in_channels, device=device, dtype=dtype)
-    enc = torch.randn(batch, text, s_t.config.joint_attention_dim, device=device, dtype=dtype)
-    pooled = torch.randn(batch, s_t.config.pooled_projection_dim, device=device, dtype=dtype)
-    img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
-    txt_ids = torch.zeros(text, 3, device=device, dtype=dtype)
-    step = torch.full((batch,), 0.5, device=device, dtype=dtype)
-    guid = torch.full((batch,), g.dev.guidance, device=device, dtype=torch.float32)
+    s_args = transformer_inputs(s_t, batch, tokens, text, device, dtype)
+    d_args = transformer_inputs(dev_t, batch, tokens, text, device, dtype, g.dev.guidance)
     lat = torch.randn(batch, vae.config.latent_channels, g.height // scale, g.width // scale, device=device,
                       dtype=dtype)
     img = torch.randn(batch, 3, g.height, g.width, device=device, dtype=dtype)
     with torch.inference_mode():
         out = {
-            "schnell_step": timed(lambda: s_t(hidden_states=hid, encoder_hidden_states=enc, pooled_projections=pooled,
-                                              timestep=step, img_ids=img_ids, txt_ids=txt_ids), device, reps),
-            "dev_step": timed(lambda: dev_t(hidden_states=hid, encoder_hidden_states=enc, pooled_projections=pooled,
-                                            timestep=step, img_ids=img_ids, txt_ids=txt_ids, guidance=guid),
-                              device, reps),
+            "schnell_step": timed(lambda: s_t(**s_args), device, reps),
+            "dev_step": timed(lambda: dev_t(**d_args), device, reps),
             "vae_decode": timed(lambda: vae.decode(lat), device, reps),
             "vae_encode": timed(lambda: vae.encode(img), device, reps),
         }

@@ -61,11 +61,13 @@ def shared_components(arch: str) -> dict[str, Any]:
     }
 
 
-def transformer(arch: str, variant: str) -> Any:
-    """The denoiser; dev has the guidance embedding (guidance-distilled), schnell does not."""
+def transformer(arch: str, variant: str, **overrides: Any) -> Any:
+    """The denoiser; dev has the guidance embedding (guidance-distilled), schnell does not. ``overrides``
+    change config fields (e.g. ``num_layers``)."""
     from diffusers import FluxTransformer2DModel
 
-    return FluxTransformer2DModel(**_check(arch)["transformer"], guidance_embeds=(variant == "dev"))
+    cfg = {**_check(arch)["transformer"], **overrides}
+    return FluxTransformer2DModel(**cfg, guidance_embeds=(variant == "dev"))
 
 
 def scheduler(variant: str) -> Any:

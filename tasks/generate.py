@@ -80,10 +80,15 @@ def _provenance(cfg: BuildConfig) -> dict[str, Any]:
     }
 
 
-def batch_inputs(cfg: BuildConfig, rows: list[dict[str, Any]]) -> list[tuple[list[str], list[int]]]:
-    """The shard's rows as generation batches of (prompts, seeds)."""
+def row_batches(cfg: BuildConfig, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The shard's rows in generation batches."""
     b = cfg.generation.batch_size
-    return [([r["prompt"] for r in rows[i:i + b]], [r["seed"] for r in rows[i:i + b]]) for i in range(0, len(rows), b)]
+    return [rows[i:i + b] for i in range(0, len(rows), b)]
+
+
+def batch_inputs(batches: list[list[dict[str, Any]]]) -> list[tuple[list[str], list[int]]]:
+    """(prompts, seeds) of each batch."""
+    return [([r["prompt"] for r in b], [r["seed"] for r in b]) for b in batches]
 
 
 def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker: str,
@@ -95,8 +100,8 @@ def render_shard(pair: Any, cfg: BuildConfig, rows: list[dict[str, Any]], worker
     records: list[dict[str, Any]] = []
     pending: list[tuple[list[dict], Any, dict[str, float]]] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png") as pool:
-        batches = [rows[i:i + g.batch_size] for i in range(0, len(rows), g.batch_size)]
-        rendered = pair.render_batches(batch_inputs(cfg, rows), schnell)
+        batches = row_batches(cfg, rows)
+        rendered = pair.render_batches(batch_inputs(batches), schnell)
         for batch, (s_imgs, d_imgs, t) in zip(batches, rendered, strict=True):
             futures = [pool.submit(encode_png, img, g.png_compress_level) for img in [*s_imgs, *d_imgs]]
             pending.append((batch, futures, t))
@@ -149,7 +154,7 @@ class ShardWorker:
     def render_schnell(self, shard: int, rows: list[dict[str, Any]]) -> list[tuple[list[Any], dict[str, float]]]:
         """Schnell pool: one shard's schnell images (PIL, lossless through Ray) and seconds per batch."""
         self._chaos(shard)
-        return self.pair.schnell_batches(batch_inputs(self.cfg, rows))
+        return self.pair.schnell_batches(batch_inputs(row_batches(self.cfg, rows)))
 
     def run(self, shard: int, rows: list[dict[str, Any]],
             schnell: list[tuple[list[Any], dict[str, float]]] | None = None) -> dict[str, Any]:

@@ -31,11 +31,11 @@ def _ray_up(cfg: BuildConfig) -> bool:
     return True
 
 
-def _least_busy(pool: list[Any], busy: list[Any], depth: int) -> Any | None:
-    """The actor of ``pool`` with the fewest shards in flight, if it has fewer than ``depth``."""
+def _least_busy(pool: list[Any], busy: list[Any], depth: int | None = None) -> Any | None:
+    """The actor of ``pool`` with the fewest shards in flight, if it has fewer than ``depth`` (None: any)."""
     load = {id(w): sum(w is b for b in busy) for w in pool}
     best = min(pool, key=lambda w: load[id(w)])
-    return best if load[id(best)] < depth else None
+    return best if depth is None or load[id(best)] < depth else None
 
 
 def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> list[int]:
@@ -58,7 +58,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
                 worker = _least_busy(committers, busy, depth)
                 if worker is None:
                     break
-                schnell = _least_busy(pools["schnell"], busy, len(shards)) if "schnell" in pools else None
+                schnell = _least_busy(pools["schnell"], busy) if "schnell" in pools else None
                 shard = todo.pop()
                 inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), worker, schnell)] = \
                     (worker, schnell, shard)
