@@ -25,6 +25,7 @@ from facelift.dataset import Dataset, DatasetError, decode_image
 from models.metrics import ClipIQA, FIDInceptionV3, MetricConfig, build_lpips
 from tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
 from tasks.metrics import cached_features, fid_with_ci, image_set_key, kid, mean_with_ci
+from tasks.train_data import is_validation, pair_hash, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,10 @@ class EvalConfig:
 
 def heldout_mask(pair_ids: pd.Series, val_fraction: float) -> np.ndarray:
     """The training code's validation split (one place to change if it ever moves)."""
-    from tasks.train_data import is_validation
-
     return np.array([is_validation(p, val_fraction) for p in pair_ids], dtype=bool)
 
 
 def _half_order(pair_ids: list[str]) -> list[str]:
-    from tasks.train_data import pair_hash
-
     return sorted(pair_ids, key=lambda p: pair_hash(p, "eval-half"))
 
 
@@ -83,15 +80,6 @@ class HeldOut:
     @property
     def n(self) -> int:
         return len(self.input_ids)
-
-
-def _to_tensor(cell: dict, size: int) -> torch.Tensor:
-    img = decode_image(cell)
-    if img.size != (size, size):
-        from PIL import Image
-
-        img = img.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def load_heldout(ds: Dataset, cfg: EvalConfig, val_fraction: float) -> HeldOut:
@@ -118,7 +106,7 @@ def load_heldout(ds: Dataset, cfg: EvalConfig, val_fraction: float) -> HeldOut:
                 size = size or decode_image(rec["schnell_image"]).size[1]
                 rows[rec["pair_id"]] = {
                     "prompt": rec["prompt"], "seed": int(rec["seed"]),
-                    "schnell": _to_tensor(rec["schnell_image"], size), "dev": _to_tensor(rec["dev_image"], size),
+                    "schnell": to_uint8(rec["schnell_image"], size), "dev": to_uint8(rec["dev_image"], size),
                     "schnell_sha256": rec["schnell_sha256"], "dev_sha256": rec["dev_sha256"],
                 }
     missing = wanted - set(rows)
