@@ -61,3 +61,14 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield None
+
+
+@pytest.fixture(scope="session")
+def deploy_stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator:
+    """A real Prefect server + SeaweedFS + process worker with the project deployed (tests/deploy_stack.py),
+    one for the session, stopped by pid."""
+    from deploy_stack import DeployStack
+
+    stack = DeployStack(tmp_path_factory.mktemp("deploy-stack"), cache_dir).start()
+    yield stack
+    stack.stop()

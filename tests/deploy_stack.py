@@ -143,23 +143,6 @@ class DeployStack:
             shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
-_SHARED: dict[str, Any] = {"stack": None, "users": 0}
-
-
-def acquire(tmp_path_factory, cache_dir: Path) -> DeployStack:
-    if _SHARED["stack"] is None:
-        _SHARED["stack"] = DeployStack(tmp_path_factory.mktemp("deploy-stack"), cache_dir).start()
-    _SHARED["users"] += 1
-    return _SHARED["stack"]
-
-
-def release() -> None:
-    _SHARED["users"] -= 1
-    if _SHARED["users"] <= 0 and _SHARED["stack"] is not None:
-        _SHARED["stack"].stop()
-        _SHARED["stack"] = None
-
-
 # -- Prefect API helpers (all through the client, against the stack's server) ---------------------------------
 def client(api_url: str):
     from prefect.client.orchestration import SyncPrefectClient

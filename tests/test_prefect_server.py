@@ -19,13 +19,6 @@ from facelift.localstack import REPO
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="session")
-def deploy_stack(tmp_path_factory, cache_dir):
-    stack = ds.acquire(tmp_path_factory, cache_dir)
-    yield stack
-    ds.release()
-
-
 @pytest.fixture()
 def api(deploy_stack):
     """The test process talks to the stack's server."""

@@ -24,13 +24,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="session")
-def deploy_stack(tmp_path_factory, cache_dir):
-    stack = ds.acquire(tmp_path_factory, cache_dir)
-    yield stack
-    ds.release()
-
-
 @pytest.fixture(scope="module")
 def build_run(deploy_stack):
     """The completed build run of tests/test_prefect_server.py, or a fresh one with the chain paused."""
