@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from generation import timed, transformer_inputs  # bench/ is on sys.path when run as a script
+from timing import sync
 
 log = logging.getLogger("bench.compile_time")
 
@@ -34,11 +35,10 @@ def build(arch: str, layers: tuple[int, int], device: str, dtype: torch.dtype) -
 
 def measure(model: torch.nn.Module, args: dict, device: str) -> tuple[float, float]:
     """Seconds of the first 3 calls (compilation and any recompiles), then the median step of 9."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     t0 = time.perf_counter()
     for _ in range(3):
         model(**args)
-    sync()
+    sync(device)
     warm = time.perf_counter() - t0
     return warm, timed(lambda: model(**args), device, 9)
 

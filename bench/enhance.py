@@ -22,14 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from timing import sync  # noqa: E402  (bench/, on sys.path when run as a script)
 
 from models.heads import build_head  # noqa: E402
 from tasks.enhance import InferenceEngine  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def rate(fn, n_per_call: int, device: torch.device, min_s: float, warmup: int = 3, max_iters: int = 200) -> float:

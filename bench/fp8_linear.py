@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from timing import sync  # noqa: E402  (bench/, on sys.path when run as a script)
 from torch import nn  # noqa: E402
 
 from models.fp8 import Fp8Linear, fp8_supported  # noqa: E402
@@ -32,11 +33,6 @@ log = logging.getLogger("bench.fp8_linear")
 LAYERS = {"attn_proj": (3072, 3072), "ff_up": (3072, 12288), "ff_down": (12288, 3072), "single_fused": (3072, 21504)}
 GPU_TOKENS = 4 * (1024 + 256)  # batch 4 at 512² (64x64 latents / 2x2 patches = 1024) + 256 T5 tokens
 CPU_DIV, CPU_TOKENS = 12, 256  # CPU: every dim / 12 (still multiples of 16), 256 tokens
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_ms(fn, device: torch.device, min_s: float, warmup: int = 3, chunks: int = 7) -> float:

@@ -20,21 +20,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import sync  # bench/ is on sys.path when run as a script
+
 log = logging.getLogger("bench.generation")
 
 
 def timed(fn, device: str, reps: int) -> float:
     """Median seconds of ``fn`` after one warm-up, synchronising the GPU around each call."""
-    import torch
-
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()
-    sync()
+    sync(device)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        sync()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 

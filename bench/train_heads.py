@@ -32,15 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
+from timing import sync  # noqa: E402  (bench/, on sys.path when run as a script)
 
 from models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step  # noqa: E402
 
 COMPILE_ORDER = ["esa_cyclegan", "cyclegan", "unet_cbam"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def perceptual_for(device: torch.device) -> tuple[dict, str]:
