@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from facelift.cli_common import fail
 from facelift.config import ConfigError, parse_set_options
 
 log = logging.getLogger("facelift")
@@ -98,8 +99,7 @@ def rebuild(
     try:
         run = run_deployment_now(deployment, params, tags=["rebuild"])
     except DeploymentRunError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(exc)) from None
     typer.echo(f"flow run {run.name} ({run.id}) of {deployment} scheduled with {json.dumps(params)}")
     if wait:
         run = wait_for_run(run.id, timeout_s=timeout)

@@ -29,6 +29,8 @@ LOCAL_PARAMETERS = REPO / "infra" / "local" / "parameters.yaml"
 POOL = "facelift"
 QUEUES = {"gpu": 1, "cpu": None}  # queue -> concurrency limit (None: unlimited)
 RESULTS_BLOCK = "facelift-results"
+# what a shell needs to use the stack (`env` command, .stack/env.json)
+CLIENT_ENV = ("PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS", "FACELIFT_STORAGE__ROOT")
 LOCAL_S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "facelift-local", "AWS_SECRET_ACCESS_KEY": "facelift-local-secret",
                         "AWS_DEFAULT_REGION": "us-east-1"}
 BASE_ENV = {
@@ -323,8 +325,7 @@ class Stack:
         deploy_all(env, overlay_prefect_file(self.dir / "prefect.yaml", params))
         if not pid_alive(self._pid("worker")):
             self._write_pid("worker", start_worker(env, self.dir / "worker.log").pid)
-        (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in (
-            "PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS", "FACELIFT_STORAGE__ROOT")}, indent=1))
+        (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in CLIENT_ENV}, indent=1))
         return server.ui_url
 
     def _start_ray(self, env: dict[str, str]) -> None:
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))  # noqa: T201
     elif cmd == "env":
         env = stack.env()
-        for key in ("PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS", "FACELIFT_STORAGE__ROOT"):
+        for key in CLIENT_ENV:
             print(f"export {key}={env[key]}")  # noqa: T201
     elif cmd == "status":
         print(json.dumps(stack.status(), indent=1))  # noqa: T201

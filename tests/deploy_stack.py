@@ -151,17 +151,16 @@ def client(api_url: str):
 
 
 def wait_run(api_url: str, run_id: Any, timeout_s: float, stack: DeployStack | None = None) -> Any:
-    final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-    deadline = time.monotonic() + timeout_s
-    with client(api_url) as c:
-        while True:
-            run = c.read_flow_run(run_id)
-            if run.state and run.state.type.value in final:
-                return run
-            if time.monotonic() > deadline:
-                log = stack.worker_log() if stack else ""
-                raise TimeoutError(f"run {run.name} still {run.state_name} after {timeout_s:.0f}s\n{log}")
-            time.sleep(1.0)
+    """``facelift rebuild --wait``'s poll against ``api_url``; a timeout also shows the worker's log."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from facelift.cli_ops import wait_for_run
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            return wait_for_run(run_id, timeout_s=timeout_s)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{stack.worker_log() if stack else ''}") from None
 
 
 def runs_of(api_url: str, deployment: str) -> list[Any]:
