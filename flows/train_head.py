@@ -10,15 +10,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from tasks import train_report
-from tasks.train import TrainConfig, check_config, ray_session, train
+from tasks.train import TrainConfig, train
 
 
 @task(cache_policy=NO_CACHE)
 def train_task(cfg: TrainConfig, ray_address: str | None, max_failures: int) -> dict[str, Any]:
     """Run (or resume) the Ray Train job."""
-    check_config(cfg)
-    with ray_session(ray_address):
-        result = train(cfg, max_failures=max_failures)
+    result = train(cfg, max_failures=max_failures, ray_address=ray_address)
     return {"run_id": result.run_id, "run_uri": result.run_uri, "head_uri": result.head_uri}
 
 

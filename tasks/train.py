@@ -353,13 +353,21 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def train(cfg: TrainConfig, max_failures: int = 0) -> TrainResult:
-    """Run (or resume) one training run on Ray; returns where the exported head is."""
+def train(cfg: TrainConfig, max_failures: int = 0, ray_address: str | None = None) -> TrainResult:
+    """Run (or resume) one training run on Ray; returns where the exported head is.
+
+    The config is checked before Ray starts; then the running Ray is used, else one at ``ray_address`` (or a
+    local one, shut down afterwards: :func:`ray_session`)."""
+    cfg = resolve_run(cfg)
+    check_config(cfg)
+    with ray_session(ray_address):
+        return _fit(cfg, max_failures)
+
+
+def _fit(cfg: TrainConfig, max_failures: int) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = resolve_run(cfg)
-    check_config(cfg)
     run_store = Store(cfg.run_uri, cfg.endpoint_url)
     runs_root, run_name = cfg.run_uri.rstrip("/").rsplit("/", 1)
     storage_path, storage_fs = ray_storage(Store(runs_root, cfg.endpoint_url))
