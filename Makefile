@@ -26,9 +26,10 @@ test: install
 demo: install
 	$(VENV)/bin/facelift demo
 
-# Wheels the GPU benchmark machine lacks (it has Python 3.12 + torch, not diffusers/pydantic): carry `.whl`
-# with `bash bench/gpu_all.sh` in one device call.
-gpu-wheels:
+# Wheels the GPU benchmark machine lacks (it has Python 3.12 + torch, not facelift/diffusers/pydantic): carry
+# `.whl` with `bash bench/gpu_all.sh` in one device call.
+gpu-wheels: install
+	rm -f .whl/facelift-*.whl; $(PIP) wheel -q --no-deps --no-build-isolation -w .whl .
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1 \
 	  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5

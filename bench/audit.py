@@ -17,14 +17,11 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 log = logging.getLogger("bench.audit")
 
@@ -39,8 +36,8 @@ def _images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def bench_deepface(n_images: int, size: int) -> dict:
-    from models.deepface_weights import build_random_weights, import_deepface, missing_weights
-    from tasks.audit import AuditOptions, analyze_image
+    from facelift.models.deepface_weights import build_random_weights, import_deepface, missing_weights
+    from facelift.tasks.audit import AuditOptions, analyze_image
 
     out: dict = {"images": n_images, "size": size}
     if missing_weights():
@@ -80,7 +77,7 @@ def bench_deepface(n_images: int, size: int) -> dict:
 
 
 def _tsne_worker(n: int, max_fit: int, queue: mp.Queue) -> None:
-    from tasks.tsne import tsne_embed
+    from facelift.tasks.tsne import tsne_embed
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((12, 512)).astype(np.float32) * 3

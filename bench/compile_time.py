@@ -26,7 +26,7 @@ log = logging.getLogger("bench.compile_time")
 
 
 def build(arch: str, layers: tuple[int, int], device: str, dtype: torch.dtype) -> list[torch.nn.Module]:
-    from models.flux_arch import transformer
+    from facelift.models.flux_arch import transformer
 
     with torch.device(device):
         models = [transformer(arch, v, num_layers=layers[0], num_single_layers=layers[1]) for v in ("schnell", "dev")]
@@ -53,9 +53,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from facelift.models.flux import compile_transformer
     from train_heads import disable_compile_caches  # bench/ is on sys.path when run as a script
-
-    from models.flux import compile_transformer
 
     if args.cold:
         disable_compile_caches()

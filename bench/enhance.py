@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-from timing import sync  # noqa: E402  (bench/, on sys.path when run as a script)
-
-from models.heads import build_head  # noqa: E402
-from tasks.enhance import InferenceEngine  # noqa: E402
+import torch
+from facelift.models.heads import build_head
+from facelift.tasks.enhance import InferenceEngine
+from timing import sync  # bench/ is on sys.path when run as a script
 
 
 def rate(fn, n_per_call: int, device: torch.device, min_s: float, warmup: int = 3, max_iters: int = 200) -> float:
@@ -64,9 +60,8 @@ def bench_files(name: str, flavor: str, size: int, batch: int, n_files: int) -> 
     import tempfile
 
     import numpy as np
+    from facelift.tasks.enhance import enhance_files
     from PIL import Image
-
-    from tasks.enhance import enhance_files
 
     engine = InferenceEngine.from_head(build_head(name, flavor), device="cpu", compile=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,17 +16,13 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-from timing import sync  # noqa: E402  (bench/, on sys.path when run as a script)
-from torch import nn  # noqa: E402
-
-from models.fp8 import Fp8Linear, fp8_supported  # noqa: E402
+import torch
+from facelift.models.fp8 import Fp8Linear, fp8_supported
+from timing import sync  # bench/ is on sys.path when run as a script
+from torch import nn
 
 log = logging.getLogger("bench.fp8_linear")
 

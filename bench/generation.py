@@ -42,10 +42,9 @@ def build_pair(arch: str, device: str, dtype, cfg):
     """A FluxPair with random weights built in memory (shared text encoders/VAE, as loading does)."""
     import torch
     from diffusers import FluxImg2ImgPipeline, FluxPipeline
-
-    from models import flux_arch
-    from models.flux import FluxPair
-    from models.tiny_flux import clip_tokenizer, t5_tokenizer
+    from facelift.models import flux_arch
+    from facelift.models.flux import FluxPair
+    from facelift.models.tiny_flux import clip_tokenizer, t5_tokenizer
 
     t0 = time.perf_counter()
     prev = torch.get_default_dtype()
@@ -82,8 +81,7 @@ def transformer_inputs(model, batch: int, tokens: int, text: int, device: str, d
 def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
     """Per-image seconds of the pieces no pipeline can avoid."""
     import torch
-
-    from models.flux import dev_steps_run
+    from facelift.models.flux import dev_steps_run
 
     g, dev_t, s_t, vae = cfg.generation, pair.dev.transformer, pair.schnell.transformer, pair.schnell.vae
     dtype, device = s_t.dtype, pair.device
@@ -111,9 +109,10 @@ def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
 
 def end_to_end(pair, cfg, batches: int) -> dict[str, float]:
     """The production worker path: generate + PNG (overlapped) + Parquet shard commit to local disk."""
+    from facelift.tasks.generate import render_shard
+
     from facelift.dataset import Dataset
     from facelift.storage import Store
-    from tasks.generate import render_shard
 
     b = cfg.generation.batch_size
     rows = [{"pair_id": f"p{i}", "name": f"Person {i}", "nconst": f"nm{i:07d}", "weight": 1.0, "shard": 0,
@@ -144,7 +143,7 @@ def reset_compile(pair) -> None:
 def set_mode(pair, mode: str) -> None:
     """eager | stage (pinned host copies, one transformer held) | regional | full (torch.compile) |
     fp8-regional (FP8 linears, then regional compile; irreversible: run it last)."""
-    from models.flux import compile_transformer, quantize_transformer
+    from facelift.models.flux import compile_transformer, quantize_transformer
 
     pair.set_placement("stage" if mode == "stage" else "resident")
     reset_compile(pair)

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # All GPU benchmarks in one device call (results and logs under $OUT). On a machine without CUDA it runs
-# the same scripts at CPU smoke sizes. Carry: .whl (diffusers, pydantic: not on the GPU image; make gpu-wheels).
+# the same scripts at CPU smoke sizes. Carry: .whl (the facelift wheel, plus diffusers and pydantic, which the GPU
+# image lacks; `make gpu-wheels` builds them all).
 # Budget: ~9.5 min of a 10-min call; each benchmark saves its JSON as it goes, so a cut-short run keeps rows.
 set -u
 OUT=${OUT:-bench/results}; mkdir -p "$OUT"
 PY=${PY:-python3}
-if ! $PY -c "import diffusers, pydantic" 2>/dev/null; then
+if ! $PY -c "import diffusers, pydantic, facelift.models" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
 fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEV=cuda; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   HEADS="--heads esa_cyclegan --compile-modes regional full --budget-s 100"

@@ -24,17 +24,13 @@ import contextlib
 import importlib.util
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-import torch._dynamo  # noqa: E402
-from timing import sync  # noqa: E402  (bench/, on sys.path when run as a script)
-
-from models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step  # noqa: E402
+import torch
+import torch._dynamo
+from facelift.models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step
+from timing import sync  # bench/ is on sys.path when run as a script
 
 COMPILE_ORDER = ["esa_cyclegan", "cyclegan", "unet_cbam"]
 

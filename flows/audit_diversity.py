@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from facelift.tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict
+from facelift.tasks.audit_outputs import write_outputs
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,8 +16,6 @@ from prefect.events import emit_event
 
 from facelift.dataset import Dataset
 from facelift.storage import Store
-from tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict
-from tasks.audit_outputs import write_outputs
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="audit-{dataset_id}-{shard:05d}")
@@ -28,7 +28,7 @@ def audit_shard_task(dataset_uri: str, dataset_id: str, shard: int, options: Aud
 @task(cache_policy=NO_CACHE)
 def check_weights_task(detector: str) -> None:
     """Fail fast, naming every missing DeepFace file."""
-    from models.deepface_weights import check_weights
+    from facelift.models.deepface_weights import check_weights
 
     check_weights(detector=detector)
 

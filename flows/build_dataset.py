@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+from facelift.tasks import build, schedule
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.events import emit_event
 from tqdm.auto import tqdm
 
 from facelift.config import resolve_config
-from tasks import build, schedule
 
 
 @flow(name="build-dataset", log_prints=False)

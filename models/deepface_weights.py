@@ -108,7 +108,7 @@ def check_weights(models: Iterable[str] = AUDIT_MODELS, home: str | os.PathLike 
             f"{os.environ.get('DEEPFACE_HOME', '<unset>')}): {', '.join(p.name for p in missing)}. "
             "This machine cannot download them: copy the real files there, point DEEPFACE_HOME at a "
             "folder holding .deepface/weights/, or for offline tests run "
-            "`python -m models.deepface_weights --home DIR` (random weights)."
+            "`python -m facelift.models.deepface_weights --home DIR` (random weights)."
         )
     if detector:
         check_detector(detector, home)

@@ -32,7 +32,7 @@ def resolve_source(stage: StageConfig, cache_dir: str) -> Path:
     """A local diffusers folder for ``stage.model`` (built, found or taken from the HF cache)."""
     model = stage.model
     if model.startswith("tiny://"):
-        from models.tiny_flux import ensure_tiny_flux
+        from facelift.models.tiny_flux import ensure_tiny_flux
 
         return ensure_tiny_flux(cache_dir, model.removeprefix("tiny://"))
     local = Path(model).expanduser()
@@ -156,7 +156,7 @@ def compile_transformer(transformer: Any, mode: str) -> None:
 def quantize_transformer(transformer: Any, device: str) -> dict[str, Any]:
     """FP8 (e4m3, rowwise scales) linears in the transformer blocks, via :mod:`models.fp8`; layers
     narrower than min(1024, model width) stay in high precision. A device without FP8 matmuls is an error."""
-    from models.fp8 import DEFAULT_MIN_FEATURES, fp8_supported, quantize_linears
+    from facelift.models.fp8 import DEFAULT_MIN_FEATURES, fp8_supported, quantize_linears
 
     ok, why = fp8_supported(device)
     if not ok:

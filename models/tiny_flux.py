@@ -65,8 +65,7 @@ def build_tiny_flux(folder: Path, variant: str) -> None:
     """Create the tiny pipeline for ``variant`` in ``folder`` (must not exist)."""
     import torch
     from diffusers import FluxPipeline
-
-    from models import flux_arch
+    from facelift.models import flux_arch
 
     if variant not in _VARIANT_SEEDS:
         raise ValueError(f"unknown tiny FLUX variant {variant!r}; valid: {', '.join(_VARIANT_SEEDS)}")

@@ -142,7 +142,7 @@ def analyze_image(bgr: np.ndarray, opts: AuditOptions) -> dict[str, Any]:
     Several faces: the largest is kept and ``n_faces`` says how many there were. No face: a result with
     ``face_detected=False`` (never an exception).
     """
-    from models.deepface_weights import import_deepface
+    from facelift.models.deepface_weights import import_deepface
 
     deepface = import_deepface()
     from deepface.modules.exceptions import FaceNotDetected
@@ -236,7 +236,7 @@ def audit_shard(ds: Dataset, shard: int, opts: AuditOptions) -> ShardAudit:
 
 def audit_dataset(ds: Dataset, opts: AuditOptions, shards: list[int] | None = None) -> list[ShardAudit]:
     """Audit every committed shard (or ``shards``); already audited shards are skipped."""
-    from models.deepface_weights import check_weights
+    from facelift.models.deepface_weights import check_weights
 
     check_weights(detector=opts.detector)
     prepare_audit(ds, opts)

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+from facelift.tasks.names import bundled_names_uri, read_names
+from facelift.tasks.plan import make_plan
 
 from facelift.config import BuildConfig
 from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
 from facelift.storage import Store, open_uri
-from tasks.names import bundled_names_uri, read_names
-from tasks.plan import make_plan
 
 log = logging.getLogger(__name__)
 _PACKAGES = ("facelift", "torch", "diffusers", "transformers", "ray", "prefect", "pyarrow", "s3fs")

@@ -317,7 +317,7 @@ def run_enhance(src: str, dst: str, head: str, endpoint_url: str | None = None, 
                 batch_size: int = 16, policy: str = "pad", size: int | None = None, compile: bool | None = None,
                 out_format: str | None = None, workers: int = 4, progress: bool = True) -> EnhanceReport:
     """Load the head (folder or run URI), prepare the engine, enhance ``src`` into ``dst``."""
-    from models.heads import load_head
+    from facelift.models.heads import load_head
 
     engine = InferenceEngine.from_head(load_head(head, endpoint_url), device=device, policy=policy, size=size,
                                        compile=compile)

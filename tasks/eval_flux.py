@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from facelift.tasks.enhance import InferenceEngine, translate_batches
 
 from facelift.config import StageConfig
-from tasks.enhance import InferenceEngine, translate_batches
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 def load_t2i(stage: StageConfig, cache_dir: str, device: str, dtype: str) -> Any:
     """A text-to-image ``FluxPipeline`` for ``stage`` on ``device``."""
     from diffusers import FluxPipeline
-
-    from models.flux import pick_device, resolve_source
+    from facelift.models.flux import pick_device, resolve_source
 
     folder = resolve_source(stage, cache_dir)
     pipe = FluxPipeline.from_pretrained(folder, dtype=getattr(torch, dtype))

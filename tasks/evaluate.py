@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from facelift.models.metrics import ClipIQA, FIDInceptionV3, MetricConfig, build_lpips
+from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
+from facelift.tasks.metrics import cached_features, fid_with_ci, image_set_key, kid, mean_with_ci
+from facelift.tasks.train_data import is_validation, pair_hash, to_uint8
 
 from facelift.dataset import Dataset, DatasetError, decode_image
-from models.metrics import ClipIQA, FIDInceptionV3, MetricConfig, build_lpips
-from tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
-from tasks.metrics import cached_features, fid_with_ci, image_set_key, kid, mean_with_ci
-from tasks.train_data import is_validation, pair_hash, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def reference_rows(held: HeldOut) -> list[Row]:
 
 def head_row(head_uri: str, held: HeldOut, cfg: EvalConfig, endpoint_url: str | None = None) -> Row:
     """Translate the input half's schnell images with a saved head (folder or run URI)."""
-    from models.heads import load_head
+    from facelift.models.heads import load_head
 
     head = load_head(head_uri, endpoint_url)
     engine = InferenceEngine.from_head(head, device=cfg.device, compile=False)
@@ -220,8 +220,9 @@ def training_info(head_uri: str, endpoint_url: str | None = None) -> dict[str, A
     """The training run's config (``run.json`` beside ``head/``), or {} for a bare head folder."""
     import json
 
+    from facelift.models.heads import read_head_config
+
     from facelift.storage import Store
-    from models.heads import read_head_config
 
     head_store, _ = read_head_config(head_uri, endpoint_url)
     base, _, leaf = head_store.url().rstrip("/").rpartition("/")
@@ -259,7 +260,7 @@ def resolve_val_fraction(requested: float | None, heads: list[str], dataset_uri:
 
 def timing_head(heads: list[str], endpoint_url: str | None = None) -> Any:
     """The head the timing table uses: the ESA-CycleGAN when one is given (the paper's), else the first."""
-    from models.heads import load_head, read_head_config
+    from facelift.models.heads import load_head, read_head_config
 
     names = [read_head_config(h, endpoint_url)[1].get("head") for h in heads]
     return load_head(heads[names.index("esa_cyclegan") if "esa_cyclegan" in names else 0], endpoint_url)

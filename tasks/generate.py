@@ -67,7 +67,7 @@ def worker_name(device: str) -> str:
 
 
 def _provenance(cfg: BuildConfig) -> dict[str, Any]:
-    from models.flux import dev_steps_run
+    from facelift.models.flux import dev_steps_run
 
     g = cfg.generation
     return {
@@ -129,7 +129,7 @@ class ShardWorker:
     shard's schnell images and a ``dev`` actor turns them into the dev images and commits the shard."""
 
     def __init__(self, cfg_json: dict[str, Any], dataset_uri: str, role: str = "pair"):
-        from models.flux import FluxPair
+        from facelift.models.flux import FluxPair
 
         self.cfg = BuildConfig.model_validate(cfg_json)
         self.dataset = Dataset(Store.from_config(self.cfg.storage, root=dataset_uri))
@@ -202,7 +202,7 @@ def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], schnell_wor
 def pool_sizes(cfg: BuildConfig) -> dict[str, int]:
     """Actors per role: ``{"pair": n}``, or for ``placement=pools`` a schnell pool and a dev pool sized by
     the stages' cost (transformer steps; a VAE pass costs about a third of a step)."""
-    from models.flux import dev_steps_run
+    from facelift.models.flux import dev_steps_run
 
     n, g = cfg.ray.num_workers, cfg.generation
     if g.placement != "pools":

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
-from tasks.audit_report import CATEGORIES, attribute_frame, distribution, tv_distance
+from facelift.tasks.audit_report import CATEGORIES, attribute_frame, distribution, tv_distance
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from facelift.tasks import build, generate
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from facelift.config import BuildConfig
-from tasks import build, generate
 
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")

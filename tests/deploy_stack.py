@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facelift.localstack import (
+from facelift.cli.localstack import (
     REPO,
     PrefectServer,
     deploy_all,
@@ -154,7 +154,7 @@ def wait_run(api_url: str, run_id: Any, timeout_s: float, stack: DeployStack | N
     """``facelift rebuild --wait``'s poll against ``api_url``; a timeout also shows the worker's log."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from facelift.cli_ops import wait_for_run
+    from facelift.cli.ops import wait_for_run
 
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
@@ -189,7 +189,7 @@ def run_build(stack: DeployStack, label: str, timeout_s: float = 240.0, **params
     """Run build-dataset/build through `facelift rebuild`'s code path and wait (memoized per label)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from facelift.cli_ops import build_parameters, run_deployment_now
+    from facelift.cli.ops import build_parameters, run_deployment_now
 
     if label in stack.build_runs:
         return stack.build_runs[label]

@@ -17,14 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
-
-from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
-from facelift.storage import Store
-from facelift.testing import make_synthetic_dataset
-from models.deepface_weights import AUDIT_MODELS, MODELS, MissingWeightsError, check_weights, missing_weights
-from tasks.audit import (
+from facelift.models.deepface_weights import AUDIT_MODELS, MODELS, MissingWeightsError, check_weights, missing_weights
+from facelift.tasks.audit import (
     AUDIT_SCHEMA,
     RACES,
     AuditError,
@@ -34,8 +28,8 @@ from tasks.audit import (
     load_audit,
     race_column,
 )
-from tasks.audit_report import age_bucket, summarize, table1, to_markdown, tv_distance
-from tasks.rebalance import (
+from facelift.tasks.audit_report import age_bucket, summarize, table1, to_markdown, tv_distance
+from facelift.tasks.rebalance import (
     RebalanceError,
     compute_weights,
     name_attributes,
@@ -43,7 +37,13 @@ from tasks.rebalance import (
     rake,
     simulate_sampling,
 )
-from tasks.tsne import plot_tsne, tsne_embed
+from facelift.tasks.tsne import plot_tsne, tsne_embed
+from PIL import Image
+from typer.testing import CliRunner
+
+from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
+from facelift.storage import Store
+from facelift.testing import make_synthetic_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,7 +51,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="session")
 def deepface_home(tmp_path_factory: pytest.TempPathFactory):
     """Random-weight DeepFace files (compact form) in a temporary DEEPFACE_HOME, made once."""
-    from models.deepface_weights import build_random_weights
+    from facelift.models.deepface_weights import build_random_weights
 
     home = tmp_path_factory.mktemp("deepface-home")
     old = os.environ.get("DEEPFACE_HOME")
@@ -95,7 +95,7 @@ def test_random_weight_files_are_compact_keras_h5(deepface_home):
 
 # -- the real DeepFace path --------------------------------------------------------------------------------
 def test_noise_images_are_counted_and_listed_as_no_face(deepface_home, seaweed, tmp_path):
-    from tasks.audit_outputs import write_outputs
+    from facelift.tasks.audit_outputs import write_outputs
 
     root = _s3_root(seaweed)
     ds = make_synthetic_dataset(root, "noise", n_pairs=4, size=64, shard_size=2, prompt_mode="baseline")
@@ -268,7 +268,7 @@ def test_rebalance_rejects_bad_targets_and_baseline_audits():
 
 
 def test_rebalance_cli_writes_the_weights_contract(tmp_path):
-    from facelift.cli import app
+    from facelift.cli.main import app
 
     ds = make_synthetic_dataset(Store(str(tmp_path)), "pilot", n_pairs=2, size=16, shard_size=2)
     audit = _skewed_names(400, seed=5).drop(columns=["embedding"])
@@ -298,7 +298,7 @@ def test_rebalance_cli_writes_the_weights_contract(tmp_path):
 # -- the flow --------------------------------------------------------------------------------------------
 @pytest.mark.usefixtures("prefect_harness")
 def test_audit_flow_baseline_vs_enriched_on_s3(deepface_home, seaweed, monkeypatch):
-    import flows.audit_diversity as mod
+    import facelift.flows.audit_diversity as mod
 
     events = []
     real_emit = mod.emit_event

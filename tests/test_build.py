@@ -9,12 +9,12 @@ import uuid
 
 import datasets
 import pytest
+from facelift.flows.build_dataset import build_dataset
 from typer.testing import CliRunner
 
-from facelift.cli import app
+from facelift.cli.main import app
 from facelift.dataset import IMAGE_COLUMNS, Dataset, DatasetError
 from facelift.storage import StorageError
-from flows.build_dataset import build_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local", "cache_dir")
 SMALL = {"plan.shard_size": 4}
@@ -42,7 +42,7 @@ def test_build_writes_plan_shards_manifest_and_info(local_build):
     assert info["config"]["generation"]["dev"]["guidance"] == 3.5 and info["versions"]["diffusers"]
     assert info["names"]["dropped"]["malformed_line"] == 2
     assert (manifest["dev_steps_run"] == 3).all() and (manifest["width"] == 64).all()
-    from tasks.build import summary_rows
+    from facelift.tasks.build import summary_rows
 
     assert {"metric": "generation", "value": "placement auto / compile none / fp8 False"} in summary_rows(info)
 
@@ -124,8 +124,9 @@ def test_pooled_placement_builds_the_same_dataset_and_survives_a_killed_schnell_
 
 
 def test_pool_sizes_follow_the_stage_costs():
+    from facelift.tasks.generate import pool_sizes
+
     from facelift.config import resolve_config
-    from tasks.generate import pool_sizes
 
     flux = resolve_config("flux", environ={}, overrides={"generation.placement": "pools", "ray.num_workers": 8})
     assert pool_sizes(flux) == {"schnell": 2, "dev": 6}  # 4 schnell steps : 17 dev steps (+ VAE passes)
@@ -165,8 +166,7 @@ def test_cli_info_and_clear_errors(local_build):
 
 def test_weights_file_steers_the_plan_and_the_dataset_identity(tmp_path):
     import pandas as pd
-
-    from tasks.names import read_names
+    from facelift.tasks.names import read_names
 
     people = read_names()[0].head(6)
     weights = tmp_path / "weights.parquet"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from facelift.cli.localstack import POOL, QUEUES
 from facelift.config import PROFILES
-from facelift.localstack import POOL, QUEUES
 
 REPO = Path(__file__).resolve().parents[1]
 FLUX_RAY = PROFILES["flux"]["ray"]

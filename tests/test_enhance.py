@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from facelift.models.heads import HeadError, build_head, load_head
+from facelift.tasks.enhance import InferenceEngine, enhance_files, list_images, run_enhance
 from PIL import Image
 from typer.testing import CliRunner
 
-import facelift
+from facelift.api import enhance
 from facelift.storage import Store
-from models.heads import HeadError, build_head, load_head
-from tasks.enhance import InferenceEngine, enhance_files, list_images, run_enhance
 
 
 def _img(w: int, h: int, seed: int) -> Image.Image:
@@ -115,7 +115,7 @@ def test_enhance_object_store_prefix(head_dir: Path, seaweed, tmp_path: Path) ->
 
 
 def test_cli_enhance(head_dir: Path, src: Path, tmp_path: Path) -> None:
-    from facelift.cli import app
+    from facelift.cli.main import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["enhance", str(src), str(tmp_path / "cli"), "--head", str(head_dir), "--device",
@@ -130,22 +130,22 @@ def test_cli_enhance(head_dir: Path, src: Path, tmp_path: Path) -> None:
 
 def test_python_api(head_dir: Path) -> None:
     images = [_img(32, 32, 0), _img(40, 24, 1), _img(32, 32, 2)]
-    out = facelift.enhance(images, head=str(head_dir), device="cpu", batch_size=2)
+    out = enhance(images, head=str(head_dir), device="cpu", batch_size=2)
     assert [o.size for o in out] == [i.size for i in images] and all(isinstance(o, Image.Image) for o in out)
-    single = facelift.enhance(images[1], head=str(head_dir), device="cpu")
+    single = enhance(images[1], head=str(head_dir), device="cpu")
     np.testing.assert_array_equal(np.asarray(single), np.asarray(out[1]))
-    arr = facelift.enhance(np.asarray(images[0]), head=load_head(str(head_dir)), device="cpu")
+    arr = enhance(np.asarray(images[0]), head=load_head(str(head_dir)), device="cpu")
     np.testing.assert_array_equal(arr, np.asarray(out[0]))
     t = torch.rand(2, 3, 16, 16) * 2 - 1
-    assert facelift.enhance(t, head=str(head_dir), device="cpu").shape == t.shape
+    assert enhance(t, head=str(head_dir), device="cpu").shape == t.shape
     with pytest.raises(TypeError, match="expected a PIL image"):
-        facelift.enhance([np.zeros((4, 4), np.uint8)], head=str(head_dir), device="cpu")
+        enhance([np.zeros((4, 4), np.uint8)], head=str(head_dir), device="cpu")
     with pytest.raises(HeadError, match="no head at"):
-        facelift.enhance(images, head="/nonexistent/head", device="cpu")
+        enhance(images, head="/nonexistent/head", device="cpu")
 
 
 def test_enhance_flow(prefect_harness, head_dir: Path, src: Path, tmp_path: Path) -> None:
-    from flows.enhance import enhance_images
+    from facelift.flows.enhance import enhance_images
 
     result = enhance_images(str(src), str(tmp_path / "flow"), str(head_dir), device="cpu", batch_size=4)
     assert result["processed"] == 4 and result["failed"][0]["path"].endswith("broken.png")

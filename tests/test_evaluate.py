@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from facelift.models.heads import build_head
+from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
+from facelift.tasks import evaluate as ev
+from facelift.tasks.train_data import is_validation
 
 from facelift.dataset import Dataset, DatasetError
 from facelift.storage import Store
 from facelift.testing import make_synthetic_dataset
-from models.heads import build_head
-from models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
-from tasks import evaluate as ev
-from tasks.train_data import is_validation
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,8 @@ def heads(s3_root: Store, dataset: Dataset, tmp_path_factory) -> list[str]:
 def lora_file(cache_dir, tmp_path_factory) -> Path:
     """A non-trivial LoRA for the tiny schnell transformer, saved in the diffusers format."""
     from diffusers import FluxPipeline
+    from facelift.models.tiny_flux import ensure_tiny_flux
     from peft import LoraConfig, get_peft_model_state_dict
-
-    from models.tiny_flux import ensure_tiny_flux
 
     pipe = FluxPipeline.from_pretrained(ensure_tiny_flux(cache_dir, "schnell"))
     torch.manual_seed(0)
@@ -86,7 +85,7 @@ def test_val_fraction_from_training_run(heads: list[str], dataset: Dataset, s3_r
 
 def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3_root, cache_dir,
                                   monkeypatch) -> None:
-    import flows.evaluate as flow_mod
+    import facelift.flows.evaluate as flow_mod
 
     events = []
     monkeypatch.setattr(flow_mod, "emit_event", lambda **kw: events.append(kw))
@@ -135,7 +134,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
 
 
 def test_reference_features_reused(dataset, cache_dir, tmp_path, monkeypatch) -> None:
-    from models.metrics import MetricConfig
+    from facelift.models.metrics import MetricConfig
 
     suite = ev.MetricSuite(MetricConfig(str(ensure_random_fid_weights(cache_dir)), str(ensure_tiny_clip(cache_dir)),
                                         lpips_random_backbone=True), "cpu", 4)
@@ -154,7 +153,7 @@ def test_reference_features_reused(dataset, cache_dir, tmp_path, monkeypatch) ->
 def test_cli_evaluate_bad_dataset(prefect_harness, tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from facelift.cli import app
+    from facelift.cli.main import app
 
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "datasets" / "nope"), "--head", str(tmp_path)])
     assert res.exit_code == 2 and "no dataset at" in res.output

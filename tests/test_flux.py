@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from facelift.models.flux import FluxPair, FluxWeightsError, component_fingerprint, dev_steps_run, resolve_source
 
 from facelift.config import resolve_config
-from models.flux import FluxPair, FluxWeightsError, component_fingerprint, dev_steps_run, resolve_source
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_dev_steps_follow_diffusers_strength_rule():
 
 
 def test_stage_placement_renders_the_same_pairs_as_resident(cache_dir):
-    from models.flux import choose_placement
+    from facelift.models.flux import choose_placement
 
     cfg = resolve_config("tiny", environ={}, overrides={"generation.placement": "stage"}).generation
     staged = FluxPair.load(cfg, str(cache_dir))
@@ -75,8 +75,7 @@ def test_regional_compile_and_fp8_keep_the_pictures(pair, cache_dir):
     """generation.compile=regional compiles each repeated block once (shared by schnell and dev) and
     renders what eager renders; generation.fp8 swaps the block linears for FP8 ones and stays close."""
     import numpy as np
-
-    from models.fp8 import Fp8Linear
+    from facelift.models.fp8 import Fp8Linear
 
     base = resolve_config("tiny", environ={}).generation
     batch = [(["A professional portrait of Ada", "A professional portrait of Bo"], [1, 2])]
@@ -100,8 +99,7 @@ def test_host_copies_pack_tensors_into_few_aligned_buffers():
     """Stage placement's host copies: equal values, few buffers (pinned allocations round up to powers
     of two), 512-byte aligned views that never overlap."""
     import torch
-
-    from models.flux import host_copies
+    from facelift.models.flux import host_copies
 
     tensors = [torch.randn(300, 7), torch.randn(2000), torch.arange(10, dtype=torch.int64),
                torch.randn(2, 3).to(torch.bfloat16), torch.zeros(0)]

@@ -7,9 +7,7 @@ import logging
 
 import pytest
 import torch
-from torch import nn
-
-from models.fp8 import (
+from facelift.models.fp8 import (
     FLUX_SKIP_PREFIXES,
     FP8_DTYPE,
     Fp8Linear,
@@ -17,6 +15,7 @@ from models.fp8 import (
     fp8_supported,
     quantize_linears,
 )
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +197,7 @@ def flux_inputs(dtype: torch.dtype) -> dict:
 
 @pytest.fixture(scope="module")
 def flux() -> dict:
-    from models.flux_arch import transformer
+    from facelift.models.flux_arch import transformer
 
     torch.manual_seed(0)
     model = transformer("tiny", "dev").eval()

@@ -9,11 +9,9 @@ import uuid
 
 import pytest
 import torch
-
-from facelift.storage import Store
-from models.heads import DEFAULT_COMPILE, HEADS, HeadError, build_head, compile_mode, load_head, train_step
-from models.heads.blocks import ESA, PatchDiscriminator, ResnetGenerator
-from models.losses import (
+from facelift.models.heads import DEFAULT_COMPILE, HEADS, HeadError, build_head, compile_mode, load_head, train_step
+from facelift.models.heads.blocks import ESA, PatchDiscriminator, ResnetGenerator
+from facelift.models.losses import (
     LPIPSLoss,
     gradient_loss,
     lsgan_loss,
@@ -21,6 +19,8 @@ from models.losses import (
     save_random_lpips_backbone,
     ssim,
 )
+
+from facelift.storage import Store
 
 TEST_OVERRIDES = {"unet_cbam": {"lpips_pnet_rand": True}}
 
@@ -248,8 +248,7 @@ def test_full_compile_one_graph_per_network_under_autocast_channels_last():
     pooled past fakes reach each network as one kind of input, so G/F and D compile one graph each and
     nothing recompiles; validation runs eager (no graphs for no-grad, eval or a smaller last batch)."""
     import torch._dynamo
-
-    from tasks.train import LoopEnv, validate
+    from facelift.tasks.train import LoopEnv, validate
 
     torch._dynamo.reset()
     head = debug_head("esa_cyclegan").to(memory_format=torch.channels_last).train()

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
-from facelift.storage import Store
-from models.metrics import ClipIQA, FIDInceptionV3, MetricWeightsError, build_lpips, resolve_fid_weights
-from models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
-from tasks.metrics import (
+from facelift.models.metrics import ClipIQA, FIDInceptionV3, MetricWeightsError, build_lpips, resolve_fid_weights
+from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
+from facelift.tasks.metrics import (
     cached_features,
     feature_stats,
     fid_from_features,
@@ -20,6 +18,8 @@ from tasks.metrics import (
     kid,
     mean_with_ci,
 )
+
+from facelift.storage import Store
 
 
 def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,7 +14,7 @@ import pytest
 import s3fs
 from typer.testing import CliRunner
 
-from facelift.localstack import REPO
+from facelift.cli.localstack import REPO
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -60,8 +60,8 @@ def test_everything_deployed_with_triggers_schedule_and_queues(deploy_stack, api
 
 
 def test_invalid_parameters_rejected_by_schema(deploy_stack, api):
-    from facelift.cli import app
-    from facelift.cli_ops import DeploymentRunError, run_deployment_now
+    from facelift.cli.main import app
+    from facelift.cli.ops import DeploymentRunError, run_deployment_now
 
     before = len(ds.runs_of(api, "build-dataset/build"))
     with pytest.raises(DeploymentRunError, match=r"rejected the parameters.*count"):
@@ -129,7 +129,7 @@ def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy
         fs.rm(f"{ds_key}/shards/00001.parquet")
         deploy_stack.weed.stop()
         with temporary_settings(updates={PREFECT_API_URL: api}):
-            from facelift.cli_ops import build_parameters, run_deployment_now
+            from facelift.cli.ops import build_parameters, run_deployment_now
 
             params = build_parameters(profile="tiny", count=ds.COUNT, root=deploy_stack.root)
             down = run_deployment_now("build-dataset/build", params)
@@ -144,7 +144,7 @@ def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy
         assert resumed["dataset_id"] == first["dataset_id"]
         assert resumed["generated_shards"] == 1 and resumed["pairs"] == ds.COUNT
         # changed parameters make a new dataset version (through `facelift rebuild --wait`)
-        from facelift.cli import app
+        from facelift.cli.main import app
 
         res = CliRunner().invoke(app, ["rebuild", "--count", "8", "--root", deploy_stack.root, "--wait",
                                        "--timeout", "240"])
@@ -164,7 +164,7 @@ def test_pipeline_runs_stages_as_subflows_without_starting_the_chain(deploy_stac
     """build (resumed: nothing to generate) -> train -> evaluate as subflows of one run; no trigger fires."""
     import time
 
-    from facelift.cli_ops import run_deployment_now
+    from facelift.cli.ops import run_deployment_now
 
     first = ds.run_build(deploy_stack, "chain", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
     uri = _result(first, api)["dataset_uri"]

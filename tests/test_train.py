@@ -7,13 +7,13 @@ import uuid
 
 import pytest
 import torch
+from facelift.models.heads import HeadError, load_head
+from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
+from facelift.tasks.train_data import DataConfig, PairStream, is_validation, load_validation, open_training_dataset
 
 from facelift.dataset import Dataset, DatasetError
 from facelift.storage import Store
 from facelift.testing import make_synthetic_dataset
-from models.heads import HeadError, load_head
-from tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
-from tasks.train_data import DataConfig, PairStream, is_validation, load_validation, open_training_dataset
 
 SIZE = 32
 
@@ -141,7 +141,7 @@ def test_ray_train_two_workers_killed_run_resumes(dataset: Dataset, ray_local):
 
 
 def test_sweep_flow_two_by_one_reports_table(dataset: Dataset, ray_local, prefect_harness, monkeypatch):
-    import flows.sweep_heads as flow_module
+    import facelift.flows.sweep_heads as flow_module
 
     events = []
     monkeypatch.setattr(flow_module, "emit_event", lambda **kw: events.append(kw))
@@ -161,10 +161,9 @@ def test_sweep_flow_two_by_one_reports_table(dataset: Dataset, ray_local, prefec
 
 def test_train_head_flow_publishes_reports_and_event(dataset: Dataset, ray_local, prefect_harness,
                                                      monkeypatch):
+    import facelift.flows.train_head as flow_module
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    import flows.train_head as flow_module
 
     events = []
     monkeypatch.setattr(flow_module, "emit_event", lambda **kw: events.append(kw))

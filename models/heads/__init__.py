@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from models.heads.base import (
+from facelift.models.heads.base import (
     COMPILE_MODES,
     CONFIG_FILE,
     DEFAULT_COMPILE,
@@ -26,9 +26,9 @@ from models.heads.base import (
     config_from_dict,
     train_step,
 )
-from models.heads.cyclegan import CycleGANConfig, CycleGANHead
-from models.heads.esa_cyclegan import ESACycleGANConfig, ESACycleGANHead
-from models.heads.unet_cbam import UNetCBAMConfig, UNetCBAMHead
+from facelift.models.heads.cyclegan import CycleGANConfig, CycleGANHead
+from facelift.models.heads.esa_cyclegan import ESACycleGANConfig, ESACycleGANHead
+from facelift.models.heads.unet_cbam import UNetCBAMConfig, UNetCBAMHead
 
 HEADS: dict[str, type[Head]] = {
     "unet_cbam": UNetCBAMHead,

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from facelift.models.heads.base import Head, OptimizerSpec, adam
+from facelift.models.heads.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
+from facelift.models.losses import cycle_loss, identity_loss, lsgan_loss, ssim
 from torch import nn
-
-from models.heads.base import Head, OptimizerSpec, adam
-from models.heads.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
-from models.losses import cycle_loss, identity_loss, lsgan_loss, ssim
 
 
 @dataclass

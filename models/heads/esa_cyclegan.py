@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from models.heads.cyclegan import CycleGANConfig, CycleGANHead
+from facelift.models.heads.cyclegan import CycleGANConfig, CycleGANHead
 
 
 @dataclass

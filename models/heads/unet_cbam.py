@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from facelift.models.heads.base import Head, OptimizerSpec, adam
+from facelift.models.heads.blocks import UNetCBAM, init_weights
+from facelift.models.losses import build_perceptual, gradient_loss, ssim
 from torch import nn
-
-from models.heads.base import Head, OptimizerSpec, adam
-from models.heads.blocks import UNetCBAM, init_weights
-from models.losses import build_perceptual, gradient_loss, ssim
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""Python API: ``facelift.enhance(images, head=...)`` makes schnell-looking images look like FLUX.1-dev.
+"""Python API: ``facelift.api.enhance(images, head=...)`` makes schnell-looking images look like FLUX.1-dev.
 
 ```python
-import facelift
+from facelift.api import enhance
 from PIL import Image
-out = facelift.enhance([Image.open("a.png")], head="s3://bucket/runs/abc")   # -> list of PIL images
+out = enhance([Image.open("a.png")], head="s3://bucket/runs/abc")   # -> list of PIL images
 ```
 ``images``: one PIL image, a list of PIL images, a uint8 HWC numpy array (or a list of them), or a float
 tensor NCHW in [-1, 1]. The result has the same kind and the same sizes. ``head``: a loaded head, a head
@@ -20,8 +20,8 @@ import torch
 
 @lru_cache(maxsize=4)
 def _engine(head: str, endpoint_url: str | None, device: str, policy: str, compile: bool | None):
-    from models.heads import load_head
-    from tasks.enhance import InferenceEngine
+    from facelift.models.heads import load_head
+    from facelift.tasks.enhance import InferenceEngine
 
     return InferenceEngine.from_head(load_head(head, endpoint_url), device=device, policy=policy, compile=compile)
 
@@ -31,7 +31,7 @@ def enhance(images: Any, head: Any, *, device: str = "auto", batch_size: int = 1
     """Apply a trained head to ``images`` (see the module docstring for the accepted kinds)."""
     import numpy as np
 
-    from tasks.enhance import InferenceEngine, translate_batches
+    from facelift.tasks.enhance import InferenceEngine, translate_batches
 
     if isinstance(head, str):
         engine = _engine(head, endpoint_url, device, policy, compile)

@@ -1,6 +1,6 @@
 """Run the facelift stack on loopback: Prefect server + UI, SeaweedFS S3, a Ray head, a process worker.
 
-Used by ``make stack`` / ``make stack-down`` (``python -m facelift.localstack up|down|status``) and by the
+Used by ``make stack`` / ``make stack-down`` (``python -m facelift.cli.localstack up|down|status``) and by the
 tests that need a real Prefect server. Every process is started in its own session and stopped by the pid
 recorded when it was started (pid files under ``.stack/``), never by name. ``up`` is idempotent: services
 whose recorded pid is alive and healthy are kept, the rest are (re)started.
@@ -23,7 +23,17 @@ from pathlib import Path
 from facelift.testing import SeaweedS3, free_port, stop_pid
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
+
+
+def find_repo() -> Path:
+    """The checkout holding deployments/ and flows/: $DEPLOY_REPO_DIR, else this file's checkout, else cwd."""
+    for cand in (os.environ.get("DEPLOY_REPO_DIR"), Path(__file__).resolve().parents[2], Path.cwd()):
+        if cand and (Path(cand) / "deployments" / "prefect.yaml").is_file():
+            return Path(cand).resolve()
+    return Path.cwd()
+
+
+REPO = find_repo()
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 LOCAL_PARAMETERS = REPO / "infra" / "local" / "parameters.yaml"
 POOL = "facelift"
@@ -367,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args[0] if args else "status"
     if cmd == "up":
         url = stack.up()
-        print(f"facelift stack is up. Prefect UI: {url}\n  source <(python -m facelift.localstack env)  "
+        print(f"facelift stack is up. Prefect UI: {url}\n  source <(python -m facelift.cli.localstack env)  "
               "# to use it from this shell")  # noqa: T201 - script output
     elif cmd == "down":
         stopped = stack.down()

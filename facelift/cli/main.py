@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from facelift.cli_common import fail, setup_logging
+from facelift.cli.common import fail, setup_logging
 from facelift.config import ConfigError, parse_set_options
 
 app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and distilled heads.",
@@ -37,11 +37,11 @@ def build(
 ) -> None:
     """Build or resume a paired dataset; the same parameters resume the same dataset."""
     from facelift.dataset import DatasetError
+    from facelift.flows.build_dataset import build_dataset
+    from facelift.models.flux import FluxWeightsError
     from facelift.storage import StorageError
-    from flows.build_dataset import build_dataset
-    from models.flux import FluxWeightsError
-    from tasks.names import NamesError
-    from tasks.plan import PlanError
+    from facelift.tasks.names import NamesError
+    from facelift.tasks.plan import PlanError
 
     setup_logging(verbose)
     try:
@@ -66,8 +66,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="print dataset.json")] = False,
 ) -> None:
     """Summarise a dataset, or list the datasets under a storage root."""
+    from facelift.cli.info import describe, list_datasets
     from facelift.dataset import Dataset, DatasetError
-    from facelift.info import describe, list_datasets
     from facelift.storage import StorageError, Store
 
     try:
@@ -87,26 +87,26 @@ def demo(
     count: Annotated[int, typer.Option(help="pairs in the demo dataset")] = 24,
 ) -> None:
     """Run the offline demo end to end on the bundled names (tiny random-weight models, CPU)."""
-    from facelift.demo import run_demo
+    from facelift.cli.demo import run_demo
 
     setup_logging()
     run_demo(out, count)
 
 
 # --- commands registered by other modules (keep one line each) -------------------------------------
-from facelift import cli_audit  # noqa: E402
+from facelift.cli import audit as cli_audit  # noqa: E402
 
 app.command("audit")(cli_audit.audit)
 app.command("rebalance")(cli_audit.rebalance)
-from facelift import cli_eval  # noqa: E402
+from facelift.cli import evaluate as cli_eval  # noqa: E402
 
 app.command("evaluate")(cli_eval.evaluate)
 app.command("enhance")(cli_eval.enhance)
-from facelift import cli_train  # noqa: E402
+from facelift.cli import train as cli_train  # noqa: E402
 
 app.command("train")(cli_train.train)
 app.command("sweep")(cli_train.sweep)
-from facelift import cli_ops  # noqa: E402
+from facelift.cli import ops as cli_ops  # noqa: E402
 
 app.command("rebuild")(cli_ops.rebuild)
 app.command("stack")(cli_ops.stack)

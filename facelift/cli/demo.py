@@ -18,9 +18,9 @@ Step = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
+    from facelift.cli.info import describe
     from facelift.dataset import Dataset
-    from facelift.info import describe
-    from flows.build_dataset import build_dataset
+    from facelift.flows.build_dataset import build_dataset
 
     result = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"])
     typer.echo("\n== dataset ==\n" + describe(Dataset.open(result["dataset_uri"])))
@@ -29,15 +29,15 @@ def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
 
 DEMO_STEPS: list[Step] = [build_step]
 
-from facelift.cli_audit import demo_step as audit_demo_step  # noqa: E402
+from facelift.cli.audit import demo_step as audit_demo_step  # noqa: E402
 
 DEMO_STEPS.append(audit_demo_step)  # diversity audit (issue 5): baseline vs enriched, rebalance weights
 
-from facelift.cli_train import demo_step as train_demo_step  # noqa: E402
+from facelift.cli.train import demo_step as train_demo_step  # noqa: E402
 
 DEMO_STEPS.append(train_demo_step)  # train each head's debug flavor a few steps (issue 3)
 
-from facelift.cli_eval import demo_step as evaluate_demo_step  # noqa: E402
+from facelift.cli.evaluate import demo_step as evaluate_demo_step  # noqa: E402
 
 DEMO_STEPS.append(evaluate_demo_step)  # evaluate the trained heads + enhance a folder (issue 4); after train
 

@@ -1,4 +1,4 @@
-"""``facelift train`` and ``facelift sweep`` (registered on the main typer app in ``facelift/cli.py``)."""
+"""``facelift train`` and ``facelift sweep`` (registered on the main typer app in ``facelift/cli/main.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from facelift.cli_common import fail, setup_logging
+from facelift.cli.common import fail, setup_logging
 
 log = logging.getLogger("facelift")
 
@@ -17,8 +17,8 @@ def _errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from facelift.dataset import DatasetError
+    from facelift.models.heads import HeadError
     from facelift.storage import StorageError
-    from models.heads import HeadError
 
     return (DatasetError, StorageError, HeadError, ValidationError, FileNotFoundError, ValueError)
 
@@ -60,8 +60,8 @@ def train(
     verbose: bool = False,
 ) -> None:
     """Train (or resume) a head with Ray Train; prints the run URI (load it with models.heads.load_head)."""
-    from flows.train_head import train_head
-    from models.heads import head_class
+    from facelift.flows.train_head import train_head
+    from facelift.models.heads import head_class
 
     setup_logging(verbose)
     try:
@@ -101,8 +101,8 @@ def sweep(
     """Ray Tune grid over lambda_cyc x lr; prints best loss and SSIM per configuration (paper Tables 2-3)."""
     import pandas as pd
 
-    from flows.sweep_heads import sweep_heads
-    from models.heads import head_class
+    from facelift.flows.sweep_heads import sweep_heads
+    from facelift.models.heads import head_class
 
     setup_logging(verbose)
     try:
@@ -137,10 +137,10 @@ def demo_step(ctx: dict) -> dict:
     import os
     from pathlib import Path
 
-    from flows.train_head import train_head
-    from models.heads import HEADS
-    from models.losses import save_random_lpips_backbone
-    from tasks.train import ray_session
+    from facelift.flows.train_head import train_head
+    from facelift.models.heads import HEADS
+    from facelift.models.losses import save_random_lpips_backbone
+    from facelift.tasks.train import ray_session
 
     cache = Path(os.environ.get("FACELIFT_CACHE", Path.home() / ".cache" / "facelift"))
     backbone = cache / "lpips" / "alexnet-random.pth"

@@ -1,4 +1,4 @@
-"""``facelift audit`` and ``facelift rebalance`` (registered on the main typer app in ``facelift/cli.py``)."""
+"""``facelift audit`` and ``facelift rebalance`` (registered on the main typer app in ``facelift/cli/main.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from facelift.cli_common import fail, setup_logging
+from facelift.cli.common import fail, setup_logging
 
 log = logging.getLogger("facelift")
 
@@ -33,10 +33,10 @@ def audit(
 ) -> None:
     """Audit perceived gender/age/race (DeepFace) and ArcFace t-SNE of datasets; resumable per shard."""
     from facelift.dataset import DatasetError
+    from facelift.flows.audit_diversity import audit_diversity
+    from facelift.models.deepface_weights import MissingWeightsError
     from facelift.storage import StorageError
-    from flows.audit_diversity import audit_diversity
-    from models.deepface_weights import MissingWeightsError
-    from tasks.audit import AuditError
+    from facelift.tasks.audit import AuditError
 
     setup_logging(verbose)
     try:
@@ -53,7 +53,7 @@ def audit(
 def _table(result: dict) -> str:
     import pandas as pd
 
-    from tasks.audit_report import to_markdown
+    from facelift.tasks.audit_report import to_markdown
 
     return to_markdown(pd.DataFrame(result["report"]["table1"]))
 
@@ -78,8 +78,8 @@ def rebalance(
     """
     from facelift.dataset import Dataset, DatasetError
     from facelift.storage import StorageError
-    from tasks.audit import AuditError, audit_prefix, load_audit
-    from tasks.rebalance import RebalanceError, compute_weights, load_target, write_weights
+    from facelift.tasks.audit import AuditError, audit_prefix, load_audit
+    from facelift.tasks.rebalance import RebalanceError, compute_weights, load_target, write_weights
 
     setup_logging(verbose)
     try:
@@ -107,11 +107,11 @@ def demo_step(ctx: dict) -> dict:
     from pathlib import Path
 
     from facelift.dataset import Dataset
-    from flows.audit_diversity import audit_diversity
-    from flows.build_dataset import build_dataset
-    from models.deepface_weights import build_random_weights, missing_weights
-    from tasks.audit import load_audit
-    from tasks.rebalance import compute_weights, parse_target, write_weights
+    from facelift.flows.audit_diversity import audit_diversity
+    from facelift.flows.build_dataset import build_dataset
+    from facelift.models.deepface_weights import build_random_weights, missing_weights
+    from facelift.tasks.audit import load_audit
+    from facelift.tasks.rebalance import compute_weights, parse_target, write_weights
 
     if missing_weights():
         cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")

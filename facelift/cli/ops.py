@@ -1,6 +1,6 @@
 """``facelift rebuild`` (run the build-dataset deployment on a Prefect server) and ``facelift stack up|down``.
 
-Registered on the main typer app in ``facelift/cli.py``. ``rebuild`` is the Prefect-client equivalent of
+Registered on the main typer app in ``facelift/cli/main.py``. ``rebuild`` is the Prefect-client equivalent of
 ``prefect deployment run 'build-dataset/build' -p profile=... -p count=...``: the server validates the
 parameters against the deployment's schema, so bad input is rejected before any run is created.
 """
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from facelift.cli_common import fail
+from facelift.cli.common import fail
 from facelift.config import ConfigError, parse_set_options
 
 log = logging.getLogger("facelift")
@@ -113,6 +113,6 @@ def stack(
     action: Annotated[str, typer.Argument(help="up | down | status | env")] = "status",
 ) -> None:
     """Local loopback stack: Prefect server + UI, SeaweedFS S3, Ray head, process worker (pid files in .stack/)."""
-    from facelift.localstack import main
+    from facelift.cli.localstack import main
 
     raise typer.Exit(code=main([action]))

@@ -1,4 +1,4 @@
-"""``facelift evaluate`` and ``facelift enhance`` (registered on the main typer app in ``facelift/cli.py``)."""
+"""``facelift evaluate`` and ``facelift enhance`` (registered on the main typer app in ``facelift/cli/main.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from facelift.cli_common import fail, setup_logging
+from facelift.cli.common import fail, setup_logging
 
 log = logging.getLogger("facelift")
 
@@ -16,8 +16,8 @@ log = logging.getLogger("facelift")
 def _errors() -> tuple[type[BaseException], ...]:
     from facelift.config import ConfigError
     from facelift.dataset import DatasetError
+    from facelift.models.heads import HeadError
     from facelift.storage import StorageError
-    from models.heads import HeadError
 
     return (ConfigError, DatasetError, StorageError, HeadError, FileNotFoundError, ValueError, RuntimeError)
 
@@ -45,9 +45,9 @@ def evaluate(
     verbose: bool = False,
 ) -> None:
     """Score schnell, dev, heads (and a LoRA) on the held-out split: Table 4 + KID + LPIPS, timing."""
-    from flows.evaluate import evaluate as evaluate_flow
-    from models.metrics import DEFAULT_CLIP_IQA_MODEL
-    from tasks.eval_report import table_markdown
+    from facelift.flows.evaluate import evaluate as evaluate_flow
+    from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL
+    from facelift.tasks.eval_report import table_markdown
 
     setup_logging(verbose)
     try:
@@ -82,7 +82,7 @@ def enhance(
     verbose: bool = False,
 ) -> None:
     """Apply a trained head to any images; unreadable files are reported and skipped (exit 1 if any)."""
-    from tasks.enhance import run_enhance
+    from facelift.tasks.enhance import run_enhance
 
     setup_logging(verbose)
     fmt = None if out_format is None else "." + out_format.lower().lstrip(".")
@@ -113,11 +113,11 @@ def demo_step(ctx: dict) -> dict:
     import pandas as pd
 
     from facelift.dataset import Dataset, decode_image
-    from flows.evaluate import evaluate as evaluate_flow
-    from models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
-    from tasks.enhance import run_enhance
-    from tasks.eval_report import table_markdown, timing_markdown
-    from tasks.evaluate import heldout_mask, resolve_val_fraction
+    from facelift.flows.evaluate import evaluate as evaluate_flow
+    from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
+    from facelift.tasks.enhance import run_enhance
+    from facelift.tasks.eval_report import table_markdown, timing_markdown
+    from facelift.tasks.evaluate import heldout_mask, resolve_val_fraction
 
     heads = list((ctx.get("head_runs") or {}).values())
     if not heads:
