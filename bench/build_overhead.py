@@ -36,9 +36,10 @@ def time_calls(fn, n: int) -> float:
 def orchestration(cfg, n: int) -> dict[str, float]:
     """ms per no-op call: Ray actor alone, and a Prefect task wrapping the Ray actor call."""
     import ray
-    from facelift.tasks.generate import start_workers
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
+
+    from facelift.tasks.generate import start_workers
 
     worker = start_workers(cfg, str(Path(tempfile.mkdtemp()) / "datasets" / "x"))["pair"][0]
     ray_ms = 1000 * time_calls(lambda: ray.get(worker.info.remote()), n)
@@ -62,9 +63,8 @@ def orchestration(cfg, n: int) -> dict[str, float]:
 def build_throughput(root: str, shards: int, shard_size: int, endpoint: str | None) -> dict[str, float]:
     """Two builds (N and 2N shards): the difference isolates the marginal per-shard overhead from the
     fixed costs (Ray worker start + pipeline load, plan, manifest)."""
-    from facelift.flows.build_dataset import build_dataset
-
     from facelift.dataset import Dataset
+    from facelift.flows.build_dataset import build_dataset
 
     runs = []
     for n in (shards, 2 * shards):
@@ -86,9 +86,8 @@ def placement_throughput(root: Path, shards: int, shard_size: int) -> dict[str, 
     actor (placement=pools), schnell made about as costly as dev (6 steps) so that a missing overlap of
     the two halves would show. Marginal pairs/s (a 1-shard build's fixed cost subtracted); for pools also
     the seconds each actor was busy: with overlap the wall time is near the larger, not the sum."""
-    from facelift.flows.build_dataset import build_dataset
-
     from facelift.dataset import Dataset
+    from facelift.flows.build_dataset import build_dataset
 
     out: dict[str, float] = {}
     for name, over in (("pair_x2", {}), ("pools_1+1", {"generation.placement": "pools"})):

@@ -53,8 +53,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from facelift.models.flux import compile_transformer
     from train_heads import disable_compile_caches  # bench/ is on sys.path when run as a script
+
+    from facelift.models.flux import compile_transformer
 
     if args.cold:
         disable_compile_caches()

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from timing import sync  # bench/ is on sys.path when run as a script
+
 from facelift.models.heads import build_head
 from facelift.tasks.enhance import InferenceEngine
-from timing import sync  # bench/ is on sys.path when run as a script
 
 
 def rate(fn, n_per_call: int, device: torch.device, min_s: float, warmup: int = 3, max_iters: int = 200) -> float:
@@ -60,8 +61,9 @@ def bench_files(name: str, flavor: str, size: int, batch: int, n_files: int) -> 
     import tempfile
 
     import numpy as np
-    from facelift.tasks.enhance import enhance_files
     from PIL import Image
+
+    from facelift.tasks.enhance import enhance_files
 
     engine = InferenceEngine.from_head(build_head(name, flavor), device="cpu", compile=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from facelift.models.fp8 import Fp8Linear, fp8_supported
 from timing import sync  # bench/ is on sys.path when run as a script
 from torch import nn
+
+from facelift.models.fp8 import Fp8Linear, fp8_supported
 
 log = logging.getLogger("bench.fp8_linear")
 

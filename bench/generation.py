@@ -42,6 +42,7 @@ def build_pair(arch: str, device: str, dtype, cfg):
     """A FluxPair with random weights built in memory (shared text encoders/VAE, as loading does)."""
     import torch
     from diffusers import FluxImg2ImgPipeline, FluxPipeline
+
     from facelift.models import flux_arch
     from facelift.models.flux import FluxPair
     from facelift.models.tiny_flux import clip_tokenizer, t5_tokenizer
@@ -81,6 +82,7 @@ def transformer_inputs(model, batch: int, tokens: int, text: int, device: str, d
 def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
     """Per-image seconds of the pieces no pipeline can avoid."""
     import torch
+
     from facelift.models.flux import dev_steps_run
 
     g, dev_t, s_t, vae = cfg.generation, pair.dev.transformer, pair.schnell.transformer, pair.schnell.vae
@@ -109,10 +111,9 @@ def floor(pair, cfg, batch: int, reps: int) -> dict[str, float]:
 
 def end_to_end(pair, cfg, batches: int) -> dict[str, float]:
     """The production worker path: generate + PNG (overlapped) + Parquet shard commit to local disk."""
-    from facelift.tasks.generate import render_shard
-
     from facelift.dataset import Dataset
     from facelift.storage import Store
+    from facelift.tasks.generate import render_shard
 
     b = cfg.generation.batch_size
     rows = [{"pair_id": f"p{i}", "name": f"Person {i}", "nconst": f"nm{i:07d}", "weight": 1.0, "shard": 0,

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 import torch._dynamo
-from facelift.models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step
 from timing import sync  # bench/ is on sys.path when run as a script
+
+from facelift.models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step
 
 COMPILE_ORDER = ["esa_cyclegan", "cyclegan", "unet_cbam"]
 

@@ -101,6 +101,10 @@ class StorageConfig(_Model):
     endpoint_url: str | None = Field(None, description="S3 endpoint (SeaweedFS, MinIO); keys come from env")
     connect_timeout_s: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    commit_retry_s: float = Field(600.0, ge=0, description="how long a worker retries one shard's commit "
+                                  "(upload) over the table it rendered before giving up; covers store outages")
+    commit_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, jittered")
+    commit_backoff_max_s: float = Field(30.0, gt=0, description="longest delay between commit attempts")
 
 
 class ChaosConfig(_Model):
@@ -108,6 +112,9 @@ class ChaosConfig(_Model):
 
     kill_on_shard: int | None = None
     marker: str | None = Field(None, description="file created before the kill so it happens once")
+    kill_during: Literal["render", "commit"] = Field(
+        "render", description="render: before the shard renders; commit: after it rendered, as it uploads")
+    shard_delay_s: float = Field(0.0, ge=0, description="sleep before each shard (slows a build for outage tests)")
 
 
 class RayConfig(_Model):
@@ -155,9 +162,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "plan": {"count": 24, "shard_size": 8},
         "generation": {
-            "schnell": {"model": "tiny://schnell", "steps": 2, "guidance": 0.0, "max_sequence_length": 32},
+            # the tiny T5 tokenizer spends about one token per character: 128 holds every bundled prompt
+            "schnell": {"model": "tiny://schnell", "steps": 2, "guidance": 0.0, "max_sequence_length": 128},
             "dev": {"model": "tiny://dev", "steps": 4, "guidance": 3.5, "strength": 0.6,
-                    "max_sequence_length": 32},
+                    "max_sequence_length": 128},
             "height": 64, "width": 64, "dtype": "float32", "device": "cpu", "batch_size": 4,
         },
         "ray": {"num_workers": 1, "num_gpus_per_worker": 0, "num_cpus_per_worker": 1},

@@ -154,7 +154,10 @@ class Dataset:
 
     def commit_shard(self, index: int, table: pa.Table) -> int:
         """Write one shard as one object (the commit). Returns its size in bytes."""
-        data = table_to_parquet_bytes(table.cast(shard_schema()))
+        return self.commit_shard_bytes(index, table_to_parquet_bytes(table.cast(shard_schema())))
+
+    def commit_shard_bytes(self, index: int, data: bytes) -> int:
+        """Write one shard's encoded Parquet as one object (a single PUT, atomic on S3)."""
         self.store.write_bytes(shard_key(index), data)
         return len(data)
 

@@ -65,6 +65,7 @@ class SeaweedS3:
     workdir: Path
     s3_port: int = 0
     proc: subprocess.Popen | None = None
+    ports: list[str] | None = None  # kept across stop/start, so a restart serves the same data on the same ports
 
     @property
     def endpoint(self) -> str:
@@ -74,11 +75,11 @@ class SeaweedS3:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.s3_port = self.s3_port or free_port()
         # every listener on a free port (or off), so several servers can run side by side
-        ports = [f"-{name}={free_port()}" for name in (
+        self.ports = self.ports or [f"-{name}={free_port()}" for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
             "filer.port.grpc", "s3.port.grpc")]
         cmd = [
-            weed_binary(), "server", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *ports,
+            weed_binary(), "server", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *self.ports,
             "-filer", "-s3", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
         ]

@@ -7,8 +7,6 @@ import time
 import uuid
 from typing import Any
 
-from facelift.tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict
-from facelift.tasks.audit_outputs import write_outputs
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -16,6 +14,8 @@ from prefect.events import emit_event
 
 from facelift.dataset import Dataset
 from facelift.storage import Store
+from facelift.tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict
+from facelift.tasks.audit_outputs import write_outputs
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="audit-{dataset_id}-{shard:05d}")

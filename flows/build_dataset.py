@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from facelift.tasks import build, schedule
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.events import emit_event
 from tqdm.auto import tqdm
 
 from facelift.config import resolve_config
+from facelift.tasks import build, schedule
 
 
 @flow(name="build-dataset", log_prints=False)
@@ -50,15 +50,16 @@ def build_dataset(
         update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
 
     with bar:
-        failed = schedule.run_shards(cfg, prepared, shards, progress) if shards else []
-    if failed:
-        raise RuntimeError(f"{len(failed)} shard(s) failed: {failed}. Committed shards are kept; run the "
-                           f"same build again to generate only the missing ones.")
+        outcome = schedule.run_shards(cfg, prepared, shards, progress) if shards else schedule.ShardOutcome()
+    if outcome.failed:
+        raise build.BuildError(build.failure_message(ds, n_shards, outcome.failed))
     seconds = time.perf_counter() - t0
     info = build.finalize(ds, prepared.plan, seconds)
     generated = int(prepared.plan["shard"].isin(shards).sum())
     rows = build.summary_rows(info) + [
         {"metric": "pairs generated (this run)", "value": generated},
+        {"metric": "pairs rendered (this run)", "value": outcome.rendered},
+        {"metric": "shards committed from a spooled render", "value": len(outcome.from_spool)},
         {"metric": "pairs/s (this run)", "value": round(generated / seconds, 3) if generated else 0},
     ]
     create_table_artifact(rows, key=f"build-{ds.dataset_id}".lower()[:60].replace("_", "-"),
@@ -67,7 +68,8 @@ def build_dataset(
                resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}"},
                payload={"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "pairs": info["counts"]["pairs"]})
     return {"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "generated_pairs": generated,
-            "generated_shards": len(shards), **info["counts"]}
+            "generated_shards": len(shards), "rendered_pairs": outcome.rendered,
+            "spooled_shards_committed": outcome.from_spool, **info["counts"]}
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from facelift.tasks.enhance import run_enhance
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+
+from facelift.tasks.enhance import run_enhance
 
 enhance_task = task(run_enhance, name="enhance-files", retries=0)
 

@@ -7,15 +7,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL, MetricConfig
-from facelift.tasks import eval_flux, eval_report
-from facelift.tasks import evaluate as ev
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from facelift.dataset import Dataset
+from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL, MetricConfig
+from facelift.tasks import eval_flux, eval_report
+from facelift.tasks import evaluate as ev
 
 EVENT = "facelift.evaluation.completed"
 

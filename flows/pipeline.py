@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
 from facelift.flows.audit_diversity import audit_diversity
 from facelift.flows.build_dataset import build_dataset
 from facelift.flows.evaluate import evaluate
 from facelift.flows.train_head import train_head
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 
 
 @flow(name="pipeline", log_prints=False)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from facelift.tasks import train_report
-from facelift.tasks.sweep import PAPER_LAMBDA_CYC, PAPER_LR, sweep
-from facelift.tasks.train import TrainConfig, ray_session
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+
+from facelift.tasks import train_report
+from facelift.tasks.sweep import PAPER_LAMBDA_CYC, PAPER_LR, sweep
+from facelift.tasks.train import TrainConfig, ray_session
 
 
 @task(cache_policy=NO_CACHE)

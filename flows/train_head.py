@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from facelift.tasks import train_report
-from facelift.tasks.train import TrainConfig, train
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+
+from facelift.tasks import train_report
+from facelift.tasks.train import TrainConfig, train
 
 
 @task(cache_policy=NO_CACHE)

@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,9 +55,29 @@ def import_deepface() -> Any:
     # after TensorFlow segfaults the process, loading it first is fine. Same process as torch work: load it now.
     with contextlib.suppress(ImportError):
         import triton  # noqa: F401
-    from deepface import DeepFace
+    # TensorFlow's absl writes start-up lines (CUDA stubs) to fd 2 before any log level applies: mute them,
+    # unless logging is at DEBUG (--verbose)
+    with _native_stderr_muted("deepface" not in sys.modules and not log.isEnabledFor(logging.DEBUG)):
+        from deepface import DeepFace
 
     return DeepFace
+
+
+@contextlib.contextmanager
+def _native_stderr_muted(enabled: bool):
+    """Send file descriptor 2 to /dev/null for the duration (Python-level errors still raise normally)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def deepface_home(home: str | os.PathLike | None = None) -> Path:

@@ -79,6 +79,15 @@ def component_fingerprint(folder: Path, component: str) -> str:
     return h.hexdigest()
 
 
+def follow_hub_progress_setting() -> None:
+    """diffusers draws its own loading bars: hide them when ``HF_HUB_DISABLE_PROGRESS_BARS`` hides the hub's."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():
+        diffusers_logging.disable_progress_bar()
+
+
 def pick_device(device: str) -> str:
     import torch
 
@@ -193,6 +202,7 @@ class FluxPair:
         device = pick_device(cfg.device)
         dtype = torch.float32 if device == "cpu" else getattr(torch, cfg.dtype)  # no bf16 kernels worth it on CPU
         dirs = {v: resolve_source(getattr(cfg, v), cache_dir) for v in ("schnell", "dev") if role in (v, "pair")}
+        follow_hub_progress_setting()
         schnell = FluxPipeline.from_pretrained(dirs["schnell"], dtype=dtype) if "schnell" in dirs else None
         shared = role == "pair" and cfg.share_text_encoders and all(
             component_fingerprint(dirs["schnell"], c) == component_fingerprint(dirs["dev"], c)

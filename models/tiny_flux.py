@@ -65,6 +65,7 @@ def build_tiny_flux(folder: Path, variant: str) -> None:
     """Create the tiny pipeline for ``variant`` in ``folder`` (must not exist)."""
     import torch
     from diffusers import FluxPipeline
+
     from facelift.models import flux_arch
 
     if variant not in _VARIANT_SEEDS:

@@ -28,8 +28,9 @@ def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 def write_random_fid_weights(path: str | os.PathLike[str], seed: int = 0) -> Path:
     import torch
-    from facelift.models.metrics import FIDInceptionV3
     from torchvision.models import inception_v3
+
+    from facelift.models.metrics import FIDInceptionV3
 
     torch.manual_seed(seed)
     model = FIDInceptionV3()

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from facelift.tasks import audit_report
-from facelift.tasks.audit import load_audit, prompt_mode
-from facelift.tasks.tsne import GENDER_COLORS, RACE_COLORS, plot_tsne, tsne_embed
 
 from facelift.dataset import Dataset
 from facelift.storage import Store
+from facelift.tasks import audit_report
+from facelift.tasks.audit import load_audit, prompt_mode
+from facelift.tasks.tsne import GENDER_COLORS, RACE_COLORS, plot_tsne, tsne_embed
 
 log = logging.getLogger(__name__)
 

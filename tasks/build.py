@@ -18,15 +18,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from facelift.tasks.names import bundled_names_uri, read_names
-from facelift.tasks.plan import make_plan
 
 from facelift.config import BuildConfig
 from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
 from facelift.storage import Store, open_uri
+from facelift.tasks.names import bundled_names_uri, read_names
+from facelift.tasks.plan import make_plan
 
 log = logging.getLogger(__name__)
 _PACKAGES = ("facelift", "torch", "diffusers", "transformers", "ray", "prefect", "pyarrow", "s3fs")
+
+
+class BuildError(RuntimeError):
+    """A build run that could not finish; its message is one line: cause, what was kept, what to run next."""
+
+
+def failure_message(ds: Dataset, n_shards: int, failed: dict[int, str]) -> str:
+    """One line for the CLI and the flow's final state in the Prefect UI."""
+    first, reason = min(failed.items())
+    reason = (reason.strip().splitlines() or ["unknown error"])[0]
+    kept = n_shards - len(failed)
+    return (f"{len(failed)} of {n_shards} shard(s) failed ({', '.join(f'{s:05d}' for s in sorted(failed))}); "
+            f"first: shard {first:05d}: {reason[:300]}. Kept: {kept} committed shard(s) in {ds.store.where()} and "
+            f"any rendered but uncommitted shard in the workers' spool. Next: run the same build again; it "
+            f"generates only the missing shards.")
 
 
 @dataclass

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from facelift.tasks.enhance import InferenceEngine, translate_batches
 
 from facelift.config import StageConfig
+from facelift.tasks.enhance import InferenceEngine, translate_batches
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,11 @@ log = logging.getLogger(__name__)
 def load_t2i(stage: StageConfig, cache_dir: str, device: str, dtype: str) -> Any:
     """A text-to-image ``FluxPipeline`` for ``stage`` on ``device``."""
     from diffusers import FluxPipeline
-    from facelift.models.flux import pick_device, resolve_source
+
+    from facelift.models.flux import follow_hub_progress_setting, pick_device, resolve_source
 
     folder = resolve_source(stage, cache_dir)
+    follow_hub_progress_setting()
     pipe = FluxPipeline.from_pretrained(folder, dtype=getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(pick_device(device))
@@ -65,24 +69,46 @@ def lora_images(lora: str, stage: StageConfig, prompts: list[str], seeds: list[i
     return images, (time.perf_counter() - start) / len(images)
 
 
-def _per_image(fn: Any, n: int, repeats: int) -> float:
+_clock = time.perf_counter  # the timer (tests substitute a fake clock)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per image over ``repeats`` timed runs (after one warm-up): the median and the range."""
+
+    median: float
+    low: float
+    high: float
+    repeats: int
+
+    def as_dict(self, name: str) -> dict[str, float]:
+        return {name: self.median, f"{name}_min": self.low, f"{name}_max": self.high}
+
+
+def time_per_image(fn: Callable[[], Any], n: int, repeats: int = 3) -> Timing:
+    """Time ``fn`` (which makes ``n`` images) ``repeats`` times after a warm-up call."""
+    if repeats < 1 or n < 1:
+        raise ValueError(f"timing needs repeats >= 1 and n >= 1, got repeats={repeats}, n={n}")
     fn()  # warm-up (allocations, kernels, compile caches)
-    best = float("inf")
+    per_image = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _clock()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) / n)
-    return best
+        per_image.append((_clock() - start) / n)
+    return Timing(float(np.median(per_image)), min(per_image), max(per_image), repeats)
 
 
 def timing_table(schnell: StageConfig, dev: StageConfig, head: Any, resolutions: list[int], cache_dir: str,
-                 device: str = "auto", dtype: str = "float32", n_images: int = 2, repeats: int = 1,
+                 device: str = "auto", dtype: str = "float32", n_images: int = 2, repeats: int = 3,
                  prompt: str = "A professional portrait of Jane Doe") -> pd.DataFrame:
-    """Seconds per image: dev T2I, schnell T2I, the head alone and schnell + head, per resolution."""
+    """Seconds per image (median over ``repeats``, with min and max): dev T2I, schnell T2I, the head alone and
+    schnell + head, per resolution; the saving from the medians, its range from the extremes."""
     if not resolutions:
         raise ValueError("timing needs at least one resolution")
+    if repeats < 3:
+        log.warning("timing with %d repeat(s): the median and spread need >= 3", repeats)
     pipes = {"schnell": load_t2i(schnell, cache_dir, device, dtype), "dev": load_t2i(dev, cache_dir, device, dtype)}
     stages = {"schnell": schnell, "dev": dev}
     engine = InferenceEngine.from_head(head, device=device, compile=False)
@@ -91,16 +117,22 @@ def timing_table(schnell: StageConfig, dev: StageConfig, head: Any, resolutions:
     for res in resolutions:
         if res % 16:
             raise ValueError(f"resolution {res} is not a multiple of 16 (FLUX packs 2x2 latent patches)")
-        t = {k: _per_image(lambda k=k, res=res: generate(pipes[k], stages[k], prompts, seeds, res, n_images), n_images,
-                           repeats) for k in ("dev", "schnell")}
+        t = {k: time_per_image(lambda k=k, res=res: generate(pipes[k], stages[k], prompts, seeds, res, n_images),
+                               n_images, repeats) for k in ("dev", "schnell")}
         sample = generate(pipes["schnell"], schnell, prompts, seeds, res, n_images)
-        t["head"] = _per_image(lambda sample=sample: translate_batches(engine, sample, n_images), n_images, repeats)
-        total = t["schnell"] + t["head"]
-        records.append({"resolution": res, "dev_t2i_s": t["dev"], "schnell_t2i_s": t["schnell"], "head_s": t["head"],
-                        "schnell_head_s": total, "saved_pct": 100.0 * (1 - total / t["dev"]),
-                        "dev_steps": dev.steps, "schnell_steps": schnell.steps, "n_images": n_images})
-        log.info("timing %dpx: dev %.3fs schnell %.3fs head %.4fs -> %.1f%% saved", res, t["dev"], t["schnell"],
-                 t["head"], records[-1]["saved_pct"])
+        t["head"] = time_per_image(lambda sample=sample: translate_batches(engine, sample, n_images), n_images,
+                                   repeats)
+        total = Timing(t["schnell"].median + t["head"].median, t["schnell"].low + t["head"].low,
+                       t["schnell"].high + t["head"].high, repeats)
+        records.append({"resolution": res, **t["dev"].as_dict("dev_t2i_s"), **t["schnell"].as_dict("schnell_t2i_s"),
+                        **t["head"].as_dict("head_s"), **total.as_dict("schnell_head_s"),
+                        "saved_pct": 100.0 * (1 - total.median / t["dev"].median),
+                        "saved_pct_min": 100.0 * (1 - total.high / t["dev"].low),
+                        "saved_pct_max": 100.0 * (1 - total.low / t["dev"].high),
+                        "repeats": repeats, "dev_steps": dev.steps, "schnell_steps": schnell.steps,
+                        "n_images": n_images})
+        log.info("timing %dpx (median of %d): dev %.3fs schnell %.3fs head %.4fs -> %.1f%% saved", res, repeats,
+                 t["dev"].median, t["schnell"].median, t["head"].median, records[-1]["saved_pct"])
     return pd.DataFrame.from_records(records)
 
 

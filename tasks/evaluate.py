@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from facelift.models.metrics import ClipIQA, FIDInceptionV3, MetricConfig, build_lpips
-from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
-from facelift.tasks.metrics import cached_features, fid_with_ci, image_set_key, kid, mean_with_ci
-from facelift.tasks.train_data import is_validation, pair_hash, to_uint8
 
 from facelift.dataset import Dataset, DatasetError, decode_image
+from facelift.models.metrics import ClipIQA, FIDInceptionV3, MetricConfig, build_lpips
+from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
+from facelift.tasks.eval_report import fid_columns, kid_columns
+from facelift.tasks.metrics import cached_features, image_set_key, mean_with_ci
+from facelift.tasks.train_data import is_validation, pair_hash, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ class EvalConfig:
     val_fraction: float | None = None  # None: the smallest training val_fraction of the heads (else 0.1)
     resolution: int | None = None  # square size images are resized to; None: the dataset's own size
     batch_size: int = 16
-    n_boot: int = 20
+    n_boot: int = 20  # FID half-sampling rounds (and the bootstrap floor of 100 for CLIP-IQA / LPIPS)
     kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    kid_subset_size: int = 1000  # cap: KID subsets are min(this, n // 2)
     device: str = "auto"
     seed: int = 0
     grid_images: int = 6
@@ -188,7 +189,7 @@ class MetricSuite:
 
 
 def score_rows(rows: list[Row], held: HeldOut, suite: MetricSuite, cache_store: Any, cfg: EvalConfig) -> pd.DataFrame:
-    """The evaluation table: one line per row, every metric with N and a 95% bootstrap CI."""
+    """The evaluation table: one line per row, every metric with N and a 95% interval (docs/evaluate.md)."""
     refs = {}
     for kind, images in (("schnell", held.schnell_ref), ("dev", held.dev_ref)):
         refs[kind], hit = cached_features(cache_store, suite.extractor_id, held.ref_keys[kind],
@@ -197,22 +198,20 @@ def score_rows(rows: list[Row], held: HeldOut, suite: MetricSuite, cache_store: 
     records = []
     for i, row in enumerate(rows):
         feats = suite.features(row.images)
-        fid = fid_with_ci(feats, refs, n_boot=cfg.n_boot, seed=cfg.seed + i)
-        kid_s = kid(feats, refs["schnell"], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
-        kid_d = kid(feats, refs["dev"], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
         iqa = mean_with_ci(suite.clip_iqa(row.images), n_boot=max(cfg.n_boot, 100), seed=cfg.seed + i)
         lp = mean_with_ci(suite.lpips_to(row.images, held.dev_in), n_boot=max(cfg.n_boot, 100), seed=cfg.seed + i)
-        records.append({
+        rec = {
             "row": row.name, "kind": row.kind, "source": row.source, "n": len(row.images),
             "n_reference": len(refs["schnell"]),
-            **fid["schnell"].as_dict("fid_schnell"), **fid["dev"].as_dict("fid_dev"),
-            **fid["diff"].as_dict("fid_diff"),
-            "kid_schnell": kid_s[0], "kid_schnell_std": kid_s[1], "kid_dev": kid_d[0], "kid_dev_std": kid_d[1],
+            **fid_columns(feats, refs, cfg.n_boot, cfg.seed + i),
+            **kid_columns("kid_schnell", feats, refs["schnell"], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed),
+            **kid_columns("kid_dev", feats, refs["dev"], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed),
             **iqa.as_dict("clip_iqa"), **lp.as_dict("lpips_dev"),
             "seconds_per_image": row.seconds_per_image,
-        })
+        }
+        records.append(rec)
         log.info("%s: FID_schnell %.3f FID_dev %.3f FID_diff %.3f CLIP-IQA %.3f LPIPS %.3f", row.name,
-                 fid["schnell"].value, fid["dev"].value, fid["diff"].value, iqa.value, lp.value)
+                 rec["fid_schnell"], rec["fid_dev"], rec["fid_diff"], iqa.value, lp.value)
     return pd.DataFrame.from_records(records)
 
 
@@ -221,7 +220,6 @@ def training_info(head_uri: str, endpoint_url: str | None = None) -> dict[str, A
     import json
 
     from facelift.models.heads import read_head_config
-
     from facelift.storage import Store
 
     head_store, _ = read_head_config(head_uri, endpoint_url)

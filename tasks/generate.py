@@ -1,8 +1,10 @@
 """Generation workers: Ray actors that load both FLUX pipelines once and render and commit whole shards.
 
 A worker renders one shard batch by batch (PNG encoding of batch k overlaps generation of batch k+1),
-builds the shard table and commits it as one object. A killed worker loses only its uncommitted shard;
-Ray restarts the actor (reloading the pipelines) and the caller retries the shard.
+builds the shard table, spools it to local disk and commits it as one object, retrying the upload
+(:mod:`facelift.tasks.commit`). A worker killed while rendering loses only that shard's render; one killed
+while committing loses nothing: Ray restarts the actor (reloading the pipelines), the caller retries the
+shard, and the retry commits the spooled render.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow as pa
 from facelift.config import BuildConfig
 from facelift.dataset import Dataset, shard_schema
 from facelift.storage import Store
+from facelift.tasks.commit import Spool, commit_with_retry, encode_shard
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,8 @@ class ShardResult:
     dev_s: float
     png_s: float
     commit_s: float
-    worker: str
+    worker: str  # the worker that rendered the shard (its provenance column), not always the committer
+    rendered: int  # pairs rendered by this call: 0 when it committed a spooled render
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,19 +140,22 @@ class ShardWorker:
         self.pair = FluxPair.load(self.cfg.generation, self.cfg.cache_dir, role)
         self.role = role
         self.name = worker_name(self.pair.device)
+        self.spool = Spool(self.cfg.cache_dir, dataset_uri)
 
     def info(self) -> dict[str, Any]:
         return {"worker": self.name, "role": self.role, "load_s": self.pair.load_s,
                 "shared_text_encoders": self.pair.shared}
 
-    def _chaos(self, shard: int) -> None:
+    def _chaos(self, shard: int, stage: str = "render") -> None:
         chaos = self.cfg.ray.chaos
-        if chaos.kill_on_shard != shard or not chaos.marker:
+        if stage == "render" and chaos.shard_delay_s:
+            time.sleep(chaos.shard_delay_s)
+        if chaos.kill_on_shard != shard or not chaos.marker or chaos.kill_during != stage:
             return
         marker = Path(chaos.marker)
         if not marker.exists():
             marker.write_text(self.name)
-            log.warning("chaos: killing worker %s while rendering shard %d", self.name, shard)
+            log.warning("chaos: killing worker %s during the %s of shard %d", self.name, stage, shard)
             os._exit(1)
 
     def render_schnell(self, shard: int, rows: list[dict[str, Any]]) -> list[tuple[list[Any], dict[str, float]]]:
@@ -158,16 +165,30 @@ class ShardWorker:
 
     def run(self, shard: int, rows: list[dict[str, Any]],
             schnell: list[tuple[list[Any], dict[str, float]]] | None = None) -> dict[str, Any]:
-        """Render and commit one shard; returns its :class:`ShardResult` as a dict."""
+        """Render (or take from the spool) and commit one shard; returns its :class:`ShardResult` as a dict.
+
+        A spooled render of this shard (left by a commit that failed or a worker that died mid-commit) is
+        committed as it is; only a shard with no spooled render is rendered."""
         t0 = time.perf_counter()
-        self._chaos(shard)
-        table = render_shard(self.pair, self.cfg, rows, self.name, schnell)
+        spooled = self.spool.load(shard, [r["pair_id"] for r in rows])
+        if spooled is None:
+            self._chaos(shard)
+            table = render_shard(self.pair, self.cfg, rows, self.name, schnell)
+            data, rendered = encode_shard(table), table.num_rows
+            self.spool.save(shard, data)
+        else:
+            (data, table), rendered = spooled, 0
+            log.info("shard %05d: committing the render spooled at %s (not rendering again)", shard,
+                     self.spool.path(shard))
+        self._chaos(shard, "commit")
         t_commit = time.perf_counter()
-        size = self.dataset.commit_shard(shard, table)
+        size = commit_with_retry(self.dataset, shard, data, self.cfg.storage, kept_at=self.spool.path(shard))
+        self.spool.drop(shard)
         done = time.perf_counter()
         col = lambda name: float(sum(table.column(name).to_pylist()))  # noqa: E731
         return ShardResult(shard, table.num_rows, size, done - t0, col("encode_s"), col("schnell_s"),
-                           col("dev_s"), col("png_s"), done - t_commit, self.name).as_dict()
+                           col("dev_s"), col("png_s"), done - t_commit, table.column("worker")[0].as_py(),
+                           rendered).as_dict()
 
 
 def wait_ready(worker: Any, deadline: float) -> None:

@@ -5,7 +5,9 @@ target such as ``{"race": {"white": 0.2, ...}, "gender": {"man": 0.5, "woman": 0
 its perceived attributes (majority over its analysed images); weights are found by raking (iterative
 proportional fitting): every pass rescales the weights so the weighted share of each group of one
 attribute equals its target, cycling over the attributes until all marginals match (or stop moving),
-with each weight capped at ``max_ratio`` times the mean so a handful of names cannot dominate.
+with each weight capped at ``max_ratio`` times the mean so a handful of names cannot dominate. A target
+category the pilot lacks cannot be reached: its share is re-spread over the reachable categories of that
+attribute (``effective_target``), and the result does not depend on the order of categories or attributes.
 
 Output contract (read by the build's ``plan.weights_uri``): Parquet with ``nconst`` (str), ``name`` (str),
 ``weight`` (float >= 0). Names with weight > 0 are eligible and ``count`` of them are drawn without
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
 from facelift.tasks.audit_report import CATEGORIES, attribute_frame, distribution, tv_distance
 
 log = logging.getLogger(__name__)
@@ -111,33 +114,84 @@ def expected_distribution(names: pd.DataFrame, weights: np.ndarray, attrs: list[
     return {a: distribution(names[a], CATEGORIES[a], weights) for a in (attrs or list(CATEGORIES))}
 
 
+def _support(names: pd.DataFrame, target: Target) -> np.ndarray:
+    """Names that can be steered: every target attribute known, and a category the target gives a share > 0."""
+    keep = np.ones(len(names), dtype=bool)
+    for attr, shares in target.items():
+        labels = names[attr]
+        keep &= labels.notna().to_numpy() & labels.map(lambda c, s=shares: s.get(c, 0.0) > 0).to_numpy(dtype=bool)
+    return keep
+
+
+def effective_target(names: pd.DataFrame, target: Target, warn: bool = True) -> Target:
+    """The target renormalised over the categories the pilot can reach (present among the steerable names).
+
+    A category no steerable name has cannot get weight: its share is re-spread over the reachable ones in
+    proportion to their target shares (uniform over six races with only three present -> 1/3 each).
+    """
+    support = _support(names, target)
+    out: Target = {}
+    for attr, shares in target.items():
+        present = set(names.loc[support, attr])
+        reach = {c: (share if c in present else 0.0) for c, share in shares.items()}
+        total = sum(reach.values())
+        if total <= 0:
+            raise RebalanceError(f"no name of the pilot has a {attr} the target asks for "
+                                 f"({', '.join(c for c, s in shares.items() if s > 0)})")
+        missing = sorted(c for c, share in shares.items() if share > 0 and c not in present)
+        if missing and warn:
+            log.warning("target %s asks for %s but the pilot has no such names: their share is re-spread over "
+                        "the reachable categories", attr, missing)
+        out[attr] = {c: share / total for c, share in reach.items()}
+    return out
+
+
+def _cap(w: np.ndarray, max_ratio: float) -> np.ndarray:
+    """Rescale the positive weights to mean 1, none above ``max_ratio`` (the excess goes to the others)."""
+    pos = w > 0
+    capped = np.zeros_like(pos)
+    out = w.copy()
+    for _ in range(len(w) + 1):
+        free = pos & ~capped
+        scale = (pos.sum() - max_ratio * capped.sum()) / w[free].sum()
+        out[free] = w[free] * scale
+        out[capped] = max_ratio
+        over = free & (out > max_ratio)
+        if not over.any():
+            break
+        capped |= over
+    return out
+
+
 def rake(names: pd.DataFrame, target: Target, max_ratio: float = 20.0, max_iter: int = 500,
-         tol: float = 1e-6) -> np.ndarray:
-    """Weights (mean 1) whose weighted marginals match ``target`` as closely as the pilot allows."""
+         tol: float = 1e-9) -> np.ndarray:
+    """Weights (mean 1 over the names with weight > 0, each at most ``max_ratio``) whose weighted marginals
+    match the target renormalised over the reachable categories (``effective_target``).
+
+    Iterative proportional fitting: each attribute's categories are rescaled together from the same totals,
+    attributes in sorted order, so the result depends neither on the order of the categories nor on that of
+    the attributes in ``target``.
+    """
     if max_ratio <= 1:
         raise RebalanceError(f"max_ratio must be > 1, got {max_ratio}")
-    w = np.ones(len(names))
-    for attr in target:
-        missing = [c for c, share in target[attr].items() if share > 0 and not (names[attr] == c).any()]
-        if missing:
-            log.warning("target %s asks for %s but the pilot has no such names: unreachable", attr, missing)
+    goal = effective_target(names, target)
+    w = _support(names, target).astype(float)
+    labels = {attr: names[attr].to_numpy(dtype=object) for attr in goal}
     for _ in range(max_iter):
         previous = w.copy()
-        for attr, shares in target.items():
-            labels = names[attr].to_numpy()
-            for cat, share in shares.items():
-                mask = labels == cat
-                current = w[mask].sum() / w.sum()
-                if mask.any() and current > 0:
-                    w[mask] *= share / current
-            unknown = pd.isna(labels)
-            w[unknown] = 0.0  # names whose attribute is unknown cannot be steered
-        if w.sum() <= 0:
-            raise RebalanceError("every name got weight 0: the target excludes all names of the pilot")
-        w = np.minimum(w / w[w > 0].mean(), max_ratio)
+        for attr in sorted(goal):
+            total = w.sum()
+            factor = np.zeros(len(w))
+            for cat, share in goal[attr].items():
+                mask = labels[attr] == cat
+                current = w[mask].sum()
+                if current > 0:
+                    factor[mask] = share * total / current
+            w = w * factor
+        w = _cap(w, max_ratio)
         if np.abs(w - previous).max() < tol:
             break
-    return w / w[w > 0].mean()
+    return w
 
 
 def inclusion_probabilities(weights: np.ndarray, count: int) -> np.ndarray:
@@ -186,7 +240,8 @@ def compute_weights(audit: pd.DataFrame, target: Target, max_ratio: float = 20.0
                        "weight": weights.astype(float)})
     report = {
         "names": len(names), "eligible": int((weights > 0).sum()), "max_ratio": max_ratio,
-        "target": target, "pilot": before, "expected": after,
+        "target": target, "reachable_target": effective_target(names, target, warn=False), "pilot": before,
+        "expected": after,
         "tv_before": {a: tv_distance(before[a], target[a]) for a in target},
         "tv_after": {a: tv_distance(after[a], target[a]) for a in target},
     }

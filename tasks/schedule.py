@@ -6,14 +6,15 @@ the same actors, which Ray restarts after a crash; an actor whose restarts are e
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from facelift.tasks import build, generate
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from facelift.config import BuildConfig
+from facelift.tasks import build, generate
 
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")
@@ -38,8 +39,25 @@ def _least_busy(pool: list[Any], busy: list[Any], depth: int | None = None) -> A
     return best if depth is None or load[id(best)] < depth else None
 
 
-def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> list[int]:
-    """Keep every worker busy; returns the shards that failed for good.
+@dataclass
+class ShardOutcome:
+    """What one build run did with its shards: the results of committed ones, the reason of failed ones."""
+
+    committed: list[dict[str, Any]] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def rendered(self) -> int:
+        """Pairs rendered by this run's shard calls (a spooled render committed later counts 0)."""
+        return sum(r["rendered"] for r in self.committed)
+
+    @property
+    def from_spool(self) -> list[int]:
+        return sorted(r["shard"] for r in self.committed if r["rendered"] == 0)
+
+
+def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> ShardOutcome:
+    """Keep every worker busy; returns what was committed and which shards failed for good (and why).
 
     One pool: each actor has one shard in flight. Pooled placement: each dev actor has two (the one it
     renders and the next, whose schnell half a schnell actor renders meanwhile)."""
@@ -50,7 +68,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
     pools = generate.start_workers(cfg, prepared.dataset.uri)
     committers, depth = (pools["dev"], 2) if "dev" in pools else (pools["pair"], 1)
     task = generate_shard.with_options(retries=cfg.ray.shard_retries)
-    todo, failed, inflight, done = list(reversed(shards)), [], {}, 0
+    todo, outcome, inflight, done = list(reversed(shards)), ShardOutcome(), {}, 0
     try:
         while todo or inflight:
             while todo:
@@ -68,10 +86,11 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
             done += 1
             if future.state.is_completed():
                 res = future.result()
-                logger.info("shard %05d committed: %d pairs, %.1f MB, %.2fs on %s", shard, res["pairs"],
-                            res["bytes"] / 1e6, res["seconds"], res["worker"])
+                outcome.committed.append(res)
+                logger.info("shard %05d committed: %d pairs (%d rendered), %.1f MB, %.2fs, rendered on %s", shard,
+                            res["pairs"], res["rendered"], res["bytes"] / 1e6, res["seconds"], res["worker"])
             else:
-                failed.append(shard)
+                outcome.failed[shard] = str(future.state.message or future.state.name)
                 logger.error("shard %05d failed after retries: %s", shard, future.state.message)
                 _replace_dead(cfg, prepared.dataset.uri, pools, [worker, schnell], logger)
             progress(done, len(shards))
@@ -80,7 +99,7 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
             ray.kill(w)
         if started_ray:
             ray.shutdown()
-    return failed
+    return outcome
 
 
 def _replace_dead(cfg: BuildConfig, dataset_uri: str, pools: dict[str, list[Any]], suspects: list[Any],

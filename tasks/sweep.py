@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from facelift.models.heads import head_class
-from facelift.tasks.train import LoopEnv, TrainConfig, check_config, new_run_id, ray_storage, resolve_run, run_loop
 
+from facelift.models.heads import head_class
 from facelift.storage import Store
+from facelift.tasks.train import LoopEnv, TrainConfig, check_config, new_run_id, ray_storage, resolve_run, run_loop
 
 log = logging.getLogger(__name__)
 PAPER_LAMBDA_CYC = (10.0, 5.0, 2.0)

@@ -26,12 +26,12 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import torch
-from facelift.models.heads import CONFIG_FILE, Head, HeadError, build_head, compile_mode, train_step
-from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, split_counts
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from facelift.dataset import Dataset
+from facelift.models.heads import CONFIG_FILE, Head, HeadError, build_head, compile_mode, train_step
 from facelift.storage import Store
+from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, split_counts
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"

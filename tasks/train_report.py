@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from facelift.models.heads import load_head
-from facelift.tasks.train_data import DataConfig, load_validation, open_training_dataset
 
+from facelift.models.heads import load_head
 from facelift.storage import Store
+from facelift.tasks.train_data import DataConfig, load_validation, open_training_dataset
 
 log = logging.getLogger(__name__)
 

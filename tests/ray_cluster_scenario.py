@@ -20,10 +20,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def main(root: str) -> None:
     import pyarrow.parquet as pq
     import ray
-    from facelift.flows.build_dataset import build_dataset
     from ray.cluster_utils import Cluster
 
     from facelift.dataset import Dataset
+    from facelift.flows.build_dataset import build_dataset
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(3)]

@@ -17,7 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
 from facelift.models.deepface_weights import AUDIT_MODELS, MODELS, MissingWeightsError, check_weights, missing_weights
+from facelift.storage import Store
 from facelift.tasks.audit import (
     AUDIT_SCHEMA,
     RACES,
@@ -38,11 +43,6 @@ from facelift.tasks.rebalance import (
     simulate_sampling,
 )
 from facelift.tasks.tsne import plot_tsne, tsne_embed
-from PIL import Image
-from typer.testing import CliRunner
-
-from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
-from facelift.storage import Store
 from facelift.testing import make_synthetic_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,11 @@ import uuid
 
 import datasets
 import pytest
-from facelift.flows.build_dataset import build_dataset
 from typer.testing import CliRunner
 
 from facelift.cli.main import app
 from facelift.dataset import IMAGE_COLUMNS, Dataset, DatasetError
+from facelift.flows.build_dataset import build_dataset
 from facelift.storage import StorageError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local", "cache_dir")
@@ -124,9 +124,8 @@ def test_pooled_placement_builds_the_same_dataset_and_survives_a_killed_schnell_
 
 
 def test_pool_sizes_follow_the_stage_costs():
-    from facelift.tasks.generate import pool_sizes
-
     from facelift.config import resolve_config
+    from facelift.tasks.generate import pool_sizes
 
     flux = resolve_config("flux", environ={}, overrides={"generation.placement": "pools", "ray.num_workers": 8})
     assert pool_sizes(flux) == {"schnell": 2, "dev": 6}  # 4 schnell steps : 17 dev steps (+ VAE passes)
@@ -166,6 +165,7 @@ def test_cli_info_and_clear_errors(local_build):
 
 def test_weights_file_steers_the_plan_and_the_dataset_identity(tmp_path):
     import pandas as pd
+
     from facelift.tasks.names import read_names
 
     people = read_names()[0].head(6)

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from facelift.models.heads import HeadError, build_head, load_head
-from facelift.tasks.enhance import InferenceEngine, enhance_files, list_images, run_enhance
 from PIL import Image
 from typer.testing import CliRunner
 
 from facelift.api import enhance
+from facelift.models.heads import HeadError, build_head, load_head
 from facelift.storage import Store
+from facelift.tasks.enhance import InferenceEngine, enhance_files, list_images, run_enhance
 
 
 def _img(w: int, h: int, seed: int) -> Image.Image:

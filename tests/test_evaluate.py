@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from facelift.models.heads import build_head
-from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
-from facelift.tasks import evaluate as ev
-from facelift.tasks.train_data import is_validation
 
 from facelift.dataset import Dataset, DatasetError
+from facelift.models.heads import build_head
+from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
 from facelift.storage import Store
+from facelift.tasks import eval_report
+from facelift.tasks import evaluate as ev
+from facelift.tasks.train_data import is_validation
 from facelift.testing import make_synthetic_dataset
 
 
@@ -47,8 +48,9 @@ def heads(s3_root: Store, dataset: Dataset, tmp_path_factory) -> list[str]:
 def lora_file(cache_dir, tmp_path_factory) -> Path:
     """A non-trivial LoRA for the tiny schnell transformer, saved in the diffusers format."""
     from diffusers import FluxPipeline
-    from facelift.models.tiny_flux import ensure_tiny_flux
     from peft import LoraConfig, get_peft_model_state_dict
+
+    from facelift.models.tiny_flux import ensure_tiny_flux
 
     pipe = FluxPipeline.from_pretrained(ensure_tiny_flux(cache_dir, "schnell"))
     torch.manual_seed(0)
@@ -101,8 +103,11 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     assert table["row"][2].startswith("esa_cyclegan") and table["row"][3].startswith("unet_cbam")
     assert (table["n"] == 6).all() and (table["n_reference"] == 6).all()
     np.testing.assert_allclose(table["fid_diff"], table["fid_schnell"] - table["fid_dev"], rtol=1e-9)
-    for m in ("fid_schnell", "fid_dev", "fid_diff", "clip_iqa", "lpips_dev"):
-        assert (table[f"{m}_ci_low"] <= table[f"{m}_ci_high"]).all(), m
+    for m in ("fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"):
+        assert (table[f"{m}_ci_low"] <= table[m]).all() and (table[m] <= table[f"{m}_ci_high"]).all(), m
+    assert eval_report.intervals_violated(table) == []
+    assert (table["fid_ci_method"] == "half-sampling ×4").all()
+    assert (table["kid_schnell_subset_size"] == 3).all() and (table["kid_dev_subsets"] == 100).all()  # n/2
     assert table["clip_iqa"].between(0, 1).all()
     assert table.loc[1, "lpips_dev"] == pytest.approx(0, abs=1e-6)  # dev row vs its own pairs
     assert (table.loc[[0, 2, 3, 4], "lpips_dev"] > 0).all()
@@ -112,6 +117,9 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     timing = pd.DataFrame(result["timing"])
     assert list(timing["resolution"]) == [32, 64]
     assert (timing[["dev_t2i_s", "schnell_t2i_s", "head_s"]] > 0).all().all()
+    assert (timing["repeats"] == 3).all()  # median of 3 timed runs, min and max beside it
+    for col in ("dev_t2i_s", "schnell_t2i_s", "head_s"):
+        assert (timing[f"{col}_min"] <= timing[col]).all() and (timing[col] <= timing[f"{col}_max"]).all()
     np.testing.assert_allclose(timing["saved_pct"],
                                100 * (1 - (timing["schnell_t2i_s"] + timing["head_s"]) / timing["dev_t2i_s"]))
 
@@ -122,6 +130,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     assert list(stored["row"]) == list(table["row"])
     report = run.read_bytes("report.md").decode()
     assert "FID_diff" in report and "schnell + LoRA" in report and "saved" in report
+    assert "half-sampling" in report and "KID subsets" in report and "| 100 × 3 |" in report
     from PIL import Image
 
     grid = Image.open(io.BytesIO(run.read_bytes("grid.png")))

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from facelift.models.flux import FluxPair, FluxWeightsError, component_fingerprint, dev_steps_run, resolve_source
 
 from facelift.config import resolve_config
+from facelift.models.flux import FluxPair, FluxWeightsError, component_fingerprint, dev_steps_run, resolve_source
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,25 @@ def test_generation_is_deterministic_per_seed_and_batch_independent(pair):
     assert s1[0].tobytes() != s1[1].tobytes()
     assert d1[0].tobytes() != s1[0].tobytes()  # dev really repainted the schnell image
     assert set(t) == {"encode_s", "schnell_s", "dev_s"} and all(v >= 0 for v in t.values())
+
+
+def test_tiny_prompts_fit_the_tiny_text_encoders():
+    """The tiny profile truncates no prompt of the bundled names (no truncation warnings in the demo)."""
+    import inspect
+
+    from facelift.models.tiny_flux import clip_tokenizer, t5_tokenizer
+    from facelift.tasks.eval_flux import timing_table
+    from facelift.tasks.names import read_names
+    from facelift.tasks.plan import make_plan
+
+    cfg = resolve_config("tiny", environ={})
+    people, _ = read_names()
+    prompts = list(make_plan(people, cfg.plan.model_copy(update={"count": None})).prompt)
+    prompts += [cfg.plan.prompt.baseline_prompt, inspect.signature(timing_table).parameters["prompt"].default]
+    t5, clip = t5_tokenizer(), clip_tokenizer()
+    longest = max(len(t5(p).input_ids) for p in prompts)
+    assert longest <= min(cfg.generation.schnell.max_sequence_length, cfg.generation.dev.max_sequence_length)
+    assert max(len(clip(p).input_ids) for p in prompts) <= clip.model_max_length
 
 
 def test_missing_weights_name_what_was_looked_for(tmp_path, monkeypatch):
@@ -75,6 +94,7 @@ def test_regional_compile_and_fp8_keep_the_pictures(pair, cache_dir):
     """generation.compile=regional compiles each repeated block once (shared by schnell and dev) and
     renders what eager renders; generation.fp8 swaps the block linears for FP8 ones and stays close."""
     import numpy as np
+
     from facelift.models.fp8 import Fp8Linear
 
     base = resolve_config("tiny", environ={}).generation
@@ -99,6 +119,7 @@ def test_host_copies_pack_tensors_into_few_aligned_buffers():
     """Stage placement's host copies: equal values, few buffers (pinned allocations round up to powers
     of two), 512-byte aligned views that never overlap."""
     import torch
+
     from facelift.models.flux import host_copies
 
     tensors = [torch.randn(300, 7), torch.randn(2000), torch.arange(10, dtype=torch.int64),

@@ -7,6 +7,8 @@ import logging
 
 import pytest
 import torch
+from torch import nn
+
 from facelift.models.fp8 import (
     FLUX_SKIP_PREFIXES,
     FP8_DTYPE,
@@ -15,7 +17,6 @@ from facelift.models.fp8 import (
     fp8_supported,
     quantize_linears,
 )
-from torch import nn
 
 log = logging.getLogger(__name__)
 

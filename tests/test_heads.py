@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import torch
+
 from facelift.models.heads import DEFAULT_COMPILE, HEADS, HeadError, build_head, compile_mode, load_head, train_step
 from facelift.models.heads.blocks import ESA, PatchDiscriminator, ResnetGenerator
 from facelift.models.losses import (
@@ -19,7 +20,6 @@ from facelift.models.losses import (
     save_random_lpips_backbone,
     ssim,
 )
-
 from facelift.storage import Store
 
 TEST_OVERRIDES = {"unet_cbam": {"lpips_pnet_rand": True}}
@@ -248,6 +248,7 @@ def test_full_compile_one_graph_per_network_under_autocast_channels_last():
     pooled past fakes reach each network as one kind of input, so G/F and D compile one graph each and
     nothing recompiles; validation runs eager (no graphs for no-grad, eval or a smaller last batch)."""
     import torch._dynamo
+
     from facelift.tasks.train import LoopEnv, validate
 
     torch._dynamo.reset()

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+
 from facelift.models.metrics import ClipIQA, FIDInceptionV3, MetricWeightsError, build_lpips, resolve_fid_weights
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
+from facelift.storage import Store
 from facelift.tasks.metrics import (
+    KID_MIN_SUBSETS,
+    SampleSizeError,
     cached_features,
     feature_stats,
     fid_from_features,
@@ -16,10 +20,10 @@ from facelift.tasks.metrics import (
     frechet_distance,
     image_set_key,
     kid,
+    kid_values,
     mean_with_ci,
+    mmd2_unbiased,
 )
-
-from facelift.storage import Store
 
 
 def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,27 +74,187 @@ def test_fid_rejects_bad_shapes() -> None:
 
 def test_kid_unbiased_and_sensitive() -> None:
     rng = np.random.default_rng(2)
-    same = [kid(rng.normal(size=(30, 16)), rng.normal(size=(30, 16)), n_subsets=5, subset_size=20, seed=s)[0]
+    same = [kid(rng.normal(size=(30, 16)), rng.normal(size=(30, 16)), n_subsets=10, subset_size=15, seed=s).value
             for s in range(20)]
     spread = np.std(same)
     assert abs(np.mean(same)) < 3 * spread / np.sqrt(len(same))  # unbiased: centred on 0
     assert min(same) < 0 < max(same)  # individual estimates may be negative
-    shifted, std = kid(rng.normal(size=(30, 16)), rng.normal(1.0, 1, size=(30, 16)), n_subsets=10,
-                       subset_size=20)
-    assert shifted > 5 * spread and std >= 0
+    shifted = kid(rng.normal(size=(30, 16)), rng.normal(1.0, 1, size=(30, 16)), n_subsets=10, subset_size=15)
+    assert shifted.value > 5 * spread and shifted.std > 0
 
 
-def test_bootstrap_intervals() -> None:
-    rng = np.random.default_rng(3)
-    rows, ref_a, ref_b = rng.normal(size=(40, 8)), rng.normal(size=(40, 8)), rng.normal(2, 1, size=(40, 8))
-    est = fid_with_ci(rows, {"schnell": ref_a, "dev": ref_b}, n_boot=30)
-    assert set(est) == {"schnell", "dev", "diff"}
+def test_kid_subsets_at_the_evaluation_defaults() -> None:
+    """n = 256 with the configured cap of 1000: subsets of n/2, >= 10 of them, a real spread and interval."""
+    rng = np.random.default_rng(4)
+    est = kid(rng.normal(size=(256, 32)), rng.normal(0.3, 1, size=(256, 32)), subset_size=1000)
+    assert est.subset_size == 128 and est.n_subsets >= KID_MIN_SUBSETS and est.n == 256
+    assert est.std > 0 and est.low < est.value < est.high
+    assert est.as_dict("kid")["kid_subsets"] == est.n_subsets
+    small = kid(rng.normal(size=(10, 8)), rng.normal(size=(12, 8)))
+    assert small.subset_size == 5 and small.n_subsets == 100  # defaults chosen from n
+
+
+def test_kid_too_few_images_is_a_clear_error() -> None:
+    with pytest.raises(SampleSizeError, match=r"n >= 4 .*got n=3"):
+        kid(np.zeros((3, 8)), np.ones((40, 8)))
+    assert issubclass(SampleSizeError, ValueError)
+    with pytest.raises(ValueError, match=">= 10 subsets"):
+        kid(np.zeros((40, 8)), np.ones((40, 8)), n_subsets=5)
+
+
+def _gaussian_moments(mu: np.ndarray, s: np.ndarray) -> list[np.ndarray]:
+    """E[x], E[x⊗x], E[x⊗x⊗x] of N(mu, s)."""
+    third = (np.einsum("i,j,k->ijk", mu, mu, mu) + np.einsum("i,jk->ijk", mu, s) + np.einsum("j,ik->ijk", mu, s)
+             + np.einsum("k,ij->ijk", mu, s))
+    return [mu, s + np.outer(mu, mu), third]
+
+
+def true_kid(p: tuple[np.ndarray, np.ndarray], q: tuple[np.ndarray, np.ndarray]) -> float:
+    """Population MMD² of (xᵀy/d + 1)³ = Σ_k C(3,k) (xᵀy/d)^k: E (xᵀx'/d)^k = |E x^⊗k|² / d^k."""
+    d = len(p[0])
+    out = 0.0
+    for k, (mp, mq) in enumerate(zip(_gaussian_moments(*p), _gaussian_moments(*q), strict=True), start=1):
+        out += (3 if k < 3 else 1) * ((mp * mp).sum() + (mq * mq).sum() - 2 * (mp * mq).sum()) / d**k
+    return float(out)
+
+
+def test_kid_interval_covers_the_population_value() -> None:
+    rng = np.random.default_rng(5)
+    d, n, trials = 8, 80, 60
+    a = rng.normal(size=(d, d)) / np.sqrt(d)
+    p, q = (np.zeros(d), np.eye(d) + 0.5 * a @ a.T), (np.full(d, 0.15), np.eye(d))
+    truth = true_kid(p, q)
+    big = rng.multivariate_normal(*p, 3000), rng.multivariate_normal(*q, 3000)
+    assert mmd2_unbiased(*big) == pytest.approx(truth, rel=0.1)  # the closed form is the right target
+    hits = [(e.low <= truth <= e.high) for e in
+            (kid(rng.multivariate_normal(*p, n), rng.multivariate_normal(*q, n), n_subsets=20, seed=t)
+             for t in range(trials))]
+    assert np.mean(hits) >= 0.9, np.mean(hits)
+
+
+# -- FID intervals --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("d", [64, 2048])
+def test_fid_estimates_lie_inside_their_intervals(d: int) -> None:
+    """256 rows: the old with-replacement bootstrap put the whole interval above the FID (463.5 vs [505, 514])."""
+    rng = np.random.default_rng(d)
+    rows, ref_a, ref_b = (rng.normal(0, 1, (256, d)), rng.normal(0.05, 1, (256, d)), rng.normal(0, 1.1, (256, d)))
+    est = fid_with_ci(rows, {"schnell": ref_a, "dev": ref_b}, n_boot=10)
+    assert set(est) == {"schnell", "dev", "diff", "schnell_bc", "dev_bc", "diff_bc"}
+    for key, e in est.items():
+        assert e.low < e.value < e.high, (key, e)
+        assert e.n == 256 and e.method.startswith("half-sampling")
     assert est["diff"].value == pytest.approx(est["schnell"].value - est["dev"].value)
-    assert est["diff"].value < 0  # rows look like ref_a: closer to "schnell" than to "dev"
-    for e in est.values():
-        assert e.low <= e.high and e.n == 40
+
+
+class _Gaussians:
+    """Three Gaussians (rows, schnell, dev) with a closed-form FID, and E[plug-in FID at n] by Monte Carlo."""
+
+    def __init__(self, d: int, n: int, rows_like_schnell: bool, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.d, self.n = d, n
+        a = self.rng.normal(size=(d, d)) / np.sqrt(d)
+        wide = (np.zeros(d), np.eye(d) + 0.5 * a @ a.T)
+        self.params = {"rows": wide, "schnell": wide if rows_like_schnell else (np.full(d, 0.15), np.eye(d)),
+                       "dev": (np.full(d, 0.05), np.eye(d) + 0.4 * a @ a.T)}
+        self.chol = {k: np.linalg.cholesky(s) for k, (_, s) in self.params.items()}
+        self.truth = {k: frechet_distance(*self.params["rows"], *self.params[k]) for k in ("schnell", "dev")}
+        self.truth["diff"] = self.truth["schnell"] - self.truth["dev"]
+
+    def draw(self, kind: str) -> np.ndarray:
+        return self.params[kind][0] + self.rng.normal(size=(self.n, self.d)) @ self.chol[kind].T
+
+    def fid_at_n(self, reps: int) -> dict[str, float]:
+        vals = np.array([[fid_from_features(r, self.draw(k)) for k in ("schnell", "dev")]
+                         for r in (self.draw("rows") for _ in range(reps))])
+        out = {"schnell": float(vals[:, 0].mean()), "dev": float(vals[:, 1].mean())}
+        return {**out, "diff": out["schnell"] - out["dev"]}
+
+
+def fid_coverage(g: _Gaussians, trials: int, rounds: int = 20, mc_reps: int = 800) -> dict[str, float]:
+    """Share of trials whose interval contains its target: ``<key>`` E[FID_N], ``<key>_bc`` the true FID."""
+    at_n = g.fid_at_n(mc_reps)
+    hits: dict[str, list[bool]] = {}
+    for t in range(trials):
+        est = fid_with_ci(g.draw("rows"), {"schnell": g.draw("schnell"), "dev": g.draw("dev")}, rounds, seed=t)
+        for k in ("schnell", "dev", "diff"):
+            hits.setdefault(k, []).append(est[k].low <= at_n[k] <= est[k].high)
+            hits.setdefault(f"{k}_bc", []).append(est[f"{k}_bc"].low <= g.truth[k] <= est[f"{k}_bc"].high)
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+@pytest.mark.parametrize("rows_like_schnell", [False, True], ids=["distinct", "schnell-row"])
+def test_fid_interval_coverage_on_gaussians(rows_like_schnell: bool) -> None:
+    """95% intervals, 60 trials, d = 12, N = 160: FID, FID_diff and their bias-corrected forms cover.
+
+    ``schnell-row``: the rows come from the schnell distribution (true FID_schnell = 0, the schnell row).
+    """
+    g = _Gaussians(d=12, n=160, rows_like_schnell=rows_like_schnell, seed=7)
+    at_n = g.fid_at_n(400)
+    assert at_n["schnell"] > g.truth["schnell"] + 0.2  # plug-in bias is real here: targets differ
+    cover = fid_coverage(g, trials=60)
+    assert min(cover.values()) >= 0.9, cover
+
+
+def test_fid_at_n_interval_covers_below_the_feature_dimension() -> None:
+    """N < d (the table's regime with Inception's 2048): the plug-in interval still covers E[FID_N]."""
+    g = _Gaussians(d=48, n=32, rows_like_schnell=False, seed=8)
+    cover = fid_coverage(g, trials=50, rounds=10, mc_reps=300)
+    assert min(cover[k] for k in ("schnell", "dev", "diff")) >= 0.9, cover
+
+
+def test_fid_intervals_need_four_images() -> None:
+    rng = np.random.default_rng(9)
+    est = fid_with_ci(rng.normal(size=(3, 4)), {"schnell": rng.normal(size=(3, 4)), "dev": rng.normal(size=(3, 4))})
+    assert np.isfinite(est["schnell"].value) and np.isnan(est["schnell"].low) and np.isnan(est["schnell_bc"].value)
+
+
+def test_mean_interval() -> None:
     m = mean_with_ci(np.linspace(0, 1, 101), n_boot=200)
     assert m.low < 0.5 < m.high and m.value == pytest.approx(0.5)
+
+
+# -- the same numbers as torchmetrics -------------------------------------------------------------------
+class _Precomputed(torch.nn.Module):
+    """A torchmetrics ``feature=`` extractor whose "images" are already feature vectors."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize(("n", "d"), [(300, 64), (120, 256)])
+def test_fid_matches_torchmetrics(n: int, d: int) -> None:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    rng = np.random.default_rng(n)
+    real, fake = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.2, rng.normal(0.3, 1.3, size=(n + 7, d))
+    metric = FrechetInceptionDistance(feature=_Precomputed(d))
+    metric.update(torch.from_numpy(real), real=True)
+    metric.update(torch.from_numpy(fake), real=False)
+    assert fid_from_features(fake, real) == pytest.approx(float(metric.compute()), rel=1e-3)
+
+
+def test_kid_matches_torchmetrics() -> None:
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    rng = np.random.default_rng(11)
+    real, fake = rng.normal(size=(60, 24)), rng.normal(0.4, 1.2, size=(50, 24))
+    metric = KernelInceptionDistance(feature=_Precomputed(24), subsets=12, subset_size=20)
+    metric.update(torch.from_numpy(real), real=True)
+    metric.update(torch.from_numpy(fake), real=False)
+    torch.manual_seed(3)
+    tm_mean, tm_std = (float(v) for v in metric.compute())
+    torch.manual_seed(3)  # the same subsets: torchmetrics draws randperm(real)[:m], then randperm(fake)[:m]
+    subsets = [(torch.randperm(60)[:20].numpy(), torch.randperm(50)[:20].numpy()) for _ in range(12)]
+    ours = kid_values(real, fake, subsets)
+    assert ours.mean() == pytest.approx(tm_mean, rel=1e-3) and ours.std() == pytest.approx(tm_std, rel=1e-3)
+    whole = KernelInceptionDistance(feature=_Precomputed(24), subsets=1, subset_size=50)
+    whole.update(torch.from_numpy(real[:50]), real=True)
+    whole.update(torch.from_numpy(fake), real=False)
+    assert mmd2_unbiased(real[:50], fake) == pytest.approx(float(whole.compute()[0]), rel=1e-3)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

@@ -4,6 +4,7 @@ import gzip
 import shutil
 
 import pytest
+
 from facelift.tasks.names import NamesError, bundled_names_uri, clean_name, read_names
 
 HEADER = "nconst\tprimaryName\tbirthYear\tdeathYear\tprimaryProfession\tknownForTitles\n"

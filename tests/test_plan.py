@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from facelift.tasks.names import read_names
-from facelift.tasks.plan import PlanError, make_plan, pair_seed
 
 from facelift.config import PlanConfig, PromptConfig
+from facelift.tasks.names import read_names
+from facelift.tasks.plan import PlanError, make_plan, pair_seed
 
 
 @pytest.fixture(scope="module")

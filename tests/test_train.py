@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 import torch
-from facelift.models.heads import HeadError, load_head
-from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
-from facelift.tasks.train_data import DataConfig, PairStream, is_validation, load_validation, open_training_dataset
 
 from facelift.dataset import Dataset, DatasetError
+from facelift.models.heads import HeadError, load_head
 from facelift.storage import Store
+from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
+from facelift.tasks.train_data import DataConfig, PairStream, is_validation, load_validation, open_training_dataset
 from facelift.testing import make_synthetic_dataset
 
 SIZE = 32
@@ -161,9 +161,10 @@ def test_sweep_flow_two_by_one_reports_table(dataset: Dataset, ray_local, prefec
 
 def test_train_head_flow_publishes_reports_and_event(dataset: Dataset, ray_local, prefect_harness,
                                                      monkeypatch):
-    import facelift.flows.train_head as flow_module
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    import facelift.flows.train_head as flow_module
 
     events = []
     monkeypatch.setattr(flow_module, "emit_event", lambda **kw: events.append(kw))

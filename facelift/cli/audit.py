@@ -50,12 +50,13 @@ def audit(
     typer.echo(json.dumps({k: result[k] for k in ("run_id", "run_uri", "files", "audit")}, indent=2))
 
 
-def _table(result: dict) -> str:
+def _table(result: dict, skip: tuple[str, ...] = ()) -> str:
     import pandas as pd
 
     from facelift.tasks.audit_report import to_markdown
 
-    return to_markdown(pd.DataFrame(result["report"]["table1"]))
+    table = pd.DataFrame(result["report"]["table1"])
+    return to_markdown(table[~table.iloc[:, 0].isin(skip)] if skip else table)
 
 
 def rebalance(
@@ -117,17 +118,24 @@ def demo_step(ctx: dict) -> dict:
         cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")
         os.environ["DEEPFACE_HOME"] = str(cache / "deepface")
         build_random_weights(os.environ["DEEPFACE_HOME"])
-        typer.echo(f"DeepFace: random-weight models in {os.environ['DEEPFACE_HOME']} (offline demo)")
     baseline = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"], mode="baseline")
     result = audit_diversity([baseline["dataset_uri"], ctx["dataset_uri"]], detector="skip")
-    typer.echo("\n== diversity audit (Table 1) ==\n" + _table(result))
+    typer.echo("\n== diversity audit, Table 1 (random-weight DeepFace on faceless tiny images: mechanics only) ==\n"
+               + _table(result, skip=("images", "man", "woman", "age under 18")))
     target = parse_target({"race": {r: 1 / 6 for r in ("asian", "black", "indian", "latino hispanic",
                                                        "middle eastern", "white")},
                            "gender": {"man": 0.5, "woman": 0.5}})
     enriched = Dataset.open(ctx["dataset_uri"])
     weights, report = compute_weights(load_audit(enriched, "skip"), target)
     uri = write_weights(weights, f"{result['run_uri']}/weights.parquet")
-    typer.echo(f"rebalance weights: {uri}; distance to target before {report['tv_before']}, "
-               f"after {report['tv_after']}")
+    before, after = (", ".join(f"{k} {v:.3f}" for k, v in report[key].items()) for key in ("tv_before", "tv_after"))
+    typer.echo(f"rebalance: distance to the target before {before}; after {after}")
+    from facelift.cli.demo import rel
+
+    run = rel(ctx, result["run_uri"])
+    plots = ", ".join(f for f in result["files"] if f.endswith(".png"))
     return {"baseline_dataset_uri": baseline["dataset_uri"], "audit_run_uri": result["run_uri"],
-            "rebalance_weights_uri": uri}
+            "rebalance_weights_uri": uri,
+            "summary": [("build (baseline prompt)", rel(ctx, baseline["dataset_uri"]), "the audit's left column"),
+                        ("audit", f"{run}/table1.md", f"t-SNE plots in {run}: {plots}"),
+                        ("rebalance", rel(ctx, uri), "`facelift build --weights` draws names with them")]}

@@ -7,12 +7,85 @@ import os
 
 import typer
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+class _QuietLibraries(logging.Filter):
+    """Without ``--verbose`` the console shows everyone's warnings and facelift's own INFO lines (unless quiet)."""
+
+    def __init__(self, facelift_level: int) -> None:
+        super().__init__()
+        self.facelift_level = facelift_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.name.split(".")[0] == "facelift" and record.levelno >= self.facelift_level
+
+
+class _NoTraceback(logging.Formatter):
+    """Formats like ``inner`` but without tracebacks (the console without ``--verbose``; the Prefect API handler
+    still sends them to the UI)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info = bare.exc_text = bare.stack_info = None
+        return self.inner.format(bare)
+
+
+# Chatter that is not Python logging, silenced unless --verbose (set before the libraries load)
+QUIET_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",            # TensorFlow/absl C++ start-up lines (cuda stubs, oneDNN)
+    "DEEPFACE_LOG_LEVEL": "30",             # DeepFace's own logger prints "Directory ... created" at INFO
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",    # diffusers/transformers/hub tqdm bars (loading, saving shards)
+    "RAY_LOGGER_LEVEL": "warning",          # "Started a local Ray instance." and other Ray INFO lines
+}
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Console logging for a command: facelift INFO (none if ``quiet``), libraries and HTTP only at WARNING.
+
+    ``verbose`` shows everything at DEBUG. Prefect's own handlers are configured first and only filtered
+    here, so flow-run logs still reach the Prefect API (the UI) at INFO whatever the console shows.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # the ephemeral API server of a flow called without a server: 20 s is too short on a loaded 2-core host
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        for key, value in QUIET_ENV.items():
+            os.environ.setdefault(key, value)
+    import prefect.logging.configuration as prefect_logging
+
+    prefect_logging.setup_logging()
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=FORMAT)
+    level = logging.DEBUG if verbose else logging.INFO
+    root.setLevel(level)
+    logging.getLogger("facelift").setLevel(level)
+    for handler in root.handlers:
+        for f in [f for f in handler.filters if isinstance(f, _QuietLibraries)]:
+            handler.removeFilter(f)
+        if isinstance(handler.formatter, _NoTraceback):
+            handler.setFormatter(handler.formatter.inner)
+        if not verbose:
+            handler.addFilter(_QuietLibraries(logging.WARNING if quiet else logging.INFO))
+            handler.setFormatter(_NoTraceback(handler.formatter))
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (long messages cut at 500 characters)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:500]}" if first else type(exc).__name__
 
 
 def fail(message: str) -> typer.Exit:

@@ -1,13 +1,14 @@
 """``facelift demo`` / ``make demo``: the whole system offline on CPU with tiny random-weight models.
 
 Each step takes the demo context (a dict: ``root``, ``count``, and what earlier steps added, such as
-``dataset_uri``) and returns what it adds. Steps run in order; other features append theirs.
+``dataset_uri``) and returns what it adds, plus ``summary`` rows (stage, output, where to look) for the
+table the demo ends with. Steps run in order; other features append theirs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,37 +16,67 @@ import typer
 
 log = logging.getLogger(__name__)
 Step = Callable[[dict[str, Any]], dict[str, Any]]
+SummaryRow = tuple[str, str, str]  # stage, output, where to look
+TINY_NOTE = "tiny random-weight models on this CPU: the numbers show the mechanics, not FLUX quality or GPU speed"
+
+
+def rel(ctx: dict[str, Any], uri: str) -> str:
+    """``uri`` relative to the demo root (shorter lines); other URIs unchanged."""
+    root = str(ctx["root"]).rstrip("/") + "/"
+    return uri[len(root):] if uri.startswith(root) else uri
+
+
+def section(title: str) -> None:
+    typer.echo(f"\n== {title} ==")
 
 
 def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
-    from facelift.cli.info import describe
     from facelift.dataset import Dataset
     from facelift.flows.build_dataset import build_dataset
 
     result = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"])
-    typer.echo("\n== dataset ==\n" + describe(Dataset.open(result["dataset_uri"])))
-    return {"dataset_uri": result["dataset_uri"]}
+    ds = Dataset.open(result["dataset_uri"])
+    info = ds.info()
+    gen, counts, names = info["config"]["generation"], info.get("counts", {}), info.get("names", {})
+    section("dataset (schnell text-to-image, then dev image-to-image, one prompt per name)")
+    typer.echo(f"{info['dataset_id']}: {counts.get('pairs')} pairs in {len(ds.committed_shards())} shards, "
+               f"{gen['width']}x{gen['height']}; names: {names.get('kept')} kept of {names.get('rows')} rows "
+               f"({sum(names.get('dropped', {}).values())} dropped, by reason in dataset.json)")
+    uri = result["dataset_uri"]
+    return {"dataset_uri": uri, "summary": [("build", rel(ctx, uri), f"facelift info {rel(ctx, uri)}")]}
 
 
 DEMO_STEPS: list[Step] = [build_step]
 
 from facelift.cli.audit import demo_step as audit_demo_step  # noqa: E402
 
-DEMO_STEPS.append(audit_demo_step)  # diversity audit (issue 5): baseline vs enriched, rebalance weights
+DEMO_STEPS.append(audit_demo_step)  # diversity audit: baseline vs enriched, rebalance weights
 
 from facelift.cli.train import demo_step as train_demo_step  # noqa: E402
 
-DEMO_STEPS.append(train_demo_step)  # train each head's debug flavor a few steps (issue 3)
+DEMO_STEPS.append(train_demo_step)  # train each head's debug flavor a few steps
 
 from facelift.cli.evaluate import demo_step as evaluate_demo_step  # noqa: E402
 
-DEMO_STEPS.append(evaluate_demo_step)  # evaluate the trained heads + enhance a folder (issue 4); after train
+DEMO_STEPS.append(evaluate_demo_step)  # evaluate the trained heads + enhance a folder; after train
+
+
+def summary_table(rows: list[SummaryRow]) -> str:
+    lines = ["| stage | output | where to look |", "|---|---|---|"]
+    return "\n".join(lines + [f"| {s} | {o} | {w} |" for s, o, w in rows])
 
 
 def run_demo(root: str, count: int) -> dict[str, Any]:
+    """Run every demo step; print each stage's result, then one summary table of outputs and pictures."""
+    root = os.path.abspath(root)
+    typer.echo(f"facelift demo in {root}: {count} pairs, {TINY_NOTE}.")
     ctx: dict[str, Any] = {"root": root, "count": count}
+    rows: list[SummaryRow] = []
     for step in DEMO_STEPS:
-        log.info("demo step: %s", step.__name__)
-        ctx.update(step(ctx) or {})
-    typer.echo("\n== demo outputs ==\n" + json.dumps({k: v for k, v in ctx.items()}, indent=2, default=str))
+        log.info("demo step: %s", step.__module__)
+        added = dict(step(ctx) or {})
+        rows += added.pop("summary", [])
+        ctx.update(added)
+    section(f"summary (paths relative to {root})")
+    typer.echo(summary_table(rows))
     return ctx

@@ -133,10 +133,12 @@ def demo_step(ctx: dict) -> dict:
     result = evaluate_flow(ds.uri, heads, n_images=8, inception_weights=str(ensure_random_fid_weights()),
                            clip_model=str(ensure_tiny_clip()), lpips_random_backbone=True, val_fraction=frac,
                            n_boot=10, device="cpu", batch_size=8, profile="tiny", timing_resolutions=[64, 128])
-    typer.echo("\n== evaluation (random-weight metric networks: mechanics, not quality) ==\n"
-               + table_markdown(pd.DataFrame(result["table"])))
-    typer.echo("\n" + timing_markdown(pd.DataFrame(result["timing"])))
-    typer.echo("\nevaluation files:\n" + "\n".join(f"  {uri}" for uri in result["files"].values()))
+    from facelift.cli.demo import rel, section
+
+    section("evaluation (random-weight Inception and CLIP on tiny images: mechanics, not quality)")
+    typer.echo(table_markdown(pd.DataFrame(result["table"])))
+    section("timing (tiny random-weight FLUX and heads on this CPU: not FLUX or GPU speed)")
+    typer.echo(timing_markdown(pd.DataFrame(result["timing"])))
 
     folder = Path(ctx["root"]) / "enhance-demo"
     (folder / "in").mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,12 @@ def demo_step(ctx: dict) -> dict:
         decode_image(rec["schnell_image"]).save(folder / "in" / f"{rec['pair_id']}.png")
     (folder / "in" / "corrupt.png").write_bytes(b"not an image")
     report = run_enhance(str(folder / "in"), str(folder / "out"), heads[-1], device="cpu", progress=False)
-    typer.echo(f"\nenhance demo: {report.processed} images -> {folder / 'out'}, skipped "
-               f"{[Path(p).name for p, _ in report.failed]}")
-    return {"evaluation_uri": result["run_uri"], "enhance_out": str(folder / "out")}
+    out = rel(ctx, str(folder / "out"))
+    typer.echo(f"\nenhance: {report.processed} images -> {out}, skipped "
+               f"{[Path(p).name for p, _ in report.failed]} (a corrupt file, on purpose)")
+    files = result["files"]
+    pictures = ", ".join(rel(ctx, uri) for key, uri in files.items() if str(uri).endswith(".png"))
+    report_md = next((uri for uri in files.values() if str(uri).endswith("report.md")), result["run_uri"])
+    return {"evaluation_uri": result["run_uri"], "enhance_out": str(folder / "out"),
+            "summary": [("evaluate", rel(ctx, str(report_md)), pictures),
+                        ("enhance", out, f"{rel(ctx, str(folder / 'in'))} for the inputs")]}

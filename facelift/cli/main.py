@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from facelift.cli.common import fail, setup_logging
+from facelift.cli.common import fail, one_line, setup_logging
 from facelift.config import ConfigError, parse_set_options
 
 app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and distilled heads.",
@@ -40,6 +41,7 @@ def build(
     from facelift.flows.build_dataset import build_dataset
     from facelift.models.flux import FluxWeightsError
     from facelift.storage import StorageError
+    from facelift.tasks.build import BuildError
     from facelift.tasks.names import NamesError
     from facelift.tasks.plan import PlanError
 
@@ -53,7 +55,7 @@ def build(
         result = build_dataset(profile=profile, names_uri=names, count=count, mode=mode, root=out,
                                dataset_id=dataset_id, endpoint_url=endpoint_url, weights_uri=weights,
                                config_file=str(config) if config else None, overrides=overrides)
-    except (ConfigError, DatasetError, StorageError, NamesError, PlanError, FluxWeightsError,
+    except (ConfigError, DatasetError, StorageError, NamesError, PlanError, FluxWeightsError, BuildError,
             FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=2))
@@ -85,11 +87,12 @@ def info(
 def demo(
     out: Annotated[str, typer.Option(help="storage root for the demo")] = "./data",
     count: Annotated[int, typer.Option(help="pairs in the demo dataset")] = 24,
+    verbose: Annotated[bool, typer.Option(help="show every log line (facelift INFO, libraries, HTTP)")] = False,
 ) -> None:
     """Run the offline demo end to end on the bundled names (tiny random-weight models, CPU)."""
     from facelift.cli.demo import run_demo
 
-    setup_logging()
+    setup_logging(verbose, quiet=not verbose)
     run_demo(out, count)
 
 
@@ -110,3 +113,22 @@ from facelift.cli import ops as cli_ops  # noqa: E402
 
 app.command("rebuild")(cli_ops.rebuild)
 app.command("stack")(cli_ops.stack)
+
+
+def main() -> None:
+    """Console entry point: a failed command ends in one line, exit 1 (``--verbose``: with the traceback).
+
+    Commands turn the errors they expect into ``error: ...`` lines themselves (exit 2); this catches the rest.
+    """
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of every command
+        if "--verbose" in sys.argv[1:]:
+            raise
+        typer.secho(f"error: {one_line(exc)} (run again with --verbose for the traceback)", fg=typer.colors.RED,
+                    err=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -146,12 +146,17 @@ def demo_step(ctx: dict) -> dict:
     backbone = cache / "lpips" / "alexnet-random.pth"
     if not backbone.exists():
         save_random_lpips_backbone(backbone)
-    runs = {}
+    from facelift.cli.demo import rel, section
+
+    runs, summary = {}, []
+    section("train (each head's debug flavour, 4 steps at 32², Ray Train)")
     with ray_session():  # one local Ray for the three runs
         for name in HEADS:
             overrides = {"lpips_backbone": str(backbone)} if name == "unet_cbam" else {}
             out = train_head(dataset_uri=ctx["dataset_uri"], head=name, flavor="debug", max_steps=4,
                              batch_size=2, resolution=32, checkpoint_every=2, head_overrides=overrides)
             runs[name] = out["run_uri"]
-            typer.echo(f"trained {name} (debug, 4 steps): {out['run_uri']}")
-    return {"head_runs": runs}
+            run = rel(ctx, out["run_uri"])
+            typer.echo(f"{name}: {run}")
+            summary.append((f"train {name}", f"{run}/head", f"{run}/loss_curve.png, {run}/samples.png"))
+    return {"head_runs": runs, "summary": summary}

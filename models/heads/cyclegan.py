@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
+
 from facelift.models.heads.base import Head, OptimizerSpec, adam
 from facelift.models.heads.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, init_weights
 from facelift.models.losses import cycle_loss, identity_loss, lsgan_loss, ssim
-from torch import nn
 
 
 @dataclass

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
+
 from facelift.models.heads.base import Head, OptimizerSpec, adam
 from facelift.models.heads.blocks import UNetCBAM, init_weights
 from facelift.models.losses import build_perceptual, gradient_loss, ssim
-from torch import nn
 
 
 @dataclass
