@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from facelift.splits import SplitSpec
+
 ENV_PREFIX = "FACELIFT_"
 BASELINE_PROMPT = "A professional business portrait"
 ENRICHED_TEMPLATE = "A professional portrait of {name}"
@@ -135,6 +137,9 @@ class BuildConfig(_Model):
     profile: str
     dataset_id: str | None = None
     plan: PlanConfig = PlanConfig()
+    # train / val / test fractions, fixed in dataset.json when the dataset is created (facelift.splits); not
+    # part of the identity: they change which pairs are held out, not what a pair is
+    splits: SplitSpec = SplitSpec()
     generation: GenerationConfig
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()

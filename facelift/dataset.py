@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facelift.splits import SplitSpec, spec_from_info
 from facelift.storage import StorageError, Store
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,10 @@ class Dataset:
             return json.loads(self.store.read_bytes(DATASET_JSON))
         except FileNotFoundError:
             raise DatasetError(f"no dataset at {self.store.where()}: {DATASET_JSON} not found") from None
+
+    def splits(self) -> SplitSpec:
+        """The train/val/test rule fixed when the dataset was created (:mod:`facelift.splits`)."""
+        return spec_from_info(self.info(), self.store.where())
 
     def write_info(self, info: dict[str, Any]) -> None:
         self.store.write_bytes(DATASET_JSON, json.dumps(info, indent=2, sort_keys=True).encode())

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,12 +131,14 @@ class SeaweedS3:
 
 
 def make_synthetic_dataset(root, dataset_id: str = "synthetic", n_pairs: int = 16, size: int = 32,
-                           shard_size: int = 8, seed: int = 0, prompt_mode: str = "enriched"):
+                           shard_size: int = 8, seed: int = 0, prompt_mode: str = "enriched",
+                           splits: dict | None = None, make_pair: Callable | None = None):
     """Write a complete dataset (plan, shards, manifest, dataset.json) of random image pairs.
 
     For tests of readers (training, audit, evaluation) that do not need the FLUX generator: each dev
     image is a deterministic transform of its schnell image (smoothed, warmer), so heads have a signal to
-    learn. ``root`` is a :class:`facelift.storage.Store` for the storage root.
+    learn. ``root`` is a :class:`facelift.storage.Store` for the storage root. ``make_pair(rng, size)`` ->
+    ``(schnell, dev)`` PIL images replaces that default pair (a test's own known mapping).
     """
     import hashlib
     import io
@@ -146,6 +149,7 @@ def make_synthetic_dataset(root, dataset_id: str = "synthetic", n_pairs: int = 1
     from PIL import Image, ImageFilter
 
     from facelift.dataset import MANIFEST_COLUMNS, Dataset, shard_schema
+    from facelift.splits import SplitSpec
 
     rng = np.random.default_rng(seed)
     ds = Dataset.at(root, dataset_id)
@@ -163,11 +167,14 @@ def make_synthetic_dataset(root, dataset_id: str = "synthetic", n_pairs: int = 1
     for shard, part in plan.groupby("shard"):
         records = []
         for row in part.to_dict("records"):
-            base = rng.integers(0, 256, size=(size // 4, size // 4, 3), dtype=np.uint8)
-            schnell = Image.fromarray(base).resize((size, size), Image.BICUBIC)
-            dev = schnell.filter(ImageFilter.GaussianBlur(1))
-            dev = Image.fromarray(np.clip(np.asarray(dev, dtype=np.int16) + [12, 4, -8], 0, 255)
-                                  .astype(np.uint8))
+            if make_pair is not None:
+                schnell, dev = make_pair(rng, size)
+            else:
+                base = rng.integers(0, 256, size=(size // 4, size // 4, 3), dtype=np.uint8)
+                schnell = Image.fromarray(base).resize((size, size), Image.BICUBIC)
+                dev = schnell.filter(ImageFilter.GaussianBlur(1))
+                dev = Image.fromarray(np.clip(np.asarray(dev, dtype=np.int16) + [12, 4, -8], 0, 255)
+                                      .astype(np.uint8))
             cells = {}
             for key, img in (("schnell", schnell), ("dev", dev)):
                 buf = io.BytesIO()
@@ -187,7 +194,9 @@ def make_synthetic_dataset(root, dataset_id: str = "synthetic", n_pairs: int = 1
         ds.commit_shard(int(shard), table)
         manifests.append(table.select(MANIFEST_COLUMNS).to_pandas())
     ds.write_manifest(pd.concat(manifests, ignore_index=True))
+    spec = SplitSpec.model_validate(splits or {"val": 0.2, "test": 0.2})  # tiny sets: enough pairs per split
     ds.write_info({"dataset_id": dataset_id, "status": "complete", "synthetic": True,
+                   "splits": {**spec.model_dump(), "counts": spec.counts(plan["pair_id"])},
                    "counts": {"planned": n_pairs, "pairs": n_pairs, "shards": len(manifests)},
                    "config": {"plan": {"prompt": {"mode": prompt_mode}},
                               "generation": {"height": size, "width": size}}})

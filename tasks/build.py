@@ -21,6 +21,7 @@ import pandas as pd
 
 from facelift.config import BuildConfig
 from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
+from facelift.splits import SplitSpec, spec_fields
 from facelift.storage import Store, open_uri
 from facelift.tasks.names import bundled_names_uri, read_names
 from facelift.tasks.plan import make_plan
@@ -110,16 +111,27 @@ def prepare(cfg: BuildConfig) -> Prepared:
         stored = ds.plan()
         if not stored[["pair_id", "seed", "shard"]].equals(plan[["pair_id", "seed", "shard"]]):
             raise DatasetError(f"dataset {dataset_id}: stored plan differs from the recomputed plan")
+        if not info.get("splits"):  # created before splits were recorded: fix them now, from the same hash rule
+            info["splits"] = _splits(cfg, plan)
+            ds.write_info(info)
+            log.warning("dataset %s had no recorded splits: fixed them now (%s)", dataset_id, cfg.splits.describe())
+        elif SplitSpec.model_validate(spec_fields(info["splits"])) != cfg.splits:
+            log.warning("dataset %s keeps the splits it was created with (%s); the requested %s do not apply",
+                        dataset_id, ds.splits().describe(), cfg.splits.describe())
         log.info("resuming dataset %s (%d pairs planned)", dataset_id, len(plan))
     else:
         ds.write_plan(plan)
         ds.write_info({
             "dataset_id": dataset_id, "status": "building", "fingerprint": fingerprint, "created": _now(),
-            "config": cfg.public_dict(), "names": report, "versions": versions(),
+            "config": cfg.public_dict(), "names": report, "versions": versions(), "splits": _splits(cfg, plan),
             "counts": {"planned": len(plan), "shards_planned": int(plan["shard"].nunique())},
         })
         log.info("new dataset %s: %d pairs in %d shards", dataset_id, len(plan), plan["shard"].nunique())
     return Prepared(ds, plan, fingerprint, report, resumed)
+
+
+def _splits(cfg: BuildConfig, plan: pd.DataFrame) -> dict[str, Any]:
+    return {**cfg.splits.model_dump(), "counts": cfg.splits.counts(plan["pair_id"])}
 
 
 def missing_shards(ds: Dataset, plan: pd.DataFrame) -> list[int]:

@@ -42,6 +42,11 @@ def test_build_writes_plan_shards_manifest_and_info(local_build):
     assert info["config"]["generation"]["dev"]["guidance"] == 3.5 and info["versions"]["diffusers"]
     assert info["names"]["dropped"]["malformed_line"] == 2
     assert (manifest["dev_steps_run"] == 3).all() and (manifest["width"] == 64).all()
+    # splits fixed at creation: the rule in dataset.json, its counts cover the plan
+    assert {k: info["splits"][k] for k in ("val", "test", "salt")} == {"val": 0.05, "test": 0.1, "salt": "split"}
+    assert sum(info["splits"]["counts"].values()) == 12 and ds.splits().counts(plan["pair_id"]) == \
+        info["splits"]["counts"]
+    assert result["rendered_pairs"] == 12 and result["spooled_shards_committed"] == []
     from facelift.tasks.build import summary_rows
 
     assert {"metric": "generation", "value": "placement auto / compile none / fp8 False"} in summary_rows(info)
