@@ -77,15 +77,14 @@ def _now() -> str:
 
 
 def prepare(cfg: BuildConfig) -> Prepared:
-    """Check the store, read names, make the plan and create or verify the dataset's identity."""
+    """Check the store, read names, make the plan and create or verify the dataset's identity (resuming a
+    dataset whose plan is committed, the names are not read again: only hashed for the fingerprint)."""
     store = Store.from_config(cfg.storage)
     store.check()
     endpoint = cfg.storage.endpoint_url
     people, report, parts = None, None, [cfg.fingerprint()]
+    names_uri = cfg.plan.names_uri or bundled_names_uri()
     if cfg.plan.prompt.mode == "enriched":
-        names_uri = cfg.plan.names_uri or bundled_names_uri()
-        people, names_report = read_names(names_uri, endpoint)
-        report = names_report.as_dict()
         parts.append(file_sha256(names_uri, endpoint))
     weights = None
     if cfg.plan.weights_uri:
@@ -96,7 +95,14 @@ def prepare(cfg: BuildConfig) -> Prepared:
             raise DatasetError(f"weights file {cfg.plan.weights_uri} lacks columns {sorted(missing)}")
         parts.append(file_sha256(cfg.plan.weights_uri, endpoint))
     fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()
-    plan = make_plan(people, cfg.plan, weights)
+    committed = _committed(store, cfg, fingerprint)
+    if committed is not None:  # resuming: the plan made from these very names is committed, so it is not redone
+        plan, report = committed.plan(), committed.info().get("names")
+    else:
+        if cfg.plan.prompt.mode == "enriched":
+            people, names_report = read_names(names_uri, endpoint)
+            report = names_report.as_dict()
+        plan = make_plan(people, cfg.plan, weights)
     dataset_id = cfg.dataset_id or f"{cfg.plan.prompt.mode}-{len(plan)}-{fingerprint[:10]}"
     ds = Dataset.at(store, dataset_id)
     resumed = ds.store.exists("dataset.json")
@@ -128,6 +134,17 @@ def prepare(cfg: BuildConfig) -> Prepared:
         })
         log.info("new dataset %s: %d pairs in %d shards", dataset_id, len(plan), plan["shard"].nunique())
     return Prepared(ds, plan, fingerprint, report, resumed)
+
+
+def _committed(store: Store, cfg: BuildConfig, fingerprint: str) -> Dataset | None:
+    """The enriched dataset these parameters resume, if its id is known without reading the names (an explicit
+    id, or a count) and it exists with the same fingerprint (config, names and weights bytes) and a plan."""
+    if cfg.plan.prompt.mode != "enriched" or (cfg.dataset_id is None and cfg.plan.count is None):
+        return None
+    ds = Dataset.at(store, cfg.dataset_id or f"enriched-{cfg.plan.count}-{fingerprint[:10]}")
+    if not (ds.store.exists("dataset.json") and ds.store.exists("plan.parquet")):
+        return None
+    return ds if ds.info().get("fingerprint") == fingerprint else None
 
 
 def _splits(cfg: BuildConfig, plan: pd.DataFrame) -> dict[str, Any]:
