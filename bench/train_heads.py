@@ -14,6 +14,10 @@ Compile time (the first step) is reported apart from the steady state (median of
 other compiled rows, each started only while ``--budget-s`` allows (later rows: "skipped: time budget").
 ``--compile-modes regional full`` (default: regional, the product default); ``--cold`` disables the
 compile caches (honest compile times on a machine that compiled before; a fresh GPU machine is cold).
+``--real-input N``: the timed steps take their batches from N portrait-like PNG pairs (~460 KB each at
+512²) through the product's input pipeline (``tasks.train_input``: decode on ``--decode-workers`` threads
+ahead, batches built and pinned on a background thread, then copied to the GPU), so a row measures
+end-to-end pairs/s with the decode overlapped, not the step alone (the Parquet shard read is not included).
 Writes ``train_heads.json`` to ``--out``; prints a markdown table.
 """
 
@@ -48,6 +52,29 @@ def graphs_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def png_batches(n_pairs: int, size: int, batch: int, workers: int, pin: bool):
+    """Endless training batches decoded from in-memory PNG pairs by the product's input pipeline."""
+    import numpy as np
+
+    from facelift.tasks.train_data import to_float
+    from facelift.tasks.train_input import BackgroundBatches, DecodeAhead, decode_rgb
+    from facelift.testing import portrait_png
+
+    rng = np.random.default_rng(0)
+    pngs = [(portrait_png(rng, size), portrait_png(rng, size)) for _ in range(max(n_pairs, batch))]
+    decoder = DecodeAhead(lambda pair: (decode_rgb(pair[0]), decode_rgb(pair[1])), workers, 4 * max(workers, 1))
+
+    def gen():
+        while True:
+            decoder.reset(pngs, range(len(pngs)))
+            for start in range(0, len(pngs) - batch + 1, batch):
+                pairs = [decoder.get(i) for i in range(start, start + batch)]
+                yield {"schnell": to_float(torch.stack([a for a, _ in pairs])),
+                       "dev": to_float(torch.stack([b for _, b in pairs]))}, {}
+
+    return BackgroundBatches(gen(), prefetch=4, pin_memory=pin)
+
+
 def bench_one(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     overrides, perceptual = perceptual_for(device) if name == "unet_cbam" else ({}, "n/a")
     torch.manual_seed(0)
@@ -62,6 +89,14 @@ def bench_one(name: str, mode: str, args: argparse.Namespace, device: torch.devi
     shape = (args.batch, 3, args.size, args.size)
     batch = {k: (torch.rand(shape, device=device) * 2 - 1).contiguous(memory_format=mem)
              for k in ("schnell", "dev")}
+    stream = png_batches(args.real_input, args.size, args.batch, args.decode_workers, cuda) \
+        if args.real_input else None
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        if stream is None:
+            return batch
+        return {k: v.to(device, memory_format=mem, non_blocking=True) for k, v in next(stream).items()}
+
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and args.bf16 else \
         contextlib.nullcontext
     graphs0 = graphs_compiled()
@@ -76,20 +111,25 @@ def bench_one(name: str, mode: str, args: argparse.Namespace, device: torch.devi
     sync(device)
     warm_s = time.perf_counter() - t0
     times = []
+    t_all = time.perf_counter()
     for _ in range(args.steps):
         t = time.perf_counter()
-        losses = train_step(head, optimizers, batch, autocast)
+        losses = train_step(head, optimizers, next_batch(), autocast)
         sync(device)
         times.append(time.perf_counter() - t)
+    mean_s = (time.perf_counter() - t_all) / args.steps
+    if stream is not None:
+        stream.close()
     times.sort()
-    median = times[len(times) // 2]
+    median = mean_s if stream is not None else times[len(times) // 2]  # real input: stalls count
     assert all(torch.isfinite(v) for v in losses.values()), f"{name}: non-finite loss"
     row = {"head": name, "mode": "eager" if mode == "none" else mode, "pairs_per_s": round(args.batch / median, 2),
            "ms_per_step": round(median * 1e3, 1), "first_step_s": round(first_s, 1),
            "compile_s": round(max(first_s - median, 0.0), 1) if mode != "none" else None,
            "later_warmup_s": round(warm_s, 1), "graphs": graphs1 - graphs0,
            "late_graphs": graphs_compiled() - graphs1,  # compiled after the first step: recompiles (want 0)
-           "params_M": round(sum(p.numel() for p in head.parameters()) / 1e6, 2), "perceptual": perceptual}
+           "params_M": round(sum(p.numel() for p in head.parameters()) / 1e6, 2), "perceptual": perceptual,
+           "input": f"{args.size}² PNG, {args.decode_workers} decode threads" if stream else "synthetic tensors"}
     if cuda:
         row["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     del head, optimizers
@@ -152,6 +192,9 @@ def main() -> None:
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
     parser.add_argument("--budget-s", type=float, default=110.0, help="start no row past this many seconds")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--real-input", type=int, default=0, metavar="N",
+                        help="feed N real PNG pairs through the input pipeline (0: synthetic tensors)")
+    parser.add_argument("--decode-workers", type=int, default=2, help="decode threads with --real-input")
     args = parser.parse_args()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -189,7 +232,7 @@ def main() -> None:
             json.dump({**meta, "rows": rows}, fh, indent=2)
     meta["total_s"] = round(time.perf_counter() - start, 1)
     cols = ["head", "mode", "pairs_per_s", "ms_per_step", "first_step_s", "compile_s", "graphs", "late_graphs",
-            "params_M", "perceptual"]
+            "params_M", "perceptual", "input"]
     if cuda:
         cols.append("peak_mem_GiB")
     cols.append("note")

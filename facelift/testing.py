@@ -201,3 +201,18 @@ def make_synthetic_dataset(root, dataset_id: str = "synthetic", n_pairs: int = 1
                    "config": {"plan": {"prompt": {"mode": prompt_mode}},
                               "generation": {"height": size, "width": size}}})
     return ds
+
+
+def portrait_png(rng, size: int) -> bytes:
+    """A PNG that compresses like a photo portrait: smooth large shapes, fine detail and noise."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    base = rng.integers(0, 256, size=(max(size // 16, 2), max(size // 16, 2), 3), dtype=np.uint8)
+    img = Image.fromarray(base).resize((size, size), Image.BICUBIC).filter(ImageFilter.GaussianBlur(size / 128))
+    arr = np.asarray(img, dtype=np.int16) + rng.normal(0, 4.5, size=(size, size, 3)).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "PNG", compress_level=6)
+    return buf.getvalue()

@@ -31,11 +31,12 @@ def sweep_heads(
     flavor: str = "full",
     lambda_cycs: list[float] | None = None,
     lrs: list[float] | None = None,
-    select: str = "ssim",
+    select: str = "l1",
     max_steps: int = 1000,
     batch_size: int = 4,
     resolution: int = 512,
     patience: int | None = 10,
+    early_stopping: bool | None = None,
     cpus_per_trial: float = 1.0,
     gpus_per_trial: float = 0.0,
     endpoint_url: str | None = None,
@@ -43,22 +44,22 @@ def sweep_heads(
     ray_address: str | None = None,
     head_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sweep lambda_cyc x lr (default: the paper's {10, 5, 2} x {1e-4, 2e-4, 3e-4}) and pick the best."""
+    """Sweep lambda_cyc x lr (default: the paper's {10, 5, 2} x {1e-4, 2e-4, 3e-4}) and pick the best by
+    ``select``: ``l1`` (validation L1(G(x), dev), min) or ``ssim`` (SSIM(x, F(G(x))), max); both independent
+    of lambda_cyc. ``early_stopping`` None: the head's default (CycleGANs: the fixed schedule)."""
     logger = get_run_logger()
     cfg = TrainConfig(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps,
-                      batch_size=batch_size, resolution=resolution, patience=patience, endpoint_url=endpoint_url,
+                      batch_size=batch_size, resolution=resolution, patience=patience,
+                      early_stopping=early_stopping, endpoint_url=endpoint_url,
                       run_id=run_id, use_gpu=gpus_per_trial > 0, head_overrides=head_overrides or {})
     result = sweep_task(cfg, list(PAPER_LAMBDA_CYC if lambda_cycs is None else lambda_cycs),
                         list(PAPER_LR if lrs is None else lrs), select, cpus_per_trial, gpus_per_trial,
                         ray_address)
     key = f"sweep-{result['sweep_id']}".lower().replace("_", "-")[:60]
-    create_table_artifact(result["rows"], key=key, description=f"best loss and SSIM per configuration, "
-                                                               f"{head} ({flavor})")
     best = result["best"]
-    create_markdown_artifact(
-        f"### Best configuration (by {best['selected_by']})\n\nlambda_cyc = {best['lambda_cyc']}, "
-        f"lr = {best['lr']:g}, best loss = {best['best_loss']:.4f}, SSIM = {best['ssim']:.4f}\n\n"
-        f"Head: `{best['head_uri']}`\n", key=f"{key}-best"[:64])
+    create_table_artifact(result["rows"], key=key,
+                          description=train_report.sweep_caption(head, flavor, best["selected_by"]))
+    create_markdown_artifact(train_report.best_markdown(best), key=f"{key}-best"[:64])
     logger.info("sweep %s best: %s", result["sweep_id"], best)
     emit_event(event="facelift.sweep.completed",
                resource={"prefect.resource.id": f"facelift.run.{result['sweep_id']}"},

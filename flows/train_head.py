@@ -23,8 +23,7 @@ def train_task(cfg: TrainConfig, ray_address: str | None, max_failures: int) -> 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def report_task(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Metric tables, loss curve and sample grid as artifacts (and PNGs in the run folder)."""
-    rep = train_report.write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution,
-                                     cfg.val_fraction)
+    rep = train_report.write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution)
     key = f"train-{run['run_id']}".lower().replace("_", "-")[:60]
     create_table_artifact(rep["summary"], key=key, description=f"Run {run['run_uri']}")
     if rep["epochs"]:
@@ -50,6 +49,7 @@ def train_head(
     resolution: int = 512,
     crop: int | None = None,
     patience: int | None = 10,
+    early_stopping: bool | None = None,
     checkpoint_every: int = 500,
     compile: bool | str = False,
     endpoint_url: str | None = None,
@@ -58,11 +58,15 @@ def train_head(
     head_overrides: dict[str, Any] | None = None,
     max_failures: int = 0,
 ) -> dict[str, Any]:
-    """Train (or resume, given the same run_id) one head; returns the run URI and the exported head."""
+    """Train (or resume, given the same run_id) one head; returns the run URI and the exported head.
+
+    ``early_stopping`` None: the head's default (U-Net: stop after ``patience`` epochs without improvement;
+    CycleGANs: train the fixed schedule, whose linear lr decay early stopping would cut)."""
     logger = get_run_logger()
     cfg = TrainConfig(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                       batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=use_gpu,
-                      resolution=resolution, crop=crop, patience=patience, checkpoint_every=checkpoint_every,
+                      resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
+                      checkpoint_every=checkpoint_every,
                       compile=compile, endpoint_url=endpoint_url, run_id=run_id,
                       head_overrides=head_overrides or {})
     run = train_task(cfg, ray_address, max_failures)

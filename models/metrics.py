@@ -6,18 +6,26 @@ downloaded behind the user's back, and a missing weight is one clear error namin
 - :class:`FIDInceptionV3` is the TensorFlow-FID Inception as ported by pytorch-fid / torch-fidelity
   (``pt_inception-2015-12-05-6726825d.pth`` / ``weights-inception-2015-12-05-6726825d.pth``, 1008 classes,
   average pools that exclude padding, a max pool in the last block). Features: the 2048-d pool3 output.
+- :func:`fid_input` brings uint8 images to the Inception's 299² input, with one of :data:`FID_RESIZES`:
+  ``clean`` (clean-fid's: PIL bicubic of each channel as float32, no re-quantisation) or ``torch``
+  (pytorch-fid's: bilinear ``F.interpolate`` inside the network, no antialias).
 - :class:`ClipIQA` is the antonym-prompt CLIP-IQA ("Good photo." vs "Bad photo."): the softmax of the
   scaled cosine similarities of an image to both prompts; the score is the positive probability in [0, 1].
+  With a transformers CLIP checkpoint it runs at the checkpoint's preprocessing (short side resized, centre
+  crop: 224² for ViT-B/16), not as the original CLIP-IQA (RN50 at native resolution): :meth:`ClipIQA.variant`.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +34,12 @@ log = logging.getLogger(__name__)
 
 FID_WEIGHT_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth")
 FID_FEATURE_DIM = 2048
+FID_INPUT_SIZE = 299
+FID_RESIZES = {  # how images reach the Inception's 299² input (fid_input)
+    "clean": "clean-fid: PIL bicubic per channel on the uint8 values as float32, to 299², not re-quantised",
+    "torch": "pytorch-fid: torch bilinear (align_corners=False, no antialias) to 299² inside the network",
+}
+DEFAULT_FID_RESIZE = "clean"
 DEFAULT_CLIP_IQA_MODEL = "openai/clip-vit-base-patch16"
 CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
 LPIPS_ALEX_FILE = "alexnet-owt-7be5be79.pth"
@@ -168,8 +182,11 @@ class FIDInceptionV3(nn.Module):
         return model.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool3 features of NCHW images in [-1, 1]; other sizes than 299² are resized as pytorch-fid does."""
         net = self.net
-        x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        x = x.float()
+        if tuple(x.shape[-2:]) != (FID_INPUT_SIZE, FID_INPUT_SIZE):
+            x = F.interpolate(x, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)
         x = net.Conv2d_2b_3x3(net.Conv2d_2a_3x3(net.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = net.Conv2d_4a_3x3(net.Conv2d_3b_1x1(x))
@@ -178,6 +195,47 @@ class FIDInceptionV3(nn.Module):
                      "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
             x = getattr(net, name)(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def _resize_clean_one(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(channel.astype(np.float32)).resize((size, size), Image.BICUBIC))
+                     for channel in image]).clip(0, 255)
+
+
+@functools.cache
+def _resize_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="clean-resize")
+
+
+def clean_resize(images: torch.Tensor, size: int = FID_INPUT_SIZE) -> torch.Tensor:
+    """uint8 NCHW -> float32 NCHW in [0, 255] at ``size``², as clean-fid's ``clean`` mode resizes.
+
+    Each channel of the uint8 image becomes a float32 PIL image (mode ``F``), is resized with PIL's bicubic
+    filter (antialiased: its support widens with the downscale factor) and clipped to [0, 255], without
+    rounding back to uint8 (clean-fid ``make_resizer("PIL", quantize_after=False, "bicubic")``). PIL
+    releases the GIL while resizing, so the images of a batch are resized in a thread pool.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"clean_resize takes uint8 NCHW RGB images, got {images.dtype} {tuple(images.shape)}")
+    arrays = images.cpu().numpy()
+    return torch.from_numpy(np.stack(list(_resize_pool().map(lambda a: _resize_clean_one(a, size), arrays))))
+
+
+def fid_input(images: torch.Tensor, resize: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NCHW images -> the Inception's float input on ``device``, as the reference library of ``resize`` does.
+
+    - ``clean`` (clean-fid's ``clean`` mode): :func:`clean_resize` to 299² here, then ``(x − 128) / 128`` (the TF
+      Inception graph's own normalisation, which clean-fid applies);
+    - ``torch`` (pytorch-fid, clean-fid's ``legacy_pytorch``): ``x / 127.5 − 1`` at the image's size;
+      :class:`FIDInceptionV3` then resizes bilinearly to 299².
+    """
+    if resize not in FID_RESIZES:
+        raise ValueError(f"unknown FID resize {resize!r}; valid: {', '.join(FID_RESIZES)}")
+    if resize == "clean":
+        return clean_resize(images).to(device).sub_(128.0).div_(128.0)
+    return images.to(device).float().div_(127.5).sub_(1.0)
 
 
 # -- CLIP-IQA ---------------------------------------------------------------------------------------
@@ -219,6 +277,13 @@ class ClipIQA(nn.Module):
         crop = proc.crop_size.get("height") if proc.do_center_crop else size
         return cls(model, text, list(proc.image_mean), list(proc.image_std), int(size), int(crop), checkpoint)
 
+    def variant(self) -> dict[str, str]:
+        """What the table records: the checkpoint and how this CLIP-IQA differs from the original."""
+        return {"clip_iqa_model": self.source,
+                "clip_iqa_variant": f"{_architecture(self.model)}, short side bicubic to {self.size} + centre crop "
+                                    f"{self.crop}², antonyms {CLIP_IQA_PROMPTS[0]!r}/{CLIP_IQA_PROMPTS[1]!r} "
+                                    f"(original CLIP-IQA: RN50 at native resolution)"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float().clamp(-1, 1) + 1) / 2
         h, w = x.shape[-2:]
@@ -231,6 +296,15 @@ class ClipIQA(nn.Module):
         image = F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
         logits = self.model.logit_scale.exp().float() * image @ self.text_features.T
         return logits.softmax(dim=-1)[:, 0]
+
+
+def _architecture(model: nn.Module) -> str:
+    """``ViT-B/16``-style name of a transformers CLIP vision tower (width -> B/L/H), else its class name."""
+    vision = getattr(getattr(model, "config", None), "vision_config", None)
+    if vision is None or not getattr(vision, "patch_size", None):
+        return type(model).__name__
+    size = {768: "B", 1024: "L", 1280: "H"}.get(vision.hidden_size, f"w{vision.hidden_size}")
+    return f"ViT-{size}/{vision.patch_size}"
 
 
 def _features(out) -> torch.Tensor:

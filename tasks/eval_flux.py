@@ -20,6 +20,7 @@ import torch
 
 from facelift.config import StageConfig
 from facelift.tasks.enhance import InferenceEngine, translate_batches
+from facelift.tasks.evaluate import Timed
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,8 @@ def generate(pipe: Any, stage: StageConfig, prompts: list[str], seeds: list[int]
     return torch.cat(out)
 
 
-def lora_images(lora: str, stage: StageConfig, prompts: list[str], seeds: list[int], size: int, cache_dir: str,
-                device: str, dtype: str, batch_size: int = 4) -> tuple[torch.Tensor, float]:
-    """schnell + LoRA text-to-image for the given prompts/seeds: (uint8 images, seconds per image)."""
+def load_lora_pipe(lora: str, stage: StageConfig, cache_dir: str, device: str, dtype: str) -> Any:
+    """schnell text-to-image with ``lora`` loaded (a ``.safetensors`` file, a folder or a hub id)."""
     pipe = load_t2i(stage, cache_dir, device, dtype)
     path = Path(lora).expanduser()
     try:
@@ -63,10 +63,29 @@ def lora_images(lora: str, stage: StageConfig, prompts: list[str], seeds: list[i
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"cannot load LoRA {lora!r} (a .safetensors file, a folder, or a hub id in the "
                                 f"local HF cache): {exc}") from exc
-    generate(pipe, stage, prompts[:1], seeds[:1], size, 1)  # warm-up
-    start = time.perf_counter()
-    images = generate(pipe, stage, prompts, seeds, size, batch_size)
-    return images, (time.perf_counter() - start) / len(images)
+    return pipe
+
+
+class LoraSource:
+    """The schnell + LoRA row: text-to-image from each input pair's prompt and seed, batch by batch (timed after
+    a one-image warm-up; a ``tasks.evaluate.RowSource``)."""
+
+    kind = "lora"
+    name = "schnell + LoRA"
+
+    def __init__(self, lora: str, stage: StageConfig, size: int, cache_dir: str, device: str, dtype: str,
+                 batch_size: int = 4) -> None:
+        self.pipe = load_lora_pipe(lora, stage, cache_dir, device, dtype)
+        self.stage, self.size, self.batch_size = stage, size, batch_size
+        self.source, self.notes = lora, {}
+        self.timer = Timed()
+
+    def make(self, batch: Any) -> torch.Tensor:
+        return self.timer.run(lambda b, k: generate(self.pipe, self.stage, b.prompts[:k], b.seeds[:k], self.size,
+                                                    self.batch_size), batch)
+
+    def seconds_per_image(self) -> float | None:
+        return self.timer.per_image()
 
 
 _clock = time.perf_counter  # the timer (tests substitute a fake clock)

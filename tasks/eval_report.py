@@ -75,9 +75,24 @@ def _bc(r: pd.Series) -> str:
     return _ci(r, "fid_diff_bc")
 
 
+def table_caption(table: pd.DataFrame) -> str:
+    """One line under the table: the split, N, the FID resize and feature network, the CLIP-IQA variant."""
+    if table.empty or "split" not in table.columns:
+        return ""
+    r = table.iloc[0]
+    parts = [f"Pairs: {r['split']} split only ({r.get('split_rule', '')}), {r.get('n_test', '?')} test pairs, "
+             f"N = {r['n']} per set (input half) vs {r['n_reference']} reference pairs"]
+    if "fid_resize" in table.columns:
+        parts.append(f"FID: {r.get('feature_network', '')}, resize {r['fid_resize']}")
+    if "clip_iqa_model" in table.columns:
+        parts.append(f"CLIP-IQA: {r['clip_iqa_model']} ({r.get('clip_iqa_variant', '')})")
+    return ". ".join(parts) + "."
+
+
 def table_markdown(table: pd.DataFrame) -> str:
     """Paper Table 4 (FID_schnell, FID_dev, FID_diff, CLIP-IQA) plus KID, LPIPS-to-dev and 95% intervals,
-    with N, the FID interval method and the KID subsets (size × count) on every row."""
+    with N, the FID interval method and the KID subsets (size × count) on every row; under it the split, the
+    FID resize and the CLIP-IQA variant when the table records them."""
     head = ("| row | N | FID_schnell | FID_dev | FID_diff ↑ | FID_diff bias-corr. | FID CI | KID_schnell ×10³ "
             "| KID_dev ×10³ | KID subsets | CLIP-IQA ↑ | LPIPS→dev ↓ | s/img |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -90,7 +105,8 @@ def table_markdown(table: pd.DataFrame) -> str:
             f"| {_bc(r)} | {r.get('fid_ci_method', '')} | {_kid(r, 'kid_schnell')} | {_kid(r, 'kid_dev')} "
             f"| {subsets} | {_ci(r, 'clip_iqa')} | {_ci(r, 'lpips_dev')} | {sec} |"
         )
-    return "\n".join(lines)
+    caption = table_caption(table)
+    return "\n".join(lines + (["", caption] if caption else []))
 
 
 TABLE_NOTE = ("Brackets: 95% intervals. FID: half-sampling (delete-N/2 jackknife, t interval) around the plug-in "
@@ -148,9 +164,10 @@ def write_outputs(run: Store, table: pd.DataFrame, timing: pd.DataFrame | None, 
                   timing_png: bytes | None, meta: dict[str, Any]) -> dict[str, str]:
     """Write the evaluation files under ``<run>/evaluation/``; returns name -> URI."""
     report = [f"# Evaluation {meta.get('run_id', '')}", "",
-              f"Dataset `{meta.get('dataset_uri')}`, held-out split (val_fraction {meta.get('val_fraction')}): "
-              f"{meta.get('n_input')} input pairs, {meta.get('n_reference')} reference pairs, "
-              f"{meta.get('size')}px. FID_diff = FID_schnell − FID_dev (higher = closer to dev). "
+              f"Dataset `{meta.get('dataset_uri')}`, {meta.get('split', 'test')} split only "
+              f"({meta.get('split_rule')}; {meta.get('n_test')} test pairs): {meta.get('n_input')} input pairs, "
+              f"{meta.get('n_reference')} reference pairs, {meta.get('size')}px; FID resize "
+              f"{meta.get('fid_resize')}. FID_diff = FID_schnell − FID_dev (higher = closer to dev). "
               + TABLE_NOTE, "",
               "## Quality (paper Table 4 + KID, LPIPS-to-dev)", "", table_markdown(table), "",
               f"Metric networks: {meta.get('metrics')}", ""]

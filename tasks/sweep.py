@@ -2,8 +2,12 @@
 
 Each trial runs the same loop as ``tasks.train`` (``run_loop``) and writes its outputs (``head/``,
 ``metrics.json``) under ``<root>/runs/<sweep_id>/trials/<trial>/``; Tune's own state goes to
-``<root>/runs/<sweep_id>/tune/``. The table (best validation loss and SSIM per configuration) is written to
-``sweep.json`` and ``sweep.csv`` beside them, and the best configuration is picked by ``select``.
+``<root>/runs/<sweep_id>/tune/``. The table is written to ``sweep.json`` and ``sweep.csv`` beside them: per
+configuration, the validation values of the trial's exported head (its best by the head's ``monitor``): the
+paper's L_total = GAN(G, D_dev) + GAN(F, D_schnell) + lambda_cyc * cycle, fp32 SSIM(x, F(G(x))) (the U-Net:
+SSIM(z, y)) and L1(G(x), y) on the paired validation pairs. The best configuration is picked by ``select``,
+a criterion that does not depend on lambda_cyc (L_total does, so it only describes a trial); the ``selected``
+column names it on the chosen row.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 
 from facelift.models.heads import head_class
 from facelift.storage import Store
@@ -23,6 +28,24 @@ from facelift.tasks.train import LoopEnv, TrainConfig, check_config, new_run_id,
 log = logging.getLogger(__name__)
 PAPER_LAMBDA_CYC = (10.0, 5.0, 2.0)
 PAPER_LR = (1e-4, 2e-4, 3e-4)
+# select -> (table column, better, what it is); none of them depends on lambda_cyc
+SELECT: dict[str, tuple[str, str, str]] = {
+    "l1": ("l1", "min", "validation L1(G(x), dev), lowest"),
+    "ssim": ("ssim", "max", "validation SSIM(x, F(G(x))) (U-Net: SSIM(z, dev)), highest"),
+}
+
+
+def trial_device(gpu_ids: list, cuda_available: bool) -> torch.device:
+    """The device of a Tune trial: its GPU when Ray assigned one (``ray.get_gpu_ids()``), else the CPU.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the trial's GPUs, so the first of them is ``cuda:0`` in the trial.
+    """
+    if not gpu_ids:
+        return torch.device("cpu")
+    if not cuda_available:
+        raise RuntimeError(f"Ray assigned GPU(s) {gpu_ids} to this trial but CUDA is not available to torch "
+                           f"(CPU-only torch, or a broken driver): the GPU would sit idle")
+    return torch.device("cuda", 0)
 
 
 def trial_name(lambda_cyc: float | None, lr: float) -> str:
@@ -31,6 +54,7 @@ def trial_name(lambda_cyc: float | None, lr: float) -> str:
 
 def _trial(config: dict[str, Any]) -> None:
     """Tune function trainable: one grid point, reported through ``ray.tune.report``."""
+    import ray
     import ray.tune
 
     base = TrainConfig(**config["base"])
@@ -46,7 +70,8 @@ def _trial(config: dict[str, Any]) -> None:
         ckpt = ray.tune.Checkpoint.from_directory(folder) if folder else None
         ray.tune.report(metrics, checkpoint=ckpt)
 
-    run_loop(cfg, LoopEnv(checkpoint=ray.tune.get_checkpoint(), report=report))
+    device = trial_device(ray.get_gpu_ids(), torch.cuda.is_available())
+    run_loop(cfg, LoopEnv(device=device, checkpoint=ray.tune.get_checkpoint(), report=report))
 
 
 @dataclass
@@ -57,24 +82,45 @@ class SweepResult:
     best: dict[str, Any]
 
 
-def summarize_trial(history: pd.DataFrame) -> dict[str, float]:
-    """Best validation loss of a trial and the SSIM at that report (NaN when never validated)."""
-    if history is None or history.empty or "val_loss" not in history:
-        return {"best_loss": math.nan, "ssim": math.nan, "steps": math.nan}
-    rows = history.dropna(subset=["val_loss"])
-    best = rows.loc[rows["val_loss"].idxmin()]
-    return {"best_loss": float(best["val_loss"]), "ssim": float(best.get("val_ssim", math.nan)),
-            "steps": float(history["step"].max())}
+def summarize_trial(history: pd.DataFrame | None, monitor: str = "loss") -> dict[str, float]:
+    """A trial's row: the validation values of its exported head, the validation with the lowest
+    ``val_<monitor>`` (NaN when never validated). ``l_total``: ``val_total`` (the paper's L_total) where the
+    head reports it, else its ``val_loss``."""
+    empty = {"l_total": math.nan, "ssim": math.nan, "l1": math.nan, "best_step": math.nan, "steps": math.nan}
+    key = f"val_{monitor}"
+    if history is None or history.empty or key not in history:
+        return empty
+    rows = history.dropna(subset=[key])
+    best = rows.loc[rows[key].idxmin()]
+    total = best.get("val_total", math.nan)
+    return {"l_total": float(best["val_loss"] if pd.isna(total) else total),
+            "ssim": float(best.get("val_ssim", math.nan)), "l1": float(best.get("val_l1", math.nan)),
+            "best_step": float(best["step"]), "steps": float(history["step"].max())}
+
+
+def mark_best(table: pd.DataFrame, select: str) -> pd.Series:
+    """The best configuration's row by ``select`` (see ``SELECT``), among rows that have a value; the table's
+    ``selected`` column names the criterion on that row (and is empty on the others)."""
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {', '.join(SELECT)} (lambda-independent), got {select!r}")
+    column, better, what = SELECT[select]
+    ok = table.dropna(subset=[column])
+    if ok.empty:
+        raise ValueError(f"no configuration has a {column} value to select by")
+    label = ok[column].idxmin() if better == "min" else ok[column].idxmax()
+    table["selected"] = ""
+    table.loc[label, "selected"] = f"best by {what}"
+    return table.loc[label]
 
 
 def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
-          lrs: tuple[float, ...] = PAPER_LR, select: str = "ssim", cpus_per_trial: float = 1.0,
+          lrs: tuple[float, ...] = PAPER_LR, select: str = "l1", cpus_per_trial: float = 1.0,
           gpus_per_trial: float = 0.0, sweep_id: str | None = None) -> SweepResult:
-    """Grid-search lambda_cyc x lr with Ray Tune; ``select`` = ``ssim`` (max) or ``loss`` (min)."""
+    """Grid-search lambda_cyc x lr with Ray Tune; ``select``: ``l1`` (min) or ``ssim`` (max), see ``SELECT``."""
     import ray.tune as tune
 
-    if select not in ("ssim", "loss"):
-        raise ValueError(f"select must be 'ssim' or 'loss', got {select!r}")
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {', '.join(SELECT)} (lambda-independent), got {select!r}")
     if not lrs:
         raise ValueError("the sweep needs at least one learning rate")
     cls = head_class(base.head)
@@ -100,18 +146,14 @@ def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
     for result in grid:
         cfg = result.config or {}
         row = {"lambda_cyc": cfg.get("lambda_cyc"), "lr": cfg.get("lr"),
-               **summarize_trial(result.metrics_dataframe),
+               **summarize_trial(result.metrics_dataframe, cls.monitor),
                "error": None if result.error is None else str(result.error).splitlines()[0][:200]}
         row["trial"] = trial_name(row["lambda_cyc"], row["lr"])
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["lambda_cyc", "lr"], ascending=[False, True], na_position="last")
-    ok = table.dropna(subset=["best_loss"])
-    if ok.empty:
+    if table[SELECT[select][0]].isna().all():
         raise RuntimeError(f"every trial of sweep {sweep_id} failed: {table['error'].tolist()}")
-    if select == "ssim" and ok["ssim"].notna().any():
-        best = ok.loc[ok["ssim"].idxmax()]
-    else:
-        best = ok.loc[ok["best_loss"].idxmin()]
+    best = mark_best(table, select)
     best_dict = {**best.to_dict(), "head_uri": f"{sweep_store.url()}/trials/{best['trial']}/head",
                  "selected_by": select}
     sweep_store.write_bytes("sweep.csv", table.to_csv(index=False).encode())

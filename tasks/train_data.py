@@ -1,6 +1,7 @@
 """Training data: stream shards from the object store into image tensors.
 
-- Deterministic train/validation split by a hash of ``pair_id`` (a pair is never in both).
+- The dataset's fixed splits (:mod:`facelift.splits`): training streams only ``train`` pairs, validation
+  (early stopping, best checkpoint) reads only ``val`` pairs; ``test`` is never read here.
 - Each training worker streams its part of the shards (whole shards when there are at least as many
   shards as workers, else every ``world``-th pair), through a shuffle buffer, forever; the loop decides
   where epochs end, so every worker runs the same number of steps (no collective hangs).
@@ -8,20 +9,27 @@
   Unpaired batches (CycleGANs): two independently shuffled buffers, so ``schnell[i]`` and ``dev[i]``
   come from different pairs.
 Images are kept as uint8 CHW tensors; batches are float NCHW in [-1, 1].
+- Off the training thread (:mod:`facelift.tasks.train_input`): PNGs decode on ``decode_workers`` threads
+  ahead of the stream (in order, so the data order does not depend on them), and batches are built on a
+  background thread ``prefetch_batches`` ahead (pinned for a CUDA copy); ``decode_workers=0`` is the old
+  inline path.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from facelift.dataset import Dataset, DatasetError, decode_image
+from facelift.splits import SplitSpec, pair_hash
+from facelift.tasks.train_input import BackgroundBatches, DecodeAhead, decode_rgb
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +41,25 @@ class DataConfig:
     resolution: int = 512  # images are resized to this square size
     crop: int | None = None  # random crop (centre crop for validation); None = no crop
     flip: bool = True  # random horizontal flip (training only)
-    val_fraction: float = 0.1
+    splits: SplitSpec = field(default_factory=SplitSpec)  # the dataset's (Dataset.splits())
     max_val_pairs: int = 64
     shuffle_buffer: int = 256
     seed: int = 0
+    decode_workers: int = 2  # PNG decode threads ahead of the stream; 0 = inline on the training thread
+    prefetch_batches: int = 4  # batches built ahead on a background thread
 
     def __post_init__(self) -> None:
         if self.resolution < 8:
             raise ValueError(f"resolution must be >= 8, got {self.resolution}")
         if self.crop is not None and not 8 <= self.crop <= self.resolution:
             raise ValueError(f"crop must be in [8, resolution={self.resolution}], got {self.crop}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.decode_workers < 0 or self.prefetch_batches < 1:
+            raise ValueError(f"decode_workers must be >= 0 and prefetch_batches >= 1, got "
+                             f"{self.decode_workers}, {self.prefetch_batches}")
 
     @property
     def size(self) -> int:
         return self.crop or self.resolution
-
-
-def pair_hash(pair_id: str, salt: str = "split") -> float:
-    """A stable number in [0, 1) for a pair id."""
-    digest = hashlib.sha256(f"{salt}:{pair_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def is_validation(pair_id: str, val_fraction: float) -> bool:
-    return pair_hash(pair_id) < val_fraction
 
 
 def open_training_dataset(uri: str, endpoint_url: str | None = None) -> tuple[Dataset, list[int]]:
@@ -71,18 +72,26 @@ def open_training_dataset(uri: str, endpoint_url: str | None = None) -> tuple[Da
     return ds, shards
 
 
-def split_counts(ds: Dataset, shards: list[int], val_fraction: float) -> dict[str, int]:
-    """Pairs in the train and validation splits, from the manifest (only committed shards count)."""
+def split_counts(ds: Dataset, shards: list[int], spec: SplitSpec) -> dict[str, int]:
+    """Pairs in the train / val / test splits, from the manifest (only committed shards count)."""
     manifest = ds.manifest()
-    manifest = manifest[manifest["shard"].isin(shards)]
-    val = int(sum(is_validation(p, val_fraction) for p in manifest["pair_id"]))
-    counts = {"train": len(manifest) - val, "val": val}
+    counts = spec.counts(manifest.loc[manifest["shard"].isin(shards), "pair_id"])
     if counts["train"] == 0:
-        raise DatasetError(f"dataset {ds.uri}: no training pairs after the {val_fraction:.0%} validation split")
+        raise DatasetError(f"dataset {ds.uri}: no training pairs in its splits ({spec.describe()})")
     return counts
 
 
 def to_uint8(cell: dict, resolution: int) -> torch.Tensor:
+    """uint8 CHW at ``resolution``: libpng straight into a tensor when no resize is needed (the common case:
+    training at the dataset's size), else PIL bicubic as before (the same pixels either way)."""
+    data = cell.get("bytes") if isinstance(cell, dict) else None
+    if data:
+        try:
+            img = decode_rgb(data)
+        except Exception:  # noqa: BLE001 - corrupt bytes: decode_image names the problem
+            img = None
+        if img is not None and img.shape[-2:] == (resolution, resolution):
+            return img
     img = decode_image(cell)
     if img.size != (resolution, resolution):
         from PIL import Image
@@ -101,10 +110,16 @@ def _crop_flip(img: torch.Tensor, top: int, left: int, size: int, flip: bool) ->
 
 
 class PairStream:
-    """Endless training batches for one worker (see the module docstring)."""
+    """Endless training batches for one worker (see the module docstring).
+
+    Resumable: between batches, ``state_dict()`` is the stream's position (RNG state, the current pass's shard
+    order and cursor, and the keys ``(shard, row)`` of the pairs in the shuffle buffers), a few KB of JSON;
+    ``PairStream(..., state=...)`` continues from there with exactly the batches the original would have
+    yielded next (the buffered pairs are read and decoded again).
+    """
 
     def __init__(self, ds: Dataset, shards: list[int], cfg: DataConfig, batch_size: int, paired: bool,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, state: dict | None = None) -> None:
         self.ds, self.cfg, self.batch_size, self.paired = ds, cfg, batch_size, paired
         self.rank, self.world = rank, world
         if len(shards) >= world:
@@ -112,48 +127,122 @@ class PairStream:
         else:
             self.shards, self.row_stride = list(shards), world
         self.rng = random.Random(cfg.seed * 1009 + rank)
+        # cursor of the current pass over this worker's shards: order, shard index, next row, pairs yielded
+        self._order: list[int] | None = None
+        self._pos = self._row = self._seen = 0
+        self._rows: tuple[int, list[dict]] | None = None  # the shard being read
+        self._buf_a: list[tuple[tuple[int, int], torch.Tensor]] = []
+        self._buf_b: list[tuple[tuple[int, int], torch.Tensor]] = []
+        self._decoder = DecodeAhead(self._decode, cfg.decode_workers, depth=4 * max(1, cfg.decode_workers))
+        # with decode threads, the next shard of the pass is read (object store -> rows) in the background too
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="shard-read") if cfg.decode_workers else None
+        self._ahead: tuple[int, Future] | None = None
+        if state is not None:
+            self._restore(state)
 
-    def _pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def state_dict(self) -> dict:
+        """The position between two batches (JSON-serialisable)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rank": self.rank, "world": self.world, "rng": [version, list(internal), gauss],
+                "order": self._order, "pos": self._pos, "row": self._row, "seen": self._seen,
+                "buf_a": [list(k) for k, _ in self._buf_a], "buf_b": [list(k) for k, _ in self._buf_b]}
+
+    def _restore(self, state: dict) -> None:
+        if (state["rank"], state["world"]) != (self.rank, self.world):
+            raise ValueError(f"data state of worker {state['rank']}/{state['world']} given to "
+                             f"{self.rank}/{self.world}")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self._order, self._pos, self._row, self._seen = state["order"], state["pos"], state["row"], state["seen"]
+        keys = [tuple(k) for k in state["buf_a"] + state["buf_b"]]
+        pairs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for shard in sorted({s for s, _ in keys}):
+            rows = self.ds.read_shard(shard, READ_COLUMNS).to_pylist()
+            pairs.update({(s, i): self._decode(rows[i]) for s, i in keys if s == shard})
+        self._buf_a = [(tuple(k), pairs[tuple(k)][0]) for k in state["buf_a"]]
+        self._buf_b = [(tuple(k), pairs[tuple(k)][1]) for k in state["buf_b"]]
+
+    def _read(self, shard: int) -> list[dict]:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == shard:
+            return ahead[1].result()
+        return self.ds.read_shard(shard, READ_COLUMNS).to_pylist()
+
+    def _read_ahead(self, shard: int) -> None:
+        if self._reader is not None:
+            self._ahead = (shard, self._reader.submit(lambda: self.ds.read_shard(shard, READ_COLUMNS).to_pylist()))
+
+    def _decode(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_uint8(row["schnell_image"], self.cfg.resolution), to_uint8(row["dev_image"], self.cfg.resolution)
+
+    def _mine(self, row: dict) -> bool:
+        if self.cfg.splits.assign([row["pair_id"]])[0] != "train":
+            return False
+        return self.row_stride == 1 or int(pair_hash(row["pair_id"], "worker") * 2**32) % self.row_stride == self.rank
+
+    def _pairs(self) -> Iterator[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
         while True:
-            order = list(self.shards)
-            self.rng.shuffle(order)
-            seen = 0
-            for shard in order:
-                table = self.ds.read_shard(shard, READ_COLUMNS).to_pylist()
-                for row in table:
-                    if is_validation(row["pair_id"], self.cfg.val_fraction):
-                        continue
-                    if self.row_stride > 1 and int(pair_hash(row["pair_id"], "worker") * 2**32) % \
-                            self.row_stride != self.rank:
-                        continue
-                    seen += 1
-                    yield (to_uint8(row["schnell_image"], self.cfg.resolution),
-                           to_uint8(row["dev_image"], self.cfg.resolution))
-            if seen == 0:
+            if self._order is None:  # a new pass: shuffle the shard order
+                self._order = list(self.shards)
+                self.rng.shuffle(self._order)
+                self._pos = self._row = self._seen = 0
+            while self._pos < len(self._order):
+                shard = self._order[self._pos]
+                if self._rows is None or self._rows[0] != shard:
+                    self._rows = (shard, self._read(shard))
+                    if self._pos + 1 < len(self._order):  # fetch the next shard while this one trains
+                        self._read_ahead(self._order[self._pos + 1])
+                    rows = self._rows[1]
+                    self._decoder.reset(rows, [i for i in range(self._row, len(rows)) if self._mine(rows[i])])
+                rows = self._rows[1]
+                while self._row < len(rows):
+                    idx, row = self._row, rows[self._row]
+                    self._row += 1  # the cursor moves before the yield: a state taken now continues after it
+                    if self._mine(row):
+                        self._seen += 1
+                        yield (shard, idx), *self._decoder.get(idx)
+                self._pos, self._row, self._rows = self._pos + 1, 0, None
+            if self._seen == 0:
                 raise DatasetError(f"worker {self.rank}/{self.world} got no training pairs from shards "
                                    f"{self.shards} of {self.ds.uri} (dataset too small for {self.world} workers?)")
+            self._order = None
 
     def _samples(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffle buffer(s): one for paired data, two independent ones for unpaired data."""
-        buf_a: list[torch.Tensor] = []
-        buf_b: list[torch.Tensor] = []
         size = max(1, self.cfg.shuffle_buffer)
 
-        def pop(buf: list[torch.Tensor], idx: int) -> torch.Tensor:
+        def pop(buf: list, idx: int) -> torch.Tensor:
             buf[idx], buf[-1] = buf[-1], buf[idx]
-            return buf.pop()
+            return buf.pop()[1]
 
-        for a, b in self._pairs():
-            buf_a.append(a)
-            buf_b.append(b)
-            if len(buf_a) < size:
+        while True:
+            if len(self._buf_a) >= size:  # full (a restored stream starts here)
+                i = self.rng.randrange(len(self._buf_a))
+                j = i if self.paired else self.rng.randrange(len(self._buf_b))
+                yield pop(self._buf_a, i), pop(self._buf_b, j)
                 continue
-            i = self.rng.randrange(len(buf_a))
-            j = i if self.paired else self.rng.randrange(len(buf_b))
-            yield pop(buf_a, i), pop(buf_b, j)
+            key, a, b = next(self._pairs_iter)
+            self._buf_a.append((key, a))
+            self._buf_b.append((key, b))
+
+    def close(self) -> None:
+        """Stop the decode threads (the stream cannot be iterated after)."""
+        self._decoder.close()
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+
+    def background(self, pin_memory: bool = False) -> BackgroundBatches:
+        """The batches, built ``prefetch_batches`` ahead on a background thread (pinned for a CUDA copy);
+        its ``state_dict()`` is this stream's position after the last batch handed to the caller."""
+        def with_state() -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+            for batch in self:
+                yield batch, json.loads(json.dumps(self.state_dict()))  # a snapshot, not live lists
+
+        return BackgroundBatches(with_state(), self.cfg.prefetch_batches, pin_memory, self.state_dict())
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         cfg, size = self.cfg, self.cfg.size
+        self._pairs_iter = self._pairs()
         batch_a: list[torch.Tensor] = []
         batch_b: list[torch.Tensor] = []
         for a, b in self._samples():
@@ -182,7 +271,7 @@ def load_validation(ds: Dataset, shards: list[int], cfg: DataConfig, rank: int =
         for row in table.to_pylist():
             if len(pairs) >= cfg.max_val_pairs:
                 break
-            if is_validation(row["pair_id"], cfg.val_fraction):
+            if cfg.splits.assign([row["pair_id"]])[0] == "val":
                 pairs.append((row["schnell_image"], row["dev_image"]))
         if len(pairs) >= cfg.max_val_pairs:
             break

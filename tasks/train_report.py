@@ -72,14 +72,14 @@ def loss_curve_png(metrics: dict[str, Any]) -> bytes:
 
 
 def sample_grid_png(run_uri: str, dataset_uri: str, endpoint_url: str | None = None, n: int = 4,
-                    resolution: int = 512, val_fraction: float = 0.1) -> bytes:
+                    resolution: int = 512) -> bytes:
     """Rows of validation pairs: schnell input | head output | dev target."""
     from PIL import Image
 
     head = load_head(run_uri, endpoint_url)
     ds, shards = open_training_dataset(dataset_uri, endpoint_url)
     size = resolution - resolution % head.size_multiple
-    val = load_validation(ds, shards, DataConfig(resolution=resolution, crop=size, val_fraction=val_fraction,
+    val = load_validation(ds, shards, DataConfig(resolution=resolution, crop=size, splits=ds.splits(),
                                                  max_val_pairs=n))
     if val["schnell"].shape[0] == 0:
         raise ValueError(f"no validation pairs in {dataset_uri} for a sample grid")
@@ -94,15 +94,14 @@ def sample_grid_png(run_uri: str, dataset_uri: str, endpoint_url: str | None = N
 
 
 def write_reports(run_uri: str, dataset_uri: str, endpoint_url: str | None = None,
-                  resolution: int = 512, val_fraction: float = 0.1) -> dict[str, Any]:
+                  resolution: int = 512) -> dict[str, Any]:
     """Write ``loss_curve.png`` and ``samples.png`` into the run folder; return rows and image bytes."""
     store = Store(run_uri, endpoint_url)
     metrics = read_metrics(run_uri, endpoint_url)
     curve = loss_curve_png(metrics)
     store.write_bytes("loss_curve.png", curve)
     try:
-        grid = sample_grid_png(run_uri, dataset_uri, endpoint_url, resolution=resolution,
-                               val_fraction=val_fraction)
+        grid = sample_grid_png(run_uri, dataset_uri, endpoint_url, resolution=resolution)
         store.write_bytes("samples.png", grid)
     except ValueError as exc:
         log.warning("no sample grid: %s", exc)
@@ -120,6 +119,32 @@ def png_markdown(title: str, png: bytes | None, uri: str | None) -> str:
     return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\nStored at `{uri}`\n"
 
 
+SWEEP_COLUMNS = ["lambda_cyc", "lr", "l_total", "ssim", "l1", "best_step", "steps", "selected", "error"]
+
+
 def sweep_rows(table: Any) -> list[dict[str, Any]]:
+    """The sweep table's rows (``SWEEP_COLUMNS`` first, NaN as None); ``selected`` names the criterion on the
+    chosen row."""
+    columns = [c for c in SWEEP_COLUMNS if c in table.columns] + [c for c in table.columns if c not in SWEEP_COLUMNS]
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in table.to_dict("records")]
+            for row in table[columns].to_dict("records")]
+
+
+def sweep_caption(head: str, flavor: str, selected_by: str) -> str:
+    """What the sweep table's columns are and how the best row was chosen."""
+    from facelift.tasks.sweep import SELECT
+
+    return (f"{head} ({flavor}), per configuration, at each trial's exported head: l_total = the paper's "
+            f"GAN(G, D_dev) + GAN(F, D_schnell) + lambda_cyc * cycle (it grows with lambda_cyc, so it is not "
+            f"compared across rows), ssim = fp32 SSIM(x, F(G(x))) (U-Net: SSIM(z, dev)), l1 = L1(G(x), dev) on "
+            f"the validation pairs. Selected by {SELECT[selected_by][2]}.")
+
+
+def best_markdown(best: dict[str, Any]) -> str:
+    def num(key: str) -> str:
+        value = best.get(key)
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    return (f"### Best configuration ({best.get('selected', best['selected_by'])})\n\n"
+            f"lambda_cyc = {best['lambda_cyc']}, lr = {best['lr']:g}: L1 = {num('l1')}, SSIM = {num('ssim')}, "
+            f"L_total = {num('l_total')}\n\nHead: `{best['head_uri']}`\n")

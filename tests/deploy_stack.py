@@ -38,13 +38,15 @@ COUNT = 24  # tiny profile: 3 shards of 8
 
 def test_parameters(fid_weights: str, clip_model: str) -> dict[str, dict[str, Any]]:
     """Per-deployment parameter defaults for CPU-only, offline runs."""
+    tiny_splits = {"splits.test": 0.34, "splits.val": 0.16}  # 24 pairs: enough test pairs for two halves
     return {
+        "build": {"overrides": tiny_splits},
+        "pipeline": {"overrides": tiny_splits},
         "train": {"head": "esa_cyclegan", "flavor": "debug", "max_steps": 2, "batch_size": 2, "resolution": 32,
                   "checkpoint_every": 2},
         "audit": {"detector": "skip", "enforce_detection": False, "perplexity": 4.0},
         "evaluate": {"inception_weights": fid_weights, "clip_model": clip_model, "lpips_random_backbone": True,
-                     "n_images": 3, "n_boot": 2, "device": "cpu", "batch_size": 4, "val_fraction": 0.5,
-                     "resolution": 32},
+                     "n_images": 3, "n_boot": 2, "device": "cpu", "batch_size": 4, "resolution": 32},
     }
 
 

@@ -63,6 +63,21 @@ def test_table_names_method_n_and_kid_subsets(table: pd.DataFrame) -> None:
     assert table.loc[2, "kid_schnell_flag"].startswith("KID needs") and table.loc[0, "kid_schnell_flag"] == ""
 
 
+def test_table_names_the_split_n_resize_and_clip_iqa_variant(table: pd.DataFrame) -> None:
+    recorded = table.assign(split="test", split_rule="train 0.5 / val 0.16 / test 0.34 (salt 'split')", n_test=9,
+                            fid_resize="clean", feature_network="fid-inception-abc",
+                            clip_iqa_model="openai/clip-vit-base-patch16",
+                            clip_iqa_variant="ViT-B/16, short side bicubic to 224 + centre crop 224²")
+    lines = table_markdown(recorded).splitlines()
+    assert len(lines) == 2 + len(table) + 2 and lines[-2] == ""
+    caption = lines[-1]
+    assert caption.startswith("Pairs: test split only (train 0.5 / val 0.16 / test 0.34 (salt 'split')), 9 test "
+                              "pairs, N = 40 per set (input half) vs 40 reference pairs.")
+    assert "FID: fid-inception-abc, resize clean." in caption
+    assert "CLIP-IQA: openai/clip-vit-base-patch16 (ViT-B/16, short side bicubic to 224 + centre crop 224²)" in caption
+    assert len(table_markdown(table).splitlines()) == 2 + len(table)  # a table without the record: no caption
+
+
 def test_report_states_the_interval_methods(table: pd.DataFrame, tmp_path) -> None:
     timing = pd.DataFrame([{"resolution": 64, "dev_t2i_s": 2.0, "dev_t2i_s_min": 1.5, "dev_t2i_s_max": 3.0,
                             "schnell_t2i_s": 0.5, "schnell_t2i_s_min": 0.4, "schnell_t2i_s_max": 0.6,
@@ -70,8 +85,12 @@ def test_report_states_the_interval_methods(table: pd.DataFrame, tmp_path) -> No
                             "schnell_head_s_min": 0.5, "schnell_head_s_max": 0.8, "saved_pct": 70.0,
                             "saved_pct_min": 46.7, "saved_pct_max": 83.3, "repeats": 3}])
     run = Store(str(tmp_path / "run"))
-    write_outputs(run, table, timing, b"png", None, {"run_id": "r"})
+    write_outputs(run, table, timing, b"png", None, {"run_id": "r", "split": "test", "n_test": 9, "n_input": 4,
+                                                     "split_rule": "train 0.5 / val 0.16 / test 0.34 (salt 'split')",
+                                                     "n_reference": 4, "size": 64, "fid_resize": "clean"})
     report = run.read_bytes("evaluation/report.md").decode()
+    assert "test split only (train 0.5 / val 0.16 / test 0.34 (salt 'split'); 9 test pairs): 4 input pairs" in report
+    assert "FID resize clean" in report
     assert "half-sampling" in report and "targets FID at this N" in report and "√(m/(N−m) + 1/S)" in report
     assert "| 64² | 3 | 2.0000 [1.5000–3.0000] |" in report and "| 70.0 [46.7–83.3]% |" in report
 

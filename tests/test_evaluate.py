@@ -1,24 +1,29 @@
-"""Evaluation: held-out split, the evaluate flow end to end (S3, debug heads, LoRA, random metric nets), timing."""
+"""Evaluation: only the test split, heads trained on other splits refused, streaming in bounded memory, the
+evaluate flow end to end (S3, debug heads, LoRA, random metric nets), timing."""
 
 from __future__ import annotations
 
 import io
 import json
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from facelift.dataset import Dataset, DatasetError
+from facelift.dataset import Dataset
 from facelift.models.heads import build_head
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
+from facelift.splits import SplitError
 from facelift.storage import Store
-from facelift.tasks import eval_report
+from facelift.tasks import eval_data, eval_report
 from facelift.tasks import evaluate as ev
-from facelift.tasks.train_data import is_validation
 from facelift.testing import make_synthetic_dataset
+
+SPLITS = {"val": 0.1, "test": 0.5}  # 32 pairs -> 17 test pairs: halves of 8
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +33,28 @@ def s3_root(seaweed, tmp_path_factory) -> Store:
 
 @pytest.fixture(scope="module")
 def dataset(s3_root: Store) -> Dataset:
-    return make_synthetic_dataset(s3_root, "evalset", n_pairs=32, size=32, shard_size=8, seed=3)
+    return make_synthetic_dataset(s3_root, "evalset", n_pairs=32, size=32, shard_size=8, seed=3, splits=SPLITS)
+
+
+def _trained_run(run: Store, head: str, dataset: Dataset, splits: dict[str, Any] | None) -> str:
+    """A head in a run folder with the run.json training writes (``splits``: the spec it trained with)."""
+    torch.manual_seed(0)
+    build_head(head, "debug").save(run.child("head").url(), run.endpoint_url)
+    record: dict[str, Any] = {"status": "completed", "config": {"dataset_uri": dataset.uri, "head": head}}
+    if splits is not None:
+        record["splits"] = splits
+    run.write_bytes("run.json", json.dumps(record).encode())
+    return run.url()
 
 
 @pytest.fixture(scope="module")
 def heads(s3_root: Store, dataset: Dataset, tmp_path_factory) -> list[str]:
-    """An ESA-CycleGAN debug head in an S3 run folder (with run.json) and a U-Net debug head folder."""
-    torch.manual_seed(0)
-    run = s3_root.child("runs/esa-run")
-    build_head("esa_cyclegan", "debug").save(run.child("head").url(), s3_root.endpoint_url)
-    run.write_bytes("run.json", json.dumps({"status": "completed", "config": {
-        "dataset_uri": dataset.uri, "head": "esa_cyclegan", "val_fraction": 0.4}}).encode())
-    local = tmp_path_factory.mktemp("unet") / "head"
-    build_head("unet_cbam", "debug").save(str(local))
-    return [run.url(), str(local)]
+    """An ESA-CycleGAN debug head in an S3 run folder and a U-Net debug head in a local run folder, both trained
+    (as their run.json says) on the dataset's splits."""
+    splits = dataset.info()["splits"]
+    local = Store(str(tmp_path_factory.mktemp("unet") / "runs" / "unet-run"))
+    return [_trained_run(s3_root.child("runs/esa-run"), "esa_cyclegan", dataset, splits),
+            _trained_run(local, "unet_cbam", dataset, splits)]
 
 
 @pytest.fixture(scope="module")
@@ -63,26 +76,154 @@ def lora_file(cache_dir, tmp_path_factory) -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
-def test_heldout_split_matches_training(dataset: Dataset) -> None:
-    held = ev.load_heldout(dataset, ev.EvalConfig(n_images=100), 0.4)
-    val = {p for p in dataset.manifest()["pair_id"] if is_validation(p, 0.4)}
-    assert set(held.input_ids) | set(held.ref_ids) <= val
-    assert not set(held.input_ids) & set(held.ref_ids)
-    assert len(held.input_ids) == len(held.ref_ids) == len(val) // 2 == held.n
-    assert held.schnell_in.shape == (held.n, 3, 32, 32) and held.dev_ref.dtype == torch.uint8
-    again = ev.load_heldout(dataset, ev.EvalConfig(n_images=2), 0.4)
-    assert again.input_ids == held.input_ids[:2] and again.ref_keys != held.ref_keys
+# -- the test split -------------------------------------------------------------------------------
+def test_only_the_test_split_is_evaluated(dataset: Dataset, monkeypatch) -> None:
+    spec = dataset.splits()
+    ids = dataset.manifest()["pair_id"]
+    test = set(ids[spec.mask(ids, "test")])
+    split = eval_data.select_test_split(dataset, n_images=100)
+    inputs, refs = [p.pair_id for p in split.input], [p.pair_id for p in split.reference]
+    assert set(inputs) | set(refs) <= test and not set(inputs) & set(refs)
+    assert len(inputs) == len(refs) == len(test) // 2 == split.n == 8 and split.n_test == len(test) == 17
+    assert split.size == 32 and split.meta()["split"] == "test" and split.meta()["splits"] == spec.model_dump()
+    assert not any(isinstance(v, torch.Tensor) for v in vars(split).values())  # pair ids only, no images
+    again = eval_data.select_test_split(dataset, n_images=2)
+    assert [p.pair_id for p in again.input] == inputs[:2] and again.reference_key("dev") != split.reference_key("dev")
+    # default N: min(test half, 10_000)
+    assert eval_data.select_test_split(dataset).n == 8
+    monkeypatch.setattr(eval_data, "DEFAULT_MAX_N", 3)
+    assert eval_data.select_test_split(dataset).n == 3
 
 
-def test_too_few_heldout_pairs_is_clear(dataset: Dataset) -> None:
-    with pytest.raises(DatasetError, match="held-out pairs at val_fraction=0.01"):
-        ev.load_heldout(dataset, ev.EvalConfig(), 0.01)
+def test_too_few_test_pairs_is_clear(s3_root: Store) -> None:
+    small = make_synthetic_dataset(s3_root, "tinysplit", n_pairs=8, size=32, splits={"val": 0.1, "test": 0.01})
+    with pytest.raises(SplitError, match=r"only 0 of 8 pairs are in the test split \(train 0.89 / val 0.1 / "
+                                         r"test 0.01"):
+        eval_data.select_test_split(small)
 
 
-def test_val_fraction_from_training_run(heads: list[str], dataset: Dataset, s3_root: Store) -> None:
-    assert ev.resolve_val_fraction(None, heads, dataset.uri, s3_root.endpoint_url) == 0.4
-    assert ev.resolve_val_fraction(None, heads[1:], dataset.uri) == 0.1  # bare folder: the training default
-    assert ev.resolve_val_fraction(0.3, heads, dataset.uri, s3_root.endpoint_url) == 0.3
+def test_dataset_without_fixed_splits_is_refused(s3_root: Store) -> None:
+    old = make_synthetic_dataset(s3_root, "nosplits", n_pairs=8, size=32)
+    old.write_info({k: v for k, v in old.info().items() if k != "splits"})
+    with pytest.raises(SplitError, match="no fixed train/val/test splits"):
+        eval_data.select_test_split(old)
+
+
+def test_heads_trained_on_other_splits_or_none_are_refused(dataset, heads, s3_root, tmp_path) -> None:
+    eval_data.check_head_splits(heads, dataset, s3_root.endpoint_url)  # trained on these splits: accepted
+    other = _trained_run(s3_root.child("runs/other-splits"), "unet_cbam", dataset,
+                         {"val": 0.05, "test": 0.1, "salt": "split"})
+    with pytest.raises(SplitError, match=r"head .*other-splits was trained with other splits than the dataset's "
+                                         r"\(val 0.05 != 0.1, test 0.1 != 0.5\)"):
+        eval_data.check_head_splits([heads[0], other], dataset, s3_root.endpoint_url)
+    salted = _trained_run(s3_root.child("runs/other-salt"), "unet_cbam", dataset, {**SPLITS, "salt": "x"})
+    with pytest.raises(SplitError, match="salt 'x' != 'split'"):
+        eval_data.check_head_splits([salted], dataset, s3_root.endpoint_url)
+    old_run = _trained_run(s3_root.child("runs/old-run"), "unet_cbam", dataset, None)  # run.json without splits
+    with pytest.raises(SplitError, match="old-run records no train/val/test splits"):
+        eval_data.check_head_splits([old_run], dataset, s3_root.endpoint_url)
+    build_head("unet_cbam", "debug").save(str(tmp_path / "bare"))
+    with pytest.raises(SplitError, match=r"bare \(no run.json of a training run beside its head/ folder\) "
+                                         r"records no train/val/test splits"):
+        eval_data.check_head_splits([str(tmp_path / "bare")], dataset)
+
+
+def test_cli_refuses_a_head_without_recorded_splits(prefect_harness, dataset, s3_root, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from facelift.cli.main import app
+
+    build_head("unet_cbam", "debug").save(str(tmp_path / "bare"))
+    res = CliRunner().invoke(app, ["evaluate", dataset.uri, "--head", str(tmp_path / "bare"), "--endpoint-url",
+                                   s3_root.endpoint_url])
+    assert res.exit_code == 2 and "records no train/val/test splits" in res.output
+
+
+# -- streaming ------------------------------------------------------------------------------------
+class FakeSuite:
+    """The MetricSuite interface without networks: features are image means, and every call is recorded."""
+
+    extractor_id, resize = "fake-extractor", "clean"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def describe(self) -> dict[str, str]:
+        return {"feature_network": self.extractor_id, "fid_resize": self.resize, "clip_iqa_model": "none",
+                "clip_iqa_variant": "none"}
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        self.calls.append(("features", len(images)))
+        x = images.float()
+        return torch.cat([x.mean((2, 3)), x.std((2, 3)), x[:, :, ::8, ::8].flatten(1)], 1).numpy()
+
+    def clip_iqa(self, images: torch.Tensor) -> np.ndarray:
+        self.calls.append(("clip_iqa", len(images)))
+        return images.float().mean((1, 2, 3)).div(255).double().numpy()
+
+    def lpips_to(self, images: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        self.calls.append(("lpips", len(images)))
+        return (images.float() - targets.float()).abs().mean((1, 2, 3)).double().numpy()
+
+
+@pytest.fixture(scope="module")
+def bigger(s3_root: Store) -> Dataset:
+    return make_synthetic_dataset(s3_root, "streamset", n_pairs=64, size=32, shard_size=8, seed=4, splits=SPLITS)
+
+
+def test_streaming_never_holds_more_than_a_few_batches_of_images(bigger, heads, s3_root, monkeypatch) -> None:
+    """An evaluation at N decodes each image once, a batch at a time, and never holds N images."""
+    live: dict[int, int] = {}  # id of every decoded tensor still alive -> images in it
+    peak = [0]
+
+    def track(t: torch.Tensor, images: int) -> torch.Tensor:
+        live[id(t)] = images
+        weakref.finalize(t, live.pop, id(t), None)
+        peak[0] = max(peak[0], sum(live.values()))
+        return t
+
+    real_decode, real_to_uint8 = eval_data._decode, eval_data.to_uint8
+
+    def decode(*args: Any) -> eval_data.Batch:
+        batch = real_decode(*args)
+        for images in batch.images.values():
+            track(images, len(images))
+        return batch
+
+    monkeypatch.setattr(eval_data, "to_uint8", lambda cell, size: track(real_to_uint8(cell, size), 1))
+    monkeypatch.setattr(eval_data, "_decode", decode)
+    split = eval_data.select_test_split(bigger)  # 18 pairs per half: 36 input images, 72 in all
+    cfg = ev.EvalConfig(batch_size=2, n_boot=4, device="cpu", grid_images=3)
+    suite = FakeSuite()
+    sources = ev.reference_sources() + [ev.HeadSource(heads[0], cfg, s3_root.endpoint_url)]
+    table, grid = ev.score_rows(sources, bigger, split, suite, None, cfg)  # type: ignore[arg-type]
+    assert split.n == 18 and (table["n"] == 18).all() and (table["n_reference"] == 18).all()
+    assert {n for _, n in suite.calls} == {2}  # every metric call sees one batch, never the whole set
+    assert len(suite.calls) == 2 * 9 + 3 * 3 * 9  # 2 reference passes + 3 rows x 3 metrics, 9 batches each
+    # alive at once: the batch being scored, the one before it (until the loop rebinds), one queued and one
+    # being decoded: <= 5 batches of 2 pairs x 2 kinds = 20 images, whatever N (the input half alone is 36)
+    assert 0 < peak[0] <= 5 * 2 * 2
+    assert [(label, g.shape[0]) for label, g in grid] == [("schnell", 3), ("dev", 3), ("esa_cyclegan", 3)]
+    assert eval_report.intervals_violated(table) == []
+
+
+def test_batches_come_from_the_shards_in_order_and_missing_pairs_are_clear(dataset) -> None:
+    split = eval_data.select_test_split(dataset)
+    batches = list(eval_data.iter_batches(dataset, split.reference, 32, 3, ("dev",), prefetch=1))
+    assert [len(b) for b in batches] == [3, 3, 2] and set(batches[0].images) == {"dev"}
+    assert sorted(p for b in batches for p in b.pair_ids) == sorted(p.pair_id for p in split.reference)
+    ghost = [*split.reference, eval_data.PairRef("no-such-pair", split.reference[0].shard, "", "")]
+    with pytest.raises(eval_data.DatasetError, match="1 of 9 test pairs are in the manifest but not in their shards"):
+        list(eval_data.iter_batches(dataset, ghost, 32, 4, ("dev",)))
+
+
+def test_a_corrupt_shard_is_a_clear_error(s3_root: Store) -> None:
+    broken = make_synthetic_dataset(s3_root, "corrupt", n_pairs=16, size=32, shard_size=8, splits=SPLITS)
+    split = eval_data.select_test_split(broken)
+    shard = split.input[0].shard
+    broken.store.write_bytes(f"shards/{shard:05d}.parquet", b"not parquet")
+    with pytest.raises(eval_data.DatasetError, match=f"shard shards/{shard:05d}.parquet of corrupt is unreadable"):
+        list(eval_data.iter_batches(broken, split.input, 32, 4))
 
 
 def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3_root, cache_dir,
@@ -102,6 +243,13 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     assert list(table["kind"]) == ["reference", "reference", "head", "head", "lora"]
     assert table["row"][2].startswith("esa_cyclegan") and table["row"][3].startswith("unet_cbam")
     assert (table["n"] == 6).all() and (table["n_reference"] == 6).all()
+    assert (table["split"] == "test").all() and (table["n_test"] == 17).all()
+    assert (table["split_rule"] == "train 0.4 / val 0.1 / test 0.5 (salt 'split')").all()
+    assert (table["fid_resize"] == "clean").all() and table["feature_network"][0].startswith("fid-inception-")
+    assert (table["clip_iqa_model"] == str(ensure_tiny_clip(cache_dir))).all()
+    variant = table["clip_iqa_variant"][0]
+    assert "centre crop 32²" in variant and "original CLIP-IQA: RN50" in variant
+    assert result["meta"]["split"] == "test" and result["meta"]["splits"] == {**SPLITS, "salt": "split"}
     np.testing.assert_allclose(table["fid_diff"], table["fid_schnell"] - table["fid_dev"], rtol=1e-9)
     for m in ("fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"):
         assert (table[f"{m}_ci_low"] <= table[m]).all() and (table[m] <= table[f"{m}_ci_high"]).all(), m
@@ -131,32 +279,42 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     report = run.read_bytes("report.md").decode()
     assert "FID_diff" in report and "schnell + LoRA" in report and "saved" in report
     assert "half-sampling" in report and "KID subsets" in report and "| 100 × 3 |" in report
+    assert "test split only (train 0.4 / val 0.1 / test 0.5 (salt 'split'); 17 test pairs): 6 input pairs" in report
+    assert "FID resize clean" in report and "CLIP-IQA: " in report
     from PIL import Image
 
     grid = Image.open(io.BytesIO(run.read_bytes("grid.png")))
     assert grid.size[0] == 5 * 128
     assert len(s3_root.list("cache/features")) == 1  # reference features cached once per extractor
+    assert len(s3_root.list(f"cache/features/{table['feature_network'][0]}")) == 2  # schnell and dev, once
 
     assert events == [{"event": "facelift.evaluation.completed",
                        "resource": {"prefect.resource.id": "facelift.run.eval-test"},
                        "payload": {"run_uri": s3_root.child("runs/eval-test").url(), "dataset_uri": dataset.uri}}]
 
 
-def test_reference_features_reused(dataset, cache_dir, tmp_path, monkeypatch) -> None:
+def test_reference_features_reused_per_resize(dataset, cache_dir, tmp_path, monkeypatch) -> None:
     from facelift.models.metrics import MetricConfig
 
-    suite = ev.MetricSuite(MetricConfig(str(ensure_random_fid_weights(cache_dir)), str(ensure_tiny_clip(cache_dir)),
-                                        lpips_random_backbone=True), "cpu", 4)
-    held = ev.load_heldout(dataset, ev.EvalConfig(n_images=3), 0.4)
-    cfg = ev.EvalConfig(n_images=3, n_boot=2, device="cpu")
+    metrics = MetricConfig(str(ensure_random_fid_weights(cache_dir)), str(ensure_tiny_clip(cache_dir)),
+                           lpips_random_backbone=True)
+    split = eval_data.select_test_split(dataset, n_images=3)
+    cfg = ev.EvalConfig(n_images=3, n_boot=2, device="cpu", batch_size=2)
     store = Store(str(tmp_path / "cache"))
-    first = ev.score_rows(ev.reference_rows(held), held, suite, store, cfg)
+    suite = ev.MetricSuite(metrics, "cpu", 2)
+    first, _ = ev.score_rows(ev.reference_sources(), dataset, split, suite, store, cfg)
     calls = []
     real = suite.features
     monkeypatch.setattr(suite, "features", lambda x: calls.append(len(x)) or real(x))
-    second = ev.score_rows(ev.reference_rows(held), held, suite, store, cfg)
-    assert calls == [3, 3]  # only the two rows: both reference sets came from the cache
+    second, _ = ev.score_rows(ev.reference_sources(), dataset, split, suite, store, cfg)
+    assert calls == [2, 2, 1, 1]  # only the two rows' batches: both reference sets came from the cache
     pd.testing.assert_frame_equal(first, second)
+    # the other resize is another feature set: computed (and cached) beside the first
+    torch_suite = ev.MetricSuite(metrics, "cpu", 2, resize="torch")
+    legacy, _ = ev.score_rows(ev.reference_sources(), dataset, split, torch_suite, store, cfg)
+    assert (legacy["fid_resize"] == "torch").all() and (first["fid_resize"] == "clean").all()
+    assert len(store.list(f"cache/features/{suite.extractor_id}")) == 4
+    assert not np.allclose(legacy["fid_dev"], first["fid_dev"])
 
 
 def test_cli_evaluate_bad_dataset(prefect_harness, tmp_path) -> None:

@@ -109,6 +109,36 @@ def test_gradient_loss_on_known_images():
         gradient_loss(flat, flat[..., :4])
 
 
+@pytest.mark.parametrize("name", list(HEADS))
+def test_construction_leaves_the_torch_seed_to_the_caller(name: str):
+    """The loop seeds torch per rank (seed + rank) before building the head: a constructor that reseeds
+    torch from its config would give every rank the same initial weights and the same random stream."""
+    torch.manual_seed(1)
+    a, after_a = debug_head(name), torch.rand(4)
+    torch.manual_seed(2)
+    b, after_b = debug_head(name), torch.rand(4)
+    torch.manual_seed(1)
+    c = debug_head(name)
+    assert not torch.equal(after_a, after_b)
+    differ = [k for k, v in a.state_dict().items() if v.is_floating_point() and not torch.equal(v, b.state_dict()[k])]
+    assert differ  # another seed, other initial weights
+    assert all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())  # the same seed, the same
+
+
+@pytest.mark.parametrize("lambda_cyc", [10.0, 2.0])
+def test_cyclegan_total_is_the_papers_objective(lambda_cyc: float):
+    """``total`` = GAN(G, D_dev) + GAN(F, D_schnell) + lambda * cycle (the paper's L_total, no identity term);
+    ``loss`` (what G minimises) adds the identity term."""
+    head = debug_head("cyclegan", lambda_cyc=lambda_cyc).eval()
+    with torch.no_grad():
+        losses = head.step({"schnell": images(seed=12), "dev": images(seed=13)})
+    total = losses["gan_G"] + losses["gan_F"] + lambda_cyc * losses["cycle"]
+    assert torch.allclose(losses["total"], total)
+    assert torch.allclose(losses["loss"], total + 0.5 * lambda_cyc * losses["identity"])
+    metrics = head.metrics({"schnell": images(seed=12), "dev": images(seed=13)})
+    assert set(metrics) == {"ssim", "l1"} and metrics["l1"].shape == (2,)
+
+
 def test_gan_losses_and_ssim():
     assert float(lsgan_loss(torch.ones(2, 1, 4, 4), True)) == 0.0
     assert float(lsgan_loss(torch.ones(2, 1, 4, 4), False)) == 1.0
@@ -221,6 +251,7 @@ def test_compiled_training_matches_eager_without_recompiles(one_thread):
     torch._dynamo.reset()
     batches = [{"schnell": images(seed=10 + i), "dev": images(seed=20 + i)} for i in range(4)]
     eager, compiled = debug_head("esa_cyclegan").train(), debug_head("esa_cyclegan").train()
+    compiled.load_state_dict(eager.state_dict())  # construction draws from the torch RNG: same start
     init = {k: v.clone() for k, v in eager.state_dict().items()}
     assert compiled.compile_modules(True) == "regional"
     opt_eager, opt_compiled = eager.configure_optimizers(10), compiled.configure_optimizers(10)
@@ -266,7 +297,7 @@ def test_full_compile_one_graph_per_network_under_autocast_channels_last():
         for _ in range(3):  # the pool (size 4) fills, then serves past fakes
             losses = train_step(head, optimizers, batch, autocast)
         val = {k: torch.cat([v, v[:1]]) for k, v in batch.items()}  # 3 images: last batch of 1
-        metrics = validate(head, val, LoopEnv(), 2, autocast)
+        metrics = validate(head, val, LoopEnv(), 2)
     assert graphs_compiled() - before == 2
     assert all(torch.isfinite(v) for v in losses.values())
     assert {"val_loss", "val_loss_D", "val_ssim"} <= set(metrics) and head.training

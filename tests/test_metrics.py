@@ -7,7 +7,16 @@ import pytest
 import scipy.linalg
 import torch
 
-from facelift.models.metrics import ClipIQA, FIDInceptionV3, MetricWeightsError, build_lpips, resolve_fid_weights
+from facelift.models.metrics import (
+    ClipIQA,
+    FIDInceptionV3,
+    MetricWeightsError,
+    _architecture,
+    build_lpips,
+    clean_resize,
+    fid_input,
+    resolve_fid_weights,
+)
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
 from facelift.storage import Store
 from facelift.tasks.metrics import (
@@ -306,6 +315,53 @@ def test_inception_missing_or_wrong_weights(tmp_path, monkeypatch) -> None:
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     with pytest.raises(MetricWeightsError, match="not an FID Inception-v3 state dict"):
         FIDInceptionV3.from_file(bad)
+
+
+def clean_fid_resize(image_hwc: np.ndarray) -> np.ndarray:
+    """clean-fid 0.1.35's ``build_resizer("clean")`` (``make_resizer("PIL", False, "bicubic", (299, 299))``),
+    restated: each channel as a float32 PIL image, bicubic to 299², clipped to [0, 255], not re-quantised."""
+    from PIL import Image
+
+    channels = [np.asarray(Image.fromarray(image_hwc[:, :, c].astype(np.float32)).resize((299, 299), Image.BICUBIC))
+                .clip(0, 255).reshape(299, 299, 1) for c in range(3)]
+    return np.concatenate(channels, axis=2).astype(np.float32)
+
+
+def test_clean_resize_is_clean_fids() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 96, 80), dtype=np.uint8)
+    ours = clean_resize(torch.from_numpy(images))
+    assert ours.dtype == torch.float32 and ours.shape == (2, 3, 299, 299)
+    ref = np.stack([clean_fid_resize(im.transpose(1, 2, 0)).transpose(2, 0, 1) for im in images])
+    np.testing.assert_array_equal(ours.numpy(), ref)
+    with pytest.raises(ValueError, match="uint8 NCHW RGB"):
+        clean_resize(torch.zeros(1, 3, 8, 8))
+
+
+def test_fid_input_per_resize() -> None:
+    """clean: antialiased to 299² here, (x − 128) / 128 as clean-fid; torch: x / 127.5 − 1 at the image's size
+    (pytorch-fid; the network resizes bilinearly without antialias)."""
+    i = torch.arange(512)
+    board = (((i[:, None] + i[None, :]) % 2) * 255).to(torch.uint8).expand(1, 3, 512, 512).contiguous()
+    clean, legacy = fid_input(board, "clean"), fid_input(board, "torch")
+    assert clean.shape == (1, 3, 299, 299) and legacy.shape == (1, 3, 512, 512)
+    assert set(legacy.unique().tolist()) == {-1.0, 1.0} and fid_input(board[..., :1, :1], "clean").min() == -1.0
+    # a one-pixel checkerboard shrinks to flat grey; bilinear without antialias samples single pixels (aliasing)
+    aliased = torch.nn.functional.interpolate(legacy, size=(299, 299), mode="bilinear", align_corners=False)
+    assert clean.std() < 1e-3 and aliased.std() > 0.3
+    with pytest.raises(ValueError, match="unknown FID resize 'area'"):
+        fid_input(board, "area")
+
+
+def test_clip_iqa_records_its_variant(cache_dir) -> None:
+    iqa = ClipIQA.from_pretrained(str(ensure_tiny_clip(cache_dir)))
+    variant = iqa.variant()
+    assert variant["clip_iqa_model"] == str(ensure_tiny_clip(cache_dir))
+    assert variant["clip_iqa_variant"].startswith("ViT-w32/8, short side bicubic to 32 + centre crop 32²")
+    assert "original CLIP-IQA: RN50 at native resolution" in variant["clip_iqa_variant"]
+    from types import SimpleNamespace
+
+    vit_b16 = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(hidden_size=768, patch_size=16)))
+    assert _architecture(vit_b16) == "ViT-B/16"  # openai/clip-vit-base-patch16, the default
 
 
 def test_clip_iqa_tiny(cache_dir) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 
@@ -12,7 +13,7 @@ from facelift.dataset import Dataset, DatasetError
 from facelift.models.heads import HeadError, load_head
 from facelift.storage import Store
 from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
-from facelift.tasks.train_data import DataConfig, PairStream, is_validation, load_validation, open_training_dataset
+from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset
 from facelift.testing import make_synthetic_dataset
 
 SIZE = 32
@@ -30,18 +31,24 @@ def dataset(s3_root: Store) -> Dataset:
 
 def base_config(ds: Dataset, **kw) -> TrainConfig:
     values = dict(dataset_uri=ds.uri, endpoint_url=ds.store.endpoint_url, flavor="debug", batch_size=2,
-                  resolution=SIZE, val_fraction=0.25, max_val_pairs=8, shuffle_buffer=4, log_every=1,
+                  resolution=SIZE, max_val_pairs=8, shuffle_buffer=4, log_every=1,
                   steps_per_epoch=2, checkpoint_every=2, max_steps=4)
     return TrainConfig(**{**values, **kw})
 
 
-def test_split_is_deterministic_and_disjoint(dataset: Dataset):
-    ids = dataset.manifest()["pair_id"].tolist()
-    val = {p for p in ids if is_validation(p, 0.25)}
-    assert 0 < len(val) < len(ids)
-    assert val == {p for p in ids if is_validation(p, 0.25)}
+def test_training_reads_only_train_and_validation_only_val(dataset: Dataset):
+    spec = dataset.splits()
+    manifest = dataset.manifest()
+    split = dict(zip(manifest["pair_id"], spec.assign(manifest["pair_id"]), strict=True))
+    val = {p for p, s in split.items() if s == "val"}
+    assert len(val) > 0 and sum(s == "test" for s in split.values()) > 0
     _, shards = open_training_dataset(dataset.uri, dataset.store.endpoint_url)
-    cfg = DataConfig(resolution=SIZE, val_fraction=0.25, max_val_pairs=100, shuffle_buffer=4)
+    cfg = DataConfig(resolution=SIZE, splits=spec, max_val_pairs=100, shuffle_buffer=4)
+    ids = {s: dataset.read_shard(s, ["pair_id"]).column(0).to_pylist() for s in shards}
+    stream = PairStream(dataset, shards, cfg, 4, True)
+    n_train = sum(s == "train" for s in split.values())
+    seen = [ids[shard][row] for (shard, row), _, _ in itertools.islice(stream._pairs(), n_train)]
+    assert sorted(seen) == sorted(p for p, s in split.items() if s == "train")  # one pass: each train pair once
     held_out = load_validation(dataset, shards, cfg)
     assert held_out["schnell"].shape == (len(val), 3, SIZE, SIZE)
     halves = [load_validation(dataset, shards, cfg, rank, 2)["schnell"] for rank in (0, 1)]
@@ -56,7 +63,7 @@ def _mean_pair_gap(batch: dict[str, torch.Tensor]) -> float:
 
 def test_paired_and_unpaired_streams(dataset: Dataset):
     _, shards = open_training_dataset(dataset.uri, dataset.store.endpoint_url)
-    cfg = DataConfig(resolution=SIZE, crop=24, flip=True, val_fraction=0.25, shuffle_buffer=6)
+    cfg = DataConfig(resolution=SIZE, crop=24, flip=True, splits=dataset.splits(), shuffle_buffer=6)
     paired = iter(PairStream(dataset, shards, cfg, batch_size=4, paired=True))
     unpaired = iter(PairStream(dataset, shards, cfg, batch_size=4, paired=False))
     p = [next(paired) for _ in range(4)]
@@ -71,6 +78,26 @@ def test_paired_and_unpaired_streams(dataset: Dataset):
     w0 = PairStream(dataset, shards, cfg, 2, True, rank=0, world=2)
     w1 = PairStream(dataset, shards, cfg, 2, True, rank=1, world=2)
     assert set(w0.shards).isdisjoint(w1.shards)
+
+
+def test_parallel_decode_and_background_batches_keep_the_order_and_resume_exactly(dataset: Dataset):
+    """Decode threads and the background batch thread change when work happens, never what the loop sees;
+    the background stream's position is the one after the last batch handed out, not the prefetcher's."""
+    _, shards = open_training_dataset(dataset.uri, dataset.store.endpoint_url)
+    inline = DataConfig(resolution=SIZE, crop=24, splits=dataset.splits(), shuffle_buffer=6, decode_workers=0)
+    threaded = DataConfig(resolution=SIZE, crop=24, splits=dataset.splits(), shuffle_buffer=6, decode_workers=2,
+                          prefetch_batches=3)
+    ref = list(itertools.islice(iter(PairStream(dataset, shards, inline, 3, paired=False)), 8))
+    stream = PairStream(dataset, shards, threaded, 3, paired=False)
+    bg = stream.background()
+    got = [next(bg) for _ in range(5)]
+    state = bg.state_dict()
+    bg.close()
+    resumed = PairStream(dataset, shards, threaded, 3, paired=False, state=state).background()
+    got += [next(resumed) for _ in range(3)]
+    resumed.close()
+    for a, b in zip(ref, got, strict=True):
+        assert torch.equal(a["schnell"], b["schnell"]) and torch.equal(a["dev"], b["dev"])
 
 
 def test_dataset_without_shards_is_a_clear_error(s3_root: Store):
@@ -150,8 +177,10 @@ def test_sweep_flow_two_by_one_reports_table(dataset: Dataset, ray_local, prefec
                                   endpoint_url=dataset.store.endpoint_url, run_id=f"sweep-{uuid.uuid4().hex[:6]}")
     rows = out["rows"]
     assert len(rows) == 2 and {r["lambda_cyc"] for r in rows} == {10.0, 2.0} and {r["lr"] for r in rows} == {2e-4}
-    assert all(r["best_loss"] is not None and -1 <= r["ssim"] <= 1 and r["error"] is None for r in rows)
-    assert out["best"]["selected_by"] == "ssim" and out["best"]["ssim"] == max(r["ssim"] for r in rows)
+    assert all(r["l_total"] is not None and -1 <= r["ssim"] <= 1 and r["l1"] > 0 and r["error"] is None
+               for r in rows)
+    assert out["best"]["selected_by"] == "l1" and out["best"]["l1"] == min(r["l1"] for r in rows)
+    assert [r["selected"] != "" for r in rows].count(True) == 1
     store = Store(out["sweep_uri"], dataset.store.endpoint_url)
     saved = json.loads(store.read_bytes("sweep.json"))
     assert len(saved["rows"]) == 2 and saved["best"]["trial"] == out["best"]["trial"]

@@ -130,7 +130,7 @@ def demo_step(ctx: dict) -> dict:
     uri = write_weights(weights, f"{result['run_uri']}/weights.parquet")
     before, after = (", ".join(f"{k} {v:.3f}" for k, v in report[key].items()) for key in ("tv_before", "tv_after"))
     typer.echo(f"rebalance: distance to the target before {before}; after {after}")
-    from facelift.cli.demo import rel
+    from facelift.cli.common import rel
 
     run = rel(ctx, result["run_uri"])
     plots = ", ".join(f for f in result["files"] if f.endswith(".png"))

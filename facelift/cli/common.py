@@ -92,3 +92,14 @@ def fail(message: str) -> typer.Exit:
     """Print ``error: message`` in red on stderr; ``raise fail(...)`` exits with status 2."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
+
+
+# -- demo output helpers (each command's demo step prints its stage with these) --
+def rel(ctx: dict, uri: str) -> str:
+    """``uri`` relative to the demo root (shorter lines); other URIs unchanged."""
+    root = str(ctx["root"]).rstrip("/") + "/"
+    return uri[len(root):] if uri.startswith(root) else uri
+
+
+def section(title: str) -> None:
+    typer.echo(f"\n== {title} ==")

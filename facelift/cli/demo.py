@@ -14,27 +14,23 @@ from typing import Any
 
 import typer
 
+from facelift.cli.common import rel, section
+
 log = logging.getLogger(__name__)
 Step = Callable[[dict[str, Any]], dict[str, Any]]
 SummaryRow = tuple[str, str, str]  # stage, output, where to look
 TINY_NOTE = "tiny random-weight models on this CPU: the numbers show the mechanics, not FLUX quality or GPU speed"
 
 
-def rel(ctx: dict[str, Any], uri: str) -> str:
-    """``uri`` relative to the demo root (shorter lines); other URIs unchanged."""
-    root = str(ctx["root"]).rstrip("/") + "/"
-    return uri[len(root):] if uri.startswith(root) else uri
-
-
-def section(title: str) -> None:
-    typer.echo(f"\n== {title} ==")
+DEMO_SPLITS = {"splits.test": 0.34, "splits.val": 0.16}
 
 
 def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
     from facelift.dataset import Dataset
     from facelift.flows.build_dataset import build_dataset
 
-    result = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"])
+    # a larger test split than the default 0.1, so the evaluation's two halves hold a few pairs each
+    result = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"], overrides=DEMO_SPLITS)
     ds = Dataset.open(result["dataset_uri"])
     info = ds.info()
     gen, counts, names = info["config"]["generation"], info.get("counts", {}), info.get("names", {})
@@ -42,6 +38,9 @@ def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
     typer.echo(f"{info['dataset_id']}: {counts.get('pairs')} pairs in {len(ds.committed_shards())} shards, "
                f"{gen['width']}x{gen['height']}; names: {names.get('kept')} kept of {names.get('rows')} rows "
                f"({sum(names.get('dropped', {}).values())} dropped, by reason in dataset.json)")
+    per_split = ds.splits().counts(ds.manifest()["pair_id"])
+    typer.echo(f"splits (demo: test {DEMO_SPLITS['splits.test']}, val {DEMO_SPLITS['splits.val']} instead of the "
+               f"defaults, for enough test pairs): " + ", ".join(f"{k} {v}" for k, v in per_split.items()))
     uri = result["dataset_uri"]
     return {"dataset_uri": uri, "summary": [("build", rel(ctx, uri), f"facelift info {rel(ctx, uri)}")]}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -27,24 +27,31 @@ def evaluate(
     head: Annotated[list[str] | None, typer.Option("--head", help="head folder or run URI (repeatable)")] = None,
     lora: Annotated[str | None, typer.Option(help="schnell + this LoRA as a comparator row (hub id, folder "
                                                   "or .safetensors)")] = None,
-    n_images: Annotated[int, typer.Option(help="images per set (input and reference halves)")] = 256,
+    n_images: Annotated[int | None, typer.Option(help="pairs per set (each half of the test split; default: "
+                                                      "min(half, 10000))")] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")] = None,
     run_id: Annotated[str | None, typer.Option(help="run id (default: eval-<time>-<random>)")] = None,
     inception_weights: Annotated[str | None, typer.Option(help="FID Inception weights file (pytorch-fid / "
                                                                "torch-fidelity format)")] = None,
     clip_model: Annotated[str | None, typer.Option(help="CLIP checkpoint for CLIP-IQA (hub id or "
                                                         "folder)")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="held-out fraction (default: the heads' "
-                                                            "training split)")] = None,
+    resize: Annotated[Literal["clean", "torch"], typer.Option(help="to the Inception's 299²: clean (clean-fid: PIL "
+                                                                  "bicubic, antialiased) or torch (pytorch-fid: "
+                                                                  "bilinear, no antialias)")] = "clean",
+    batch_size: Annotated[int, typer.Option(help="pairs per batch (images are streamed, never all in "
+                                                 "memory)")] = 16,
     timing_resolution: Annotated[list[int] | None, typer.Option("--timing-resolution",
                                                                 help="time T2I + head at this size "
                                                                      "(repeatable)")] = None,
     profile: Annotated[str, typer.Option(help="FLUX profile for timing and the LoRA row: tiny or flux")] = "tiny",
-    n_boot: Annotated[int, typer.Option(help="bootstrap rounds for the FID confidence intervals")] = 20,
+    n_boot: Annotated[int, typer.Option(help="half-sampling rounds for the FID confidence intervals")] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     verbose: bool = False,
 ) -> None:
-    """Score schnell, dev, heads (and a LoRA) on the held-out split: Table 4 + KID + LPIPS, timing."""
+    """Score schnell, dev, heads (and a LoRA) on the test split: Table 4 + KID + LPIPS, timing.
+
+    Heads whose training run used other splits than the dataset's (or records none) are refused.
+    """
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL
     from facelift.tasks.eval_report import table_markdown
@@ -53,7 +60,7 @@ def evaluate(
     try:
         result = evaluate_flow(dataset_uri, head or [], lora=lora, n_images=n_images, endpoint_url=endpoint_url,
                                run_id=run_id, inception_weights=inception_weights,
-                               clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, val_fraction=val_fraction,
+                               clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, resize=resize, batch_size=batch_size,
                                n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution)
     except _errors() as exc:
         raise fail(str(exc)) from None
@@ -103,11 +110,9 @@ def enhance(
 
 
 def demo_step(ctx: dict) -> dict:
-    """Demo: evaluate the demo's trained debug heads (random-weight metric networks), then enhance a folder.
-
-    The tiny demo dataset holds few held-out pairs at the training split (10%); when fewer than 8, the demo
-    evaluates at a larger fraction and says so (those numbers include pairs the heads trained on).
-    """
+    """Demo: evaluate the demo's trained debug heads on the test split (random-weight metric networks), then
+    enhance a folder. The demo dataset is built with a larger test split (``build_step``) so that both halves
+    hold a few pairs."""
     from pathlib import Path
 
     import pandas as pd
@@ -116,27 +121,24 @@ def demo_step(ctx: dict) -> dict:
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
     from facelift.tasks.enhance import run_enhance
-    from facelift.tasks.eval_report import table_markdown, timing_markdown
-    from facelift.tasks.evaluate import heldout_mask, resolve_val_fraction
+    from facelift.tasks.eval_report import intervals_violated, table_markdown, timing_markdown
 
     heads = list((ctx.get("head_runs") or {}).values())
     if not heads:
         typer.echo("evaluate demo skipped: no trained heads in the demo context (head_runs)")
         return {}
     ds = Dataset.open(ctx["dataset_uri"])
-    pair_ids = ds.manifest()["pair_id"]
-    frac = resolve_val_fraction(None, heads, ds.uri)
-    if heldout_mask(pair_ids, frac).sum() < 8:  # 4 per half at least
-        frac = next((f for f in (0.2, 0.3, 0.5, 0.7) if heldout_mask(pair_ids, f).sum() >= 8), 0.9)
-        typer.echo(f"note: the demo dataset is tiny; evaluating at val_fraction={frac}, which includes pairs the "
-                   f"heads trained on (real runs use the training split)")
-    result = evaluate_flow(ds.uri, heads, n_images=8, inception_weights=str(ensure_random_fid_weights()),
-                           clip_model=str(ensure_tiny_clip()), lpips_random_backbone=True, val_fraction=frac,
-                           n_boot=10, device="cpu", batch_size=8, profile="tiny", timing_resolutions=[64, 128])
-    from facelift.cli.demo import rel, section
+    result = evaluate_flow(ds.uri, heads, inception_weights=str(ensure_random_fid_weights()),
+                           clip_model=str(ensure_tiny_clip()), lpips_random_backbone=True, n_boot=10, device="cpu",
+                           batch_size=8, profile="tiny", timing_resolutions=[64, 128])
+    from facelift.cli.common import rel, section
 
     section("evaluation (random-weight Inception and CLIP on tiny images: mechanics, not quality)")
-    typer.echo(table_markdown(pd.DataFrame(result["table"])))
+    table = pd.DataFrame(result["table"])
+    typer.echo(table_markdown(table))
+    bad = intervals_violated(table)
+    typer.echo("every point estimate lies inside its 95% interval" if not bad else
+               f"estimates outside their intervals: {', '.join(bad)}")
     section("timing (tiny random-weight FLUX and heads on this CPU: not FLUX or GPU speed)")
     typer.echo(timing_markdown(pd.DataFrame(result["timing"])))
 

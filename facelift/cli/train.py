@@ -49,6 +49,9 @@ def train(
     resolution: Annotated[int, typer.Option(help="train at this square size")] = 512,
     crop: Annotated[int | None, typer.Option(help="random crop size (default: no crop)")] = None,
     patience: Annotated[int | None, typer.Option(help="early-stopping patience in epochs")] = 10,
+    early_stopping: Annotated[bool | None, typer.Option(
+        "--early-stopping/--fixed-schedule", help="default: the head's (U-Net early stopping, CycleGANs the "
+                                                  "fixed schedule with its linear lr decay)")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
     compile: Annotated[bool, typer.Option(help="torch.compile the networks (the default mode, regional)")] = False,
     compile_mode: Annotated[str | None, typer.Option(help="none | regional | full (overrides --compile; "
@@ -68,7 +71,8 @@ def train(
         head_class(head)  # before starting Prefect and Ray
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                          batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
-                         resolution=resolution, crop=crop, patience=patience, checkpoint_every=checkpoint_every,
+                         resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
+                         checkpoint_every=checkpoint_every,
                          compile=compile_mode or compile, endpoint_url=endpoint_url, run_id=run_id,
                          ray_address=ray_address,
                          head_overrides=_overrides(set_))
@@ -86,7 +90,8 @@ def sweep(
                                                                              "default 10, 5, 2)")] = None,
     lr: Annotated[list[float] | None, typer.Option("--lr", help="grid values (repeatable; default 1e-4, "
                                                                "2e-4, 3e-4)")] = None,
-    select: Annotated[str, typer.Option(help="pick the best by ssim (max) or loss (min)")] = "ssim",
+    select: Annotated[str, typer.Option(help="pick the best by l1 (validation L1(G(x), dev), min) or ssim "
+                                             "(SSIM(x, F(G(x))), max); neither depends on lambda_cyc")] = "l1",
     max_steps: Annotated[int, typer.Option(help="steps per trial")] = 1000,
     batch_size: int = 4,
     resolution: int = 512,
@@ -98,11 +103,12 @@ def sweep(
     set_: SetOpt = None,
     verbose: bool = False,
 ) -> None:
-    """Ray Tune grid over lambda_cyc x lr; prints best loss and SSIM per configuration (paper Tables 2-3)."""
+    """Ray Tune grid over lambda_cyc x lr; prints L_total, SSIM and L1 per configuration (paper Tables 2-3)."""
     import pandas as pd
 
     from facelift.flows.sweep_heads import sweep_heads
     from facelift.models.heads import head_class
+    from facelift.tasks.train_report import SWEEP_COLUMNS
 
     setup_logging(verbose)
     try:
@@ -113,7 +119,7 @@ def sweep(
                           run_id=run_id, ray_address=ray_address, head_overrides=_overrides(set_))
     except _errors() as exc:
         raise fail(str(exc)) from None
-    table = pd.DataFrame(out["rows"])[["lambda_cyc", "lr", "best_loss", "ssim", "steps", "error"]]
+    table = pd.DataFrame(out["rows"])[[c for c in SWEEP_COLUMNS if c in out["rows"][0]]]
     typer.echo(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
     typer.echo(f"best ({out['best']['selected_by']}): lambda_cyc={out['best']['lambda_cyc']} "
                f"lr={out['best']['lr']:g} -> {out['best']['head_uri']}")
@@ -146,7 +152,7 @@ def demo_step(ctx: dict) -> dict:
     backbone = cache / "lpips" / "alexnet-random.pth"
     if not backbone.exists():
         save_random_lpips_backbone(backbone)
-    from facelift.cli.demo import rel, section
+    from facelift.cli.common import rel, section
 
     runs, summary = {}, []
     section("train (each head's debug flavour, 4 steps at 32², Ray Train)")

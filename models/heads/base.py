@@ -81,7 +81,8 @@ class Head(nn.Module):
     config_cls: ClassVar[type]
     flavors: ClassVar[dict[str, dict[str, Any]]]
     paired: ClassVar[bool]
-    monitor: ClassVar[str] = "loss"  # the validation loss used for early stopping / model selection
+    monitor: ClassVar[str] = "loss"  # the validation value (minimised) for early stopping / the exported head
+    early_stopping: ClassVar[bool] = True  # the training loop's default stopping rule for this head
 
     def __init__(self, config: Any, flavor: str = "full") -> None:
         super().__init__()

@@ -78,10 +78,19 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """junyanz ResNet generator: c7s1-ngf, two stride-2 downs, ``n_blocks`` residual blocks, two ups, tanh."""
+    """junyanz ResNet generator: c7s1-ngf, two stride-2 downs, ``n_blocks`` residual blocks, two ups, tanh.
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, esa: bool = False, esa_reduction: int = 4) -> None:
+    ``residual=True`` (not the reference): the network predicts a change of its input in the pre-tanh domain,
+    ``z = tanh(atanh(x) + net(x))``, and ``start_as_identity`` zeroes the last conv, so training starts at the
+    identity. InstanceNorm removes every image's mean colour at the first layer, so a small generator that
+    must rebuild its output cannot keep an image's colours; a residual one keeps them and learns a colour
+    shift in the last conv's bias (the debug flavours use it: tiny networks, a few hundred steps).
+    """
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, esa: bool = False, esa_reduction: int = 4,
+                 residual: bool = False) -> None:
         super().__init__()
+        self.residual = residual
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf),
                                    nn.ReLU(True)]
         c = ngf
@@ -93,7 +102,7 @@ class ResnetGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(c // 2),
                        nn.ReLU(True)]
             c //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7)] + ([] if residual else [nn.Tanh()])
         self.model = nn.Sequential(*layers)
         # regional compilation (compile_regions): plain list, not registered, so state-dict keys do not change
         self._regions: list[nn.Module] | None = None
@@ -115,12 +124,25 @@ class ResnetGenerator(nn.Module):
             region.compile(**kwargs)
         self._regions = regions
 
+    def start_as_identity(self) -> None:
+        """Zero the last conv of a residual generator: its output is then its input."""
+        if not self.residual:
+            raise ValueError("only a residual generator starts as the identity")
+        last = self.model[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
         if self._regions is None:
-            return self.model(x)
-        for region in self._regions:
-            x = region(x)
-        return x
+            h = self.model(h)
+        else:
+            for region in self._regions:
+                h = region(h)
+        if not self.residual:
+            return h
+        # in fp32: bf16 rounds 0.999 to 1 and atanh(1) is inf; returned in the network's dtype (autocast)
+        return torch.tanh(torch.atanh(x.float().clamp(-0.999, 0.999)) + h.float()).to(h.dtype)
 
 
 class PatchDiscriminator(nn.Module):

@@ -27,5 +27,6 @@ class ESACycleGANHead(CycleGANHead):
     config_cls: ClassVar[type] = ESACycleGANConfig
     flavors: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
-        "debug": {"ngf": 8, "n_blocks": 2, "ndf": 8, "n_layers_d": 2, "pool_size": 4},
+        # tiny and CPU-fast; residual generators so a few hundred steps learn (tests/test_learning.py)
+        "debug": {"ngf": 8, "n_blocks": 2, "ndf": 8, "n_layers_d": 2, "pool_size": 4, "residual": True},
     }

@@ -25,7 +25,7 @@ class UNetCBAMConfig:
     lpips_net: str = "alex"
     lpips_backbone: str | None = None  # torchvision backbone file; None: $FACELIFT_LPIPS_BACKBONE / torch cache
     lpips_pnet_rand: bool = False  # random backbone: tests only
-    seed: int = 0
+    seed: int = 0  # unused (weights come from the torch RNG, seeded per rank by the loop); saved heads have it
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2:
@@ -42,12 +42,11 @@ class UNetCBAMHead(Head):
     paired: ClassVar[bool] = True
     flavors: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
-        "debug": {"channels": (8, 16, 16)},
+        "debug": {"channels": (8, 16, 16), "lr": 5e-4},  # tiny; 10x the lr so a few hundred steps learn
     }
 
     def __init__(self, config: UNetCBAMConfig, flavor: str = "full") -> None:
         super().__init__(config, flavor)
-        torch.manual_seed(config.seed)
         self.net = UNetCBAM(tuple(config.channels))
         init_weights(self.net)
         nn.init.zeros_(self.net.out.weight)  # start as the identity mapping
@@ -76,7 +75,8 @@ class UNetCBAMHead(Head):
 
     def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.net(batch["schnell"])
-        return {"ssim": ssim(z, batch["dev"]), "ssim_input": ssim(z, batch["schnell"])}
+        return {"ssim": ssim(z, batch["dev"]), "ssim_input": ssim(z, batch["schnell"]),
+                "l1": (z - batch["dev"]).abs().flatten(1).mean(1)}
 
     def inference_module(self) -> nn.Module:
         return self.net

@@ -1,0 +1,58 @@
+"""A training checkpoint folder: the head (``config.json`` + ``model.safetensors``), ``train_state.pt``
+(optimizers, schedulers, step, epoch, early-stopping state, history, every worker's data position) and
+``train_config.json`` (the resolved training config)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+
+from facelift.models.heads import CONFIG_FILE, WEIGHTS_FILE, Head, HeadError, OptimizerSpec
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.pt"
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+def save_checkpoint(folder: str, head: Head, optimizers: list[OptimizerSpec], state: dict[str, Any],
+                    config: dict[str, Any], data: list[dict]) -> None:
+    """``data``: every worker's ``PairStream.state_dict()``, in rank order; ``config``: the JSON config."""
+    head.save(folder)
+    torch.save({**state, "data": data, "optimizers": {s.name: s.optimizer.state_dict() for s in optimizers},
+                "schedulers": {s.name: s.scheduler.state_dict() for s in optimizers if s.scheduler}},
+               os.path.join(folder, STATE_FILE))
+    with open(os.path.join(folder, TRAIN_CONFIG_FILE), "w") as fh:
+        json.dump(config, fh, indent=2)
+
+
+def restore_checkpoint(folder: str, head: Head, optimizers: list[OptimizerSpec], run_uri: str | None) -> dict:
+    """Load the head and optimizer states from ``folder``; returns the saved training state."""
+    with open(os.path.join(folder, CONFIG_FILE)) as fh:
+        info = json.load(fh)
+    if info.get("head") != head.name:
+        raise HeadError(f"run {run_uri} holds a checkpoint of head {info.get('head')!r}, not {head.name!r}: "
+                        f"use another run_id")
+    with open(os.path.join(folder, WEIGHTS_FILE), "rb") as fh:
+        head.load_state_bytes(fh.read(), where=f"in checkpoint {folder}")
+    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    for spec in optimizers:
+        spec.optimizer.load_state_dict(state["optimizers"][spec.name])
+        if spec.scheduler is not None:
+            spec.scheduler.load_state_dict(state["schedulers"][spec.name])
+    return state
+
+
+def worker_data_state(saved: list[dict] | None, rank: int, world: int) -> dict | None:
+    """This worker's data position from a checkpoint; None (the data order restarts) if it has none."""
+    if saved is None:
+        log.warning("the checkpoint has no data position (an older run): the data order restarts")
+        return None
+    if len(saved) != world:
+        log.warning("the checkpoint was written by %d workers, this run has %d: the data order restarts",
+                    len(saved), world)
+        return None
+    return saved[rank]
