@@ -150,7 +150,7 @@ def demo_step(ctx: dict) -> dict:
     (folder / "in" / "corrupt.png").write_bytes(b"not an image")
     report = run_enhance(str(folder / "in"), str(folder / "out"), heads[-1], device="cpu", progress=False)
     out = rel(ctx, str(folder / "out"))
-    typer.echo(f"\nenhance: {report.processed} images -> {out}, skipped "
+    typer.echo(f"enhance: {report.processed} images -> {out}, skipped "
                f"{[Path(p).name for p, _ in report.failed]} (a corrupt file, on purpose)")
     files = result["files"]
     pictures = ", ".join(rel(ctx, uri) for key, uri in files.items() if str(uri).endswith(".png"))
