@@ -36,6 +36,7 @@ import torch._dynamo
 from timing import sync  # bench/ is on sys.path when run as a script
 
 from facelift.models.heads import COMPILE_MODES, DEFAULT_COMPILE, HEADS, build_head, train_step
+from facelift.tasks.train_data import to_model
 
 COMPILE_ORDER = ["esa_cyclegan", "cyclegan", "unet_cbam"]
 
@@ -56,7 +57,6 @@ def png_batches(n_pairs: int, size: int, batch: int, workers: int, pin: bool):
     """Endless training batches decoded from in-memory PNG pairs by the product's input pipeline."""
     import numpy as np
 
-    from facelift.tasks.train_data import to_float
     from facelift.tasks.train_input import BackgroundBatches, DecodeAhead, decode_rgb
     from facelift.testing import portrait_png
 
@@ -69,8 +69,7 @@ def png_batches(n_pairs: int, size: int, batch: int, workers: int, pin: bool):
             decoder.reset(pngs, range(len(pngs)))
             for start in range(0, len(pngs) - batch + 1, batch):
                 pairs = [decoder.get(i) for i in range(start, start + batch)]
-                yield {"schnell": to_float(torch.stack([a for a, _ in pairs])),
-                       "dev": to_float(torch.stack([b for _, b in pairs]))}, {}
+                yield {"schnell": torch.stack([a for a, _ in pairs]), "dev": torch.stack([b for _, b in pairs])}, {}
 
     return BackgroundBatches(gen(), prefetch=4, pin_memory=pin)
 
@@ -95,7 +94,7 @@ def bench_one(name: str, mode: str, args: argparse.Namespace, device: torch.devi
     def next_batch() -> dict[str, torch.Tensor]:
         if stream is None:
             return batch
-        return {k: v.to(device, memory_format=mem, non_blocking=True) for k, v in next(stream).items()}
+        return to_model(next(stream), device, mem)  # uint8 copied, converted on the device, as in training
 
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and args.bf16 else \
         contextlib.nullcontext

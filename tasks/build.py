@@ -21,6 +21,7 @@ import pandas as pd
 
 from facelift.config import BuildConfig
 from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
+from facelift.errors import first_line
 from facelift.splits import SplitSpec, spec_fields
 from facelift.storage import Store, open_uri
 from facelift.tasks.names import bundled_names_uri, read_names
@@ -37,10 +38,10 @@ class BuildError(RuntimeError):
 def failure_message(ds: Dataset, n_shards: int, failed: dict[int, str]) -> str:
     """One line for the CLI and the flow's final state in the Prefect UI."""
     first, reason = min(failed.items())
-    reason = (reason.strip().splitlines() or ["unknown error"])[0]
+    reason = first_line(reason, 300) or "unknown error"
     kept = n_shards - len(failed)
     return (f"{len(failed)} of {n_shards} shard(s) failed ({', '.join(f'{s:05d}' for s in sorted(failed))}); "
-            f"first: shard {first:05d}: {reason[:300]}. Kept: {kept} committed shard(s) in {ds.store.where()} and "
+            f"first: shard {first:05d}: {reason}. Kept: {kept} committed shard(s) in {ds.store.where()} and "
             f"any rendered but uncommitted shard in the workers' spool. Next: run the same build again; it "
             f"generates only the missing shards.")
 

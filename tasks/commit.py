@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from facelift.config import StorageConfig
 from facelift.dataset import Dataset, read_parquet_bytes, shard_schema, table_to_parquet_bytes
+from facelift.errors import first_line
 from facelift.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -99,14 +100,10 @@ def commit_with_retry(dataset: Dataset, shard: int, data: bytes, policy: Storage
             if waited + delay > policy.commit_retry_s:
                 kept = f"; the rendered shard is kept at {kept_at}" if kept_at else ""
                 raise CommitError(f"shard {shard:05d}: commit to {dataset.store.where()} failed for {waited:.0f}s "
-                                  f"({attempts} attempts): {_first_line(exc)}{kept}") from None
+                                  f"({attempts} attempts): {(first_line(exc) or type(exc).__name__)}{kept}") from None
             log.warning("shard %05d: commit to %s failed (attempt %d, %.0fs so far): %s; retrying in %.1fs",
-                        shard, dataset.store.where(), attempts, waited, _first_line(exc), delay)
+                        shard, dataset.store.where(), attempts, waited, (first_line(exc) or type(exc).__name__), delay)
             sleep(delay)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def encode_shard(table: pa.Table) -> bytes:

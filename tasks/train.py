@@ -34,7 +34,14 @@ from facelift.models.heads import Head, HeadError, build_head, compile_mode, tra
 from facelift.splits import SplitSpec
 from facelift.storage import Store
 from facelift.tasks.train_checkpoint import restore_checkpoint, save_checkpoint, worker_data_state
-from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, split_counts
+from facelift.tasks.train_data import (
+    DataConfig,
+    PairStream,
+    load_validation,
+    open_training_dataset,
+    split_counts,
+    to_model,
+)
 from facelift.tasks.train_dist import all_reduce_sums, average_buffers, broadcast_state, gather_bytes, sync_grads
 
 log = logging.getLogger(__name__)
@@ -145,7 +152,7 @@ def validate(head: Head, val: dict[str, torch.Tensor], env: LoopEnv, batch_size:
     sums: dict[str, float] = {"n": 0.0}
     n = val["schnell"].shape[0]
     for i in range(0, n, batch_size):
-        batch = {k: v[i:i + batch_size].to(env.device, torch.float32) for k, v in val.items()}
+        batch = to_model({k: v[i:i + batch_size] for k, v in val.items()}, env.device)
         with torch.compiler.set_stance("force_eager"), torch.autocast(env.device.type, enabled=False):
             losses = head.step(batch)
             metrics = head.metrics(batch)
@@ -207,7 +214,7 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
             log.error("fault injection: worker 0 exits before step %d", step)
             time.sleep(3)  # let the controller register the last checkpoint, as a real crash later would
             os._exit(17)
-        batch = {k: v.to(env.device, memory_format=mem, non_blocking=True) for k, v in next(stream).items()}
+        batch = to_model(next(stream), env.device, mem)
         losses = train_step(head, optimizers, batch, autocast, sync)
         state["step"], done_pairs = step, done_pairs + cfg.batch_size * env.world
         if step % cfg.log_every == 0 or step == max_steps:

@@ -8,7 +8,9 @@
 - Paired batches (U-Net): ``schnell[i]`` and ``dev[i]`` are one pair, cropped and flipped together.
   Unpaired batches (CycleGANs): two independently shuffled buffers, so ``schnell[i]`` and ``dev[i]``
   come from different pairs.
-Images are kept as uint8 CHW tensors; batches are float NCHW in [-1, 1].
+Images are kept as uint8 CHW tensors, and batches are uint8 NCHW: :func:`to_model` copies them to the
+device (a quarter of the bytes of float, pinned when the stream pins) and converts them there to float
+in [-1, 1], so the input threads never spend CPU on the conversion.
 - Off the training thread (:mod:`facelift.tasks.train_input`): PNGs decode on ``decode_workers`` threads
   ahead of the stream (in order, so the data order does not depend on them), and batches are built on a
   background thread ``prefetch_batches`` ahead (pinned for a CUDA copy); ``decode_workers=0`` is the old
@@ -101,7 +103,19 @@ def to_uint8(cell: dict, resolution: int) -> torch.Tensor:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
     return images.float().div(127.5).sub(1.0)
+
+
+def to_model(batch: dict[str, torch.Tensor], device: torch.device | str,
+             memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, torch.Tensor]:
+    """A stream's batch as the networks take it: on ``device``, float32 in [-1, 1]. uint8 tensors are copied
+    as uint8 (asynchronously from pinned memory) and converted on the device; float tensors pass as they are."""
+    out = {}
+    for key, value in batch.items():
+        value = value.to(device, memory_format=memory_format, non_blocking=True)
+        out[key] = to_float(value) if value.dtype == torch.uint8 else value.float()
+    return out
 
 
 def _crop_flip(img: torch.Tensor, top: int, left: int, size: int, flip: bool) -> torch.Tensor:
@@ -257,13 +271,13 @@ class PairStream:
             batch_a.append(_crop_flip(a, ta, la, size, fa))
             batch_b.append(_crop_flip(b, tb, lb, size, fb))
             if len(batch_a) == self.batch_size:
-                yield {"schnell": to_float(torch.stack(batch_a)), "dev": to_float(torch.stack(batch_b))}
+                yield {"schnell": torch.stack(batch_a), "dev": torch.stack(batch_b)}
                 batch_a, batch_b = [], []
 
 
 def load_validation(ds: Dataset, shards: list[int], cfg: DataConfig, rank: int = 0,
                     world: int = 1) -> dict[str, torch.Tensor]:
-    """This worker's share of the validation pairs (paired, centre-cropped), at most ``max_val_pairs``
+    """This worker's share of the validation pairs (paired, centre-cropped, uint8), at most ``max_val_pairs``
     in total; reading stops as soon as enough pairs are found. With fewer pairs than workers every worker
     gets all of them (the averaged metrics stay exact and every worker reports the same metric names)."""
     pairs: list[tuple[dict, dict]] = []
@@ -279,8 +293,8 @@ def load_validation(ds: Dataset, shards: list[int], cfg: DataConfig, rank: int =
     size = cfg.size
     off = (cfg.resolution - size) // 2
     if not mine:
-        empty = torch.zeros(0, 3, size, size)
+        empty = torch.zeros(0, 3, size, size, dtype=torch.uint8)
         return {"schnell": empty, "dev": empty.clone()}
     a = [_crop_flip(to_uint8(x, cfg.resolution), off, off, size, False) for x, _ in mine]
     b = [_crop_flip(to_uint8(y, cfg.resolution), off, off, size, False) for _, y in mine]
-    return {"schnell": to_float(torch.stack(a)), "dev": to_float(torch.stack(b))}
+    return {"schnell": torch.stack(a), "dev": torch.stack(b)}

@@ -18,7 +18,7 @@ import torch
 
 from facelift.models.heads import load_head
 from facelift.storage import Store
-from facelift.tasks.train_data import DataConfig, load_validation, open_training_dataset
+from facelift.tasks.train_data import DataConfig, load_validation, open_training_dataset, to_float
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def sample_grid_png(run_uri: str, dataset_uri: str, endpoint_url: str | None = N
     size = resolution - resolution % head.size_multiple
     val = load_validation(ds, shards, DataConfig(resolution=resolution, crop=size, splits=ds.splits(),
                                                  max_val_pairs=n))
+    val = {k: to_float(v) for k, v in val.items()}
     if val["schnell"].shape[0] == 0:
         raise ValueError(f"no validation pairs in {dataset_uri} for a sample grid")
     with torch.no_grad():

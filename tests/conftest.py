@@ -72,3 +72,11 @@ def deploy_stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> I
     stack = DeployStack(tmp_path_factory.mktemp("deploy-stack"), cache_dir).start()
     yield stack
     stack.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``make test`` (pytest-xdist, ``--dist loadgroup``) the tests that share the deploy stack (a Prefect
+    server, worker and SeaweedFS) run on one worker, so the stack starts once; the rest spread over both."""
+    for item in items:
+        if "deploy_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("deploy_stack"))

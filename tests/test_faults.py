@@ -228,3 +228,11 @@ def test_unexpected_errors_end_in_one_line_unless_verbose(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["facelift", "info", "x", "--verbose"])
     with pytest.raises(ValueError, match="the thing broke"):
         cli.main()
+
+
+def test_first_line_is_the_first_non_blank_line_cut_to_its_limit():
+    from facelift.errors import first_line
+
+    assert first_line(ValueError("\n  \n  disk full \nat /x")) == "disk full"
+    assert first_line("x" * 900) == "x" * 500 and first_line("abc", limit=2) == "ab"
+    assert first_line(RuntimeError()) == "" and first_line(" \n\t") == ""

@@ -13,7 +13,7 @@ from facelift.dataset import Dataset, DatasetError
 from facelift.models.heads import HeadError, load_head
 from facelift.storage import Store
 from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
-from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset
+from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, to_model
 from facelift.testing import make_synthetic_dataset
 
 SIZE = 32
@@ -58,6 +58,7 @@ def test_training_reads_only_train_and_validation_only_val(dataset: Dataset):
 
 
 def _mean_pair_gap(batch: dict[str, torch.Tensor]) -> float:
+    batch = to_model(batch, "cpu")
     return float((batch["schnell"] - batch["dev"]).abs().mean())
 
 
@@ -68,8 +69,13 @@ def test_paired_and_unpaired_streams(dataset: Dataset):
     unpaired = iter(PairStream(dataset, shards, cfg, batch_size=4, paired=False))
     p = [next(paired) for _ in range(4)]
     u = [next(unpaired) for _ in range(4)]
-    assert p[0]["schnell"].shape == (4, 3, 24, 24) and p[0]["schnell"].dtype == torch.float32
-    assert float(p[0]["schnell"].min()) >= -1 and float(p[0]["dev"].max()) <= 1
+    # uint8 leaves the input threads (a quarter of float's bytes to pin and copy); to_model makes [-1, 1] floats
+    assert p[0]["schnell"].shape == (4, 3, 24, 24) and p[0]["schnell"].dtype == torch.uint8
+    model_in = to_model(p[0], "cpu", torch.channels_last)
+    assert model_in["schnell"].dtype == torch.float32
+    assert model_in["dev"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(model_in["schnell"], p[0]["schnell"].float() / 127.5 - 1)
+    assert float(model_in["schnell"].min()) >= -1 and float(model_in["dev"].max()) <= 1
     # dev is a blurred, warmer schnell: paired images (same crop/flip) are close, unpaired ones are not
     gap_p = sum(map(_mean_pair_gap, p)) / 4
     gap_u = sum(map(_mean_pair_gap, u)) / 4

@@ -7,6 +7,8 @@ import os
 
 import typer
 
+from facelift.errors import first_line
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -83,9 +85,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def one_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (long messages cut at 500 characters)."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first[:500]}" if first else type(exc).__name__
+    first = first_line(exc)
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def fail(message: str) -> typer.Exit:
