@@ -74,6 +74,7 @@ def deploy_stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> I
     stack.stop()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``make test`` (pytest-xdist, ``--dist loadgroup``) the tests that share the deploy stack (a Prefect
     server, worker and SeaweedFS) run on one worker, so the stack starts once, and they come first: the
