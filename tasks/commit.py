@@ -95,14 +95,14 @@ def commit_with_retry(dataset: Dataset, shard: int, data: bytes, policy: Storage
         try:
             return dataset.commit_shard_bytes(shard, data)
         except StorageError as exc:
-            waited = clock() - start
+            waited, reason = clock() - start, first_line(exc) or type(exc).__name__
             delay = next(delays)
             if waited + delay > policy.commit_retry_s:
                 kept = f"; the rendered shard is kept at {kept_at}" if kept_at else ""
                 raise CommitError(f"shard {shard:05d}: commit to {dataset.store.where()} failed for {waited:.0f}s "
-                                  f"({attempts} attempts): {(first_line(exc) or type(exc).__name__)}{kept}") from None
+                                  f"({attempts} attempts): {reason}{kept}") from None
             log.warning("shard %05d: commit to %s failed (attempt %d, %.0fs so far): %s; retrying in %.1fs",
-                        shard, dataset.store.where(), attempts, waited, (first_line(exc) or type(exc).__name__), delay)
+                        shard, dataset.store.where(), attempts, waited, reason, delay)
             sleep(delay)
 
 
