@@ -144,7 +144,7 @@ class PairStream:
         # cursor of the current pass over this worker's shards: order, shard index, next row, pairs yielded
         self._order: list[int] | None = None
         self._pos = self._row = self._seen = 0
-        self._rows: tuple[int, list[dict]] | None = None  # the shard being read
+        self._rows: tuple[int, list[dict], set[int]] | None = None  # the shard being read, and its rows to train on
         self._buf_a: list[tuple[tuple[int, int], torch.Tensor]] = []
         self._buf_b: list[tuple[tuple[int, int], torch.Tensor]] = []
         self._decoder = DecodeAhead(self._decode, cfg.decode_workers, depth=4 * max(1, cfg.decode_workers))
@@ -189,10 +189,11 @@ class PairStream:
     def _decode(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return to_uint8(row["schnell_image"], self.cfg.resolution), to_uint8(row["dev_image"], self.cfg.resolution)
 
-    def _mine(self, row: dict) -> bool:
-        if self.cfg.splits.assign([row["pair_id"]])[0] != "train":
-            return False
-        return self.row_stride == 1 or int(pair_hash(row["pair_id"], "worker") * 2**32) % self.row_stride == self.rank
+    def _mine(self, rows: list[dict]) -> set[int]:
+        """Indices of the rows this worker trains on: the train split, and its share when workers share shards."""
+        train = self.cfg.splits.assign([row["pair_id"] for row in rows]) == "train"
+        return {i for i, row in enumerate(rows) if train[i] and (
+            self.row_stride == 1 or int(pair_hash(row["pair_id"], "worker") * 2**32) % self.row_stride == self.rank)}
 
     def _pairs(self) -> Iterator[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
         while True:
@@ -203,16 +204,16 @@ class PairStream:
             while self._pos < len(self._order):
                 shard = self._order[self._pos]
                 if self._rows is None or self._rows[0] != shard:
-                    self._rows = (shard, self._read(shard))
+                    rows = self._read(shard)
+                    self._rows = (shard, rows, self._mine(rows))
                     if self._pos + 1 < len(self._order):  # fetch the next shard while this one trains
                         self._read_ahead(self._order[self._pos + 1])
-                    rows = self._rows[1]
-                    self._decoder.reset(rows, [i for i in range(self._row, len(rows)) if self._mine(rows[i])])
-                rows = self._rows[1]
+                    self._decoder.reset(rows, [i for i in range(self._row, len(rows)) if i in self._rows[2]])
+                _, rows, mine = self._rows
                 while self._row < len(rows):
-                    idx, row = self._row, rows[self._row]
+                    idx = self._row
                     self._row += 1  # the cursor moves before the yield: a state taken now continues after it
-                    if self._mine(row):
+                    if idx in mine:
                         self._seen += 1
                         yield (shard, idx), *self._decoder.get(idx)
                 self._pos, self._row, self._rows = self._pos + 1, 0, None

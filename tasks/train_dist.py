@@ -19,21 +19,28 @@ def sync_grads(world: int) -> Callable[[list[nn.Parameter]], None] | None:
     """Average gradients across workers: one flat all-reduce per optimizer (None grads count as 0)."""
     if world == 1:
         return None
-    import torch.distributed as dist
 
     def sync(params: list[nn.Parameter]) -> None:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)  # same memory format as the parameter
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat.div_(world)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view(p.shape))  # keeps the grad's layout (channels_last)
-            offset += n
+        _average_in_place([p.grad for p in params], world)
     return sync
+
+
+def _average_in_place(tensors: list[torch.Tensor], world: int) -> None:
+    """Mean over the workers of each tensor, in place, with one flat float32 all-reduce; each tensor keeps
+    its dtype and layout (channels_last grads stay channels_last)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view(t.shape))
+        offset += n
 
 
 def all_reduce_sums(sums: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
@@ -67,19 +74,9 @@ def average_buffers(module: nn.Module, world: int) -> None:
     """
     if world == 1:
         return
-    import torch.distributed as dist
-
     buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).float() for b in buffers])
-    dist.all_reduce(flat)
-    flat.div_(world)
-    offset = 0
-    for b in buffers:
-        n = b.numel()
-        b.copy_(flat[offset:offset + n].view(b.shape))
-        offset += n
+    if buffers:
+        _average_in_place(buffers, world)
 
 
 def gather_bytes(data: bytes, world: int, device: torch.device) -> list[bytes]:
