@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from facelift.splits import SplitError, SplitSpec, check_same, pair_hash
 from facelift.storage import StorageError
 from facelift.tasks.metrics import image_set_key
 from facelift.tasks.train_data import to_uint8
+from facelift.tasks.train_input import BackgroundBatches
 
 log = logging.getLogger(__name__)
 
@@ -216,44 +215,13 @@ def iter_batches(ds: Dataset, pairs: list[PairRef], size: int, batch_size: int,
         yield from _prefetched(_read_batches(ds, pairs, size, batch_size, kinds, pool), prefetch)
 
 
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
 def _prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
     """``items`` produced ``depth`` ahead in a background thread (errors re-raised here, in order)."""
     if depth < 1:
         yield from items
         return
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    stop, done = threading.Event(), object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put(_Failed(exc))
-
-    thread = threading.Thread(target=work, name="eval-prefetch", daemon=True)
-    thread.start()
+    ahead = BackgroundBatches(((item, None) for item in items), depth)
     try:
-        while (item := box.get()) is not done:
-            if isinstance(item, _Failed):
-                raise item.exc
-            yield item
+        yield from ahead
     finally:
-        stop.set()
-        thread.join()
+        ahead.close()

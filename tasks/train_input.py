@@ -100,10 +100,11 @@ class BackgroundBatches:
     """Iterate ``batches()`` on a background thread, ``prefetch`` batches ahead, pinned if asked.
 
     ``batches`` yields ``(batch, state)`` where ``state`` is the source's position right after that batch;
-    :meth:`state_dict` returns the state of the last batch this object handed out.
+    :meth:`state_dict` returns the state of the last batch this object handed out. Any item works as a batch
+    (the evaluation prefetches its ``Batch`` objects with it); only ``pin_memory`` needs a dict of tensors.
     """
 
-    def __init__(self, batches: Iterator[tuple[dict[str, torch.Tensor], dict]], prefetch: int,
+    def __init__(self, batches: Iterator[tuple[Any, dict | None]], prefetch: int,
                  pin_memory: bool = False, initial_state: dict | None = None) -> None:
         self._source, self._pin = batches, pin_memory
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -112,23 +113,27 @@ class BackgroundBatches:
         self._thread = threading.Thread(target=self._run, name="batches", daemon=True)
         self._thread.start()
 
+    def _put(self, item: tuple[Any, dict | None]) -> bool:
+        """Queue ``item`` unless the consumer has closed (never blocks past ``close()``)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self) -> None:
         try:
             for batch, state in self._source:
                 if self._pin:
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put((batch, state), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put((batch, state)):
                     return
         except BaseException as exc:  # noqa: BLE001 - re-raised on the consumer's thread
-            self._queue.put((exc, None))
+            self._put((exc, None))
             return
-        self._queue.put((_END, None))
+        self._put((_END, None))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self

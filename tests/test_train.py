@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 
 import pytest
@@ -14,6 +15,7 @@ from facelift.models.heads import HeadError, load_head
 from facelift.storage import Store
 from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, train
 from facelift.tasks.train_data import DataConfig, PairStream, load_validation, open_training_dataset, to_model
+from facelift.tasks.train_input import BackgroundBatches
 from facelift.testing import make_synthetic_dataset
 
 SIZE = 32
@@ -104,6 +106,18 @@ def test_parallel_decode_and_background_batches_keep_the_order_and_resume_exactl
     resumed.close()
     for a, b in zip(ref, got, strict=True):
         assert torch.equal(a["schnell"], b["schnell"]) and torch.equal(a["dev"], b["dev"])
+
+
+def test_background_batches_close_at_once_when_the_source_ended_into_a_full_queue():
+    """The producer never blocks past close(): here it has queued the only batch and waits to queue the end."""
+    bg = BackgroundBatches(iter([({"x": torch.zeros(1)}, {})]), prefetch=1)
+    deadline = time.monotonic() + 5
+    while not bg._queue.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the producer is now trying to queue the end marker
+    start = time.monotonic()
+    bg.close()
+    assert time.monotonic() - start < 1 and not bg._thread.is_alive()
 
 
 def test_dataset_without_shards_is_a_clear_error(s3_root: Store):
