@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from facelift.errors import first_line
 from facelift.models.heads import head_class
 from facelift.storage import Store
 from facelift.tasks.train import LoopEnv, TrainConfig, check_config, new_run_id, ray_storage, resolve_run, run_loop
@@ -98,11 +99,15 @@ def summarize_trial(history: pd.DataFrame | None, monitor: str = "loss") -> dict
             "best_step": float(best["step"]), "steps": float(history["step"].max())}
 
 
+def check_select(select: str) -> None:
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {', '.join(SELECT)} (lambda-independent), got {select!r}")
+
+
 def mark_best(table: pd.DataFrame, select: str) -> pd.Series:
     """The best configuration's row by ``select`` (see ``SELECT``), among rows that have a value; the table's
     ``selected`` column names the criterion on that row (and is empty on the others)."""
-    if select not in SELECT:
-        raise ValueError(f"select must be one of {', '.join(SELECT)} (lambda-independent), got {select!r}")
+    check_select(select)
     column, better, what = SELECT[select]
     ok = table.dropna(subset=[column])
     if ok.empty:
@@ -119,8 +124,7 @@ def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
     """Grid-search lambda_cyc x lr with Ray Tune; ``select``: ``l1`` (min) or ``ssim`` (max), see ``SELECT``."""
     import ray.tune as tune
 
-    if select not in SELECT:
-        raise ValueError(f"select must be one of {', '.join(SELECT)} (lambda-independent), got {select!r}")
+    check_select(select)  # before any trial runs
     if not lrs:
         raise ValueError("the sweep needs at least one learning rate")
     cls = head_class(base.head)
@@ -147,7 +151,7 @@ def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
         cfg = result.config or {}
         row = {"lambda_cyc": cfg.get("lambda_cyc"), "lr": cfg.get("lr"),
                **summarize_trial(result.metrics_dataframe, cls.monitor),
-               "error": None if result.error is None else str(result.error).splitlines()[0][:200]}
+               "error": None if result.error is None else first_line(result.error, 200) or type(result.error).__name__}
         row["trial"] = trial_name(row["lambda_cyc"], row["lr"])
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["lambda_cyc", "lr"], ascending=[False, True], na_position="last")
