@@ -5,7 +5,7 @@
 
 DeepFace runs unpatched on random-weight model files (made in a temp DEEPFACE_HOME unless it already holds
 weights), so speed is that of the real architectures (3 VGG-Face demography nets + ArcFace ResNet-34).
-t-SNE uses synthetic 512-d clustered embeddings and ``tasks.tsne.tsne_embed`` (PCA 50, openTSNE FFT; above
+t-SNE uses synthetic 512-d clustered embeddings and ``tasks.audit.tsne.tsne_embed`` (PCA 50, openTSNE FFT; above
 ``max_fit`` points a subsample is fitted and the rest placed); each size runs in its own process with a
 time cap and is reported as "> cap" if it does not finish. CPU-only: ``--device cuda`` records a skip.
 """
@@ -37,7 +37,7 @@ def _images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
 
 def bench_deepface(n_images: int, size: int) -> dict:
     from facelift.models.deepface_weights import build_random_weights, import_deepface, missing_weights
-    from facelift.tasks.audit import AuditOptions, analyze_image
+    from facelift.tasks.audit.analyze import AuditOptions, analyze_image
 
     out: dict = {"images": n_images, "size": size}
     if missing_weights():
@@ -77,7 +77,7 @@ def bench_deepface(n_images: int, size: int) -> dict:
 
 
 def _tsne_worker(n: int, max_fit: int, queue: mp.Queue) -> None:
-    from facelift.tasks.tsne import tsne_embed
+    from facelift.tasks.audit.tsne import tsne_embed
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((12, 512)).astype(np.float32) * 3

@@ -39,7 +39,7 @@ def orchestration(cfg, n: int) -> dict[str, float]:
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 
-    from facelift.tasks.generate import start_workers
+    from facelift.tasks.build.generate import start_workers
 
     worker = start_workers(cfg, str(Path(tempfile.mkdtemp()) / "datasets" / "x"))["pair"][0]
     ray_ms = 1000 * time_calls(lambda: ray.get(worker.info.remote()), n)

@@ -59,8 +59,8 @@ def child(dataset_uri: str, head: str, n: int, batch_size: int, hold: bool) -> d
     from facelift.dataset import Dataset
     from facelift.models.metrics import MetricConfig
     from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
-    from facelift.tasks import eval_data
-    from facelift.tasks import evaluate as ev
+    from facelift.tasks.evaluate import data as eval_data
+    from facelift.tasks.evaluate import score as ev
 
     start = time.perf_counter()
     ds = Dataset.open(dataset_uri)

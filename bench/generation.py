@@ -5,7 +5,7 @@
 
 Measures, side by side: one transformer step (schnell, dev), VAE decode/encode, the floor for a pair
 (S schnell steps + dev steps run + 2 decodes + 1 encode), then the production path end to end
-(``models.flux.FluxPair.generate`` + PNG + Parquet commit via ``tasks.generate.render_shard``), its per-stage
+(``models.flux.FluxPair.generate`` + PNG + Parquet commit via ``tasks.build.generate.render_shard``), its per-stage
 breakdown — for each mode: eager, stage passes (pinned host copies; swap cost), regional or full
 ``torch.compile``, FP8 linears.
 Writes ``generation.json`` and prints a markdown table.
@@ -113,7 +113,7 @@ def end_to_end(pair, cfg, batches: int) -> dict[str, float]:
     """The production worker path: generate + PNG (overlapped) + Parquet shard commit to local disk."""
     from facelift.dataset import Dataset
     from facelift.storage import Store
-    from facelift.tasks.generate import render_shard
+    from facelift.tasks.build.generate import render_shard
 
     b = cfg.generation.batch_size
     rows = [{"pair_id": f"p{i}", "name": f"Person {i}", "nconst": f"nm{i:07d}", "weight": 1.0, "shard": 0,

@@ -12,7 +12,7 @@ malformed lines). It is deterministic and cached by row count, so reruns reuse t
 Each implementation runs in a fresh subprocess; its peak RSS is the child's ``ru_maxrss`` from ``os.wait4``
 (per child, unlike ``RUSAGE_CHILDREN``, which is the maximum over every child waited for so far) and its
 seconds are those of the ``read_names`` call alone (the interpreter start and imports are not counted).
-``--old`` measures another ``names.py`` (e.g. ``git show HEAD:tasks/names.py > /tmp/old_names.py``) on the
+``--old`` measures another ``names.py`` (e.g. ``git show HEAD:tasks/build/names.py > /tmp/old_names.py``) on the
 same file, for a before/after table.
 """
 
@@ -126,7 +126,7 @@ def generate(path: Path, rows: int, seed: int = 15, chunk: int = 1_000_000) -> P
 def _worker(impl: str, uri: str, result_file: str) -> None:
     """Run in the child: import the implementation, time one ``read_names`` call, write the report."""
     if impl == "new":
-        from facelift.tasks.names import read_names
+        from facelift.tasks.build.names import read_names
     else:
         spec = importlib.util.spec_from_file_location("old_names", impl)
         module = importlib.util.module_from_spec(spec)

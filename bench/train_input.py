@@ -82,7 +82,7 @@ def delivered(ds, size: int, batch: int, workers: int, batches: int, warmup: int
               first_step_s: float = 0.0, settle: int = 0) -> dict:
     """The product's stream (``PairStream``, background batches when it has decode workers)."""
     from facelift.splits import SplitSpec
-    from facelift.tasks.train_data import DataConfig, PairStream
+    from facelift.tasks.train.data import DataConfig, PairStream
 
     cfg = DataConfig(resolution=size, splits=SplitSpec(val=0.0, test=0.0), decode_workers=workers,
                      shuffle_buffer=batch, prefetch_batches=PREFETCH)
@@ -99,7 +99,7 @@ def delivered(ds, size: int, batch: int, workers: int, batches: int, warmup: int
 def ceiling(ds, size: int, batch: int, batches: int, warmup: int) -> dict:
     """The stream with the PNG decode replaced by a copy of decoded tensors: what everything else (read,
     split, shuffle, crop/flip, stack, queue) sustains, the ceiling that more decode threads approach."""
-    from facelift.tasks.train_data import PairStream
+    from facelift.tasks.train.data import PairStream
 
     pair = (torch.zeros(3, size, size, dtype=torch.uint8), torch.ones(3, size, size, dtype=torch.uint8))
     original = PairStream._decode
@@ -111,7 +111,7 @@ def ceiling(ds, size: int, batch: int, batches: int, warmup: int) -> dict:
 
 
 def _decode_columns(table) -> dict[str, np.ndarray]:
-    from facelift.tasks.train_input import decode_rgb
+    from facelift.tasks.train.prefetch import decode_rgb
 
     return {key.split("_")[0]: np.stack([decode_rgb(cell["bytes"]).numpy() for cell in table[key].to_pylist()])
             for key in ("schnell_image", "dev_image")}

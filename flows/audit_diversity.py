@@ -14,8 +14,7 @@ from prefect.events import emit_event
 
 from facelift.dataset import Dataset
 from facelift.storage import Store
-from facelift.tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict
-from facelift.tasks.audit_outputs import write_outputs
+from facelift.tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict, write_outputs
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="audit-{dataset_id}-{shard:05d}")

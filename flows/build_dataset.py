@@ -11,7 +11,7 @@ from prefect.events import emit_event
 from tqdm.auto import tqdm
 
 from facelift.config import resolve_config
-from facelift.tasks import build, schedule
+from facelift.tasks import build
 
 
 @flow(name="build-dataset", log_prints=False)
@@ -50,7 +50,7 @@ def build_dataset(
         update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
 
     with bar:
-        outcome = schedule.run_shards(cfg, prepared, shards, progress) if shards else schedule.ShardOutcome()
+        outcome = build.run_shards(cfg, prepared, shards, progress) if shards else build.ShardOutcome()
     if outcome.failed:
         raise build.BuildError(build.failure_message(ds, n_shards, outcome.failed))
     seconds = time.perf_counter() - t0

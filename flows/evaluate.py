@@ -17,45 +17,45 @@ from prefect.events import emit_event
 
 from facelift.dataset import Dataset
 from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL, DEFAULT_FID_RESIZE, MetricConfig
-from facelift.tasks import eval_data, eval_flux, eval_report
-from facelift.tasks import evaluate as ev
+from facelift.tasks import evaluate as evaluation
 
 EVENT = "facelift.evaluation.completed"
 
-select_test_split = task(eval_data.select_test_split, name="test-split", cache_policy=NONE)
-check_head_splits = task(eval_data.check_head_splits, name="check-head-splits", cache_policy=NONE)
-timing_table = task(eval_flux.timing_table, name="timing", cache_policy=NONE)
+select_test_split = task(evaluation.select_test_split, name="test-split", cache_policy=NONE)
+check_head_splits = task(evaluation.check_head_splits, name="check-head-splits", cache_policy=NONE)
+timing_table = task(evaluation.timing_table, name="timing", cache_policy=NONE)
 
 
 @task(name="score", cache_policy=NONE)
-def score(ds: Dataset, split: eval_data.TestSplit, heads: list[str], lora: str | None, metrics: MetricConfig,
-          cache: Any, cfg: ev.EvalConfig, endpoint_url: str | None, profile: str) -> tuple[Any, Any, dict]:
+def score(ds: Dataset, split: evaluation.TestSplit, heads: list[str], lora: str | None, metrics: MetricConfig,
+          cache: Any, cfg: evaluation.EvalConfig, endpoint_url: str | None, profile: str) -> tuple[Any, Any, dict]:
     """Stream the test split once through every row and the metric networks: (table, grid columns, networks)."""
     from facelift.config import resolve_config
 
-    sources: list[ev.RowSource] = ev.reference_sources() + [ev.HeadSource(h, cfg, endpoint_url) for h in heads]
+    sources: list[evaluation.RowSource] = evaluation.reference_sources()
+    sources += [evaluation.HeadSource(h, cfg, endpoint_url) for h in heads]
     if lora:
         conf = resolve_config(profile)
-        sources.append(eval_flux.LoraSource(lora, conf.generation.schnell, split.size, conf.cache_dir, cfg.device,
+        sources.append(evaluation.LoraSource(lora, conf.generation.schnell, split.size, conf.cache_dir, cfg.device,
                                             conf.generation.dtype, cfg.batch_size))
-    suite = ev.MetricSuite(metrics, cfg.device, cfg.batch_size, cfg.resize)
-    table, grid = ev.score_rows(sources, ds, split, suite, cache, cfg)
+    suite = evaluation.MetricSuite(metrics, cfg.device, cfg.batch_size, cfg.resize)
+    table, grid = evaluation.score_rows(sources, ds, split, suite, cache, cfg)
     return table, grid, suite.describe()
 
 
 @task(name="report", cache_policy=NONE)
 def report(run: Any, table: Any, timing: Any, grid: list, meta: dict[str, Any], grid_images: int) -> dict[str, str]:
     """Files under runs/<id>/evaluation/ plus table and markdown artifacts in the Prefect UI."""
-    png = eval_report.image_grid(grid, grid_images)
-    plot = eval_flux.timing_plot(timing) if timing is not None else None
-    files = eval_report.write_outputs(run, table, timing, png, plot, meta)
+    png = evaluation.image_grid(grid, grid_images)
+    plot = evaluation.timing_plot(timing) if timing is not None else None
+    files = evaluation.write_outputs(run, table, timing, png, plot, meta)
     cols = ["row", "n", "fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"]
     create_table_artifact(table[cols].round(5).to_dict("records"), key="evaluation-table",
                           description=f"Table 4 + KID + LPIPS on the test split of {meta['dataset_uri']}")
-    md = eval_report.table_markdown(table)
+    md = evaluation.table_markdown(table)
     if timing is not None:
-        md += "\n\n" + eval_report.timing_markdown(timing)
-    create_markdown_artifact(md + f"\n\nFiles: `{run.url(eval_report.EVAL_DIR)}`", key="evaluation-report")
+        md += "\n\n" + evaluation.timing_markdown(timing)
+    create_markdown_artifact(md + f"\n\nFiles: `{run.url(evaluation.EVAL_DIR)}`", key="evaluation-report")
     return files
 
 
@@ -75,7 +75,7 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
     from facelift.config import resolve_config
 
     logger = get_run_logger()
-    cfg = ev.EvalConfig(n_images=n_images, resolution=resolution, resize=resize, n_boot=n_boot, device=device,
+    cfg = evaluation.EvalConfig(n_images=n_images, resolution=resolution, resize=resize, n_boot=n_boot, device=device,
                         batch_size=batch_size, grid_images=grid_images)
     metrics = MetricConfig(inception_weights, clip_model, "alex", lpips_random_backbone)
     ds = Dataset.open(dataset_uri, endpoint_url)
@@ -88,14 +88,14 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
     timing = None
     if timing_resolutions and heads:
         gen = resolve_config(profile).generation
-        timing = timing_table(gen.schnell, gen.dev, ev.timing_head(heads, endpoint_url), timing_resolutions,
+        timing = timing_table(gen.schnell, gen.dev, evaluation.timing_head(heads, endpoint_url), timing_resolutions,
                               resolve_config(profile).cache_dir, device, gen.dtype, timing_images)
     meta = {"run_id": run_id, "dataset_uri": ds.uri, "heads": heads, "lora": lora, **split.meta(), **networks,
             "profile": profile,
             "metrics": {"inception_weights": inception_weights or "default search path", "clip_model": clip_model,
                         "lpips": "alex" + (" (random backbone: tests only)" if lpips_random_backbone else "")}}
     files = report(run, table, timing, grid, meta, grid_images)
-    logger.info("evaluation %s:\n%s", run_id, eval_report.table_markdown(table))
+    logger.info("evaluation %s:\n%s", run_id, evaluation.table_markdown(table))
     emit_event(event=EVENT, resource={"prefect.resource.id": f"facelift.run.{run_id}"},
                payload={"run_uri": run.url(), "dataset_uri": ds.uri})
     return {"run_id": run_id, "run_uri": run.url(), "files": files, "table": table.to_dict("records"),

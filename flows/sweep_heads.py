@@ -9,9 +9,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from facelift.tasks import train_report
-from facelift.tasks.sweep import PAPER_LAMBDA_CYC, PAPER_LR, sweep
-from facelift.tasks.train import TrainConfig, ray_session
+from facelift.tasks.train import (
+    PAPER_LAMBDA_CYC,
+    PAPER_LR,
+    TrainConfig,
+    best_markdown,
+    ray_session,
+    sweep,
+    sweep_caption,
+    sweep_rows,
+)
 
 
 @task(cache_policy=NO_CACHE)
@@ -21,7 +28,7 @@ def sweep_task(cfg: TrainConfig, lambda_cycs: list[float], lrs: list[float], sel
     with ray_session(ray_address):
         result = sweep(cfg, tuple(lambda_cycs), tuple(lrs), select, cpus_per_trial, gpus_per_trial)
     return {"sweep_id": result.sweep_id, "sweep_uri": result.sweep_uri,
-            "rows": train_report.sweep_rows(result.table), "best": result.best}
+            "rows": sweep_rows(result.table), "best": result.best}
 
 
 @flow(name="sweep-heads", log_prints=False)
@@ -58,8 +65,8 @@ def sweep_heads(
     key = f"sweep-{result['sweep_id']}".lower().replace("_", "-")[:60]
     best = result["best"]
     create_table_artifact(result["rows"], key=key,
-                          description=train_report.sweep_caption(head, flavor, best["selected_by"]))
-    create_markdown_artifact(train_report.best_markdown(best), key=f"{key}-best"[:64])
+                          description=sweep_caption(head, flavor, best["selected_by"]))
+    create_markdown_artifact(best_markdown(best), key=f"{key}-best"[:64])
     logger.info("sweep %s best: %s", result["sweep_id"], best)
     emit_event(event="facelift.sweep.completed",
                resource={"prefect.resource.id": f"facelift.run.{result['sweep_id']}"},

@@ -9,8 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from facelift.tasks import train_report
-from facelift.tasks.train import TrainConfig, train
+from facelift.tasks.train import TrainConfig, png_markdown, train, write_reports
 
 
 @task(cache_policy=NO_CACHE)
@@ -23,14 +22,14 @@ def train_task(cfg: TrainConfig, ray_address: str | None, max_failures: int) -> 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def report_task(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Metric tables, loss curve and sample grid as artifacts (and PNGs in the run folder)."""
-    rep = train_report.write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution)
+    rep = write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution)
     key = f"train-{run['run_id']}".lower().replace("_", "-")[:60]
     create_table_artifact(rep["summary"], key=key, description=f"Run {run['run_uri']}")
     if rep["epochs"]:
         create_table_artifact(rep["epochs"], key=f"{key}-val"[:64], description="validation per epoch")
     create_markdown_artifact(
-        train_report.png_markdown("Loss curves", rep["loss_curve"], rep["loss_curve_uri"])
-        + train_report.png_markdown("Samples: input | output | target", rep["samples"], rep["samples_uri"]),
+        png_markdown("Loss curves", rep["loss_curve"], rep["loss_curve_uri"])
+        + png_markdown("Samples: input | output | target", rep["samples"], rep["samples_uri"]),
         key=f"{key}-plots"[:64], description=f"{cfg.head} training plots")
     return {"loss_curve_uri": rep["loss_curve_uri"], "samples_uri": rep["samples_uri"]}
 

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
 from facelift.models.deepface_weights import AUDIT_MODELS, MODELS, MissingWeightsError, check_weights, missing_weights
 from facelift.storage import Store
-from facelift.tasks.audit import (
+from facelift.tasks.audit.analyze import (
     AUDIT_SCHEMA,
     RACES,
     AuditError,
@@ -33,8 +33,7 @@ from facelift.tasks.audit import (
     load_audit,
     race_column,
 )
-from facelift.tasks.audit_report import age_bucket, summarize, table1, to_markdown, tv_distance
-from facelift.tasks.rebalance import (
+from facelift.tasks.audit.rebalance import (
     RebalanceError,
     compute_weights,
     name_attributes,
@@ -42,7 +41,8 @@ from facelift.tasks.rebalance import (
     rake,
     simulate_sampling,
 )
-from facelift.tasks.tsne import plot_tsne, tsne_embed
+from facelift.tasks.audit.report import age_bucket, summarize, table1, to_markdown, tv_distance
+from facelift.tasks.audit.tsne import plot_tsne, tsne_embed
 from facelift.testing import make_synthetic_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -95,7 +95,7 @@ def test_random_weight_files_are_compact_keras_h5(deepface_home):
 
 # -- the real DeepFace path --------------------------------------------------------------------------------
 def test_noise_images_are_counted_and_listed_as_no_face(deepface_home, seaweed, tmp_path):
-    from facelift.tasks.audit_outputs import write_outputs
+    from facelift.tasks.audit.outputs import write_outputs
 
     root = _s3_root(seaweed)
     ds = make_synthetic_dataset(root, "noise", n_pairs=4, size=64, shard_size=2, prompt_mode="baseline")

@@ -47,7 +47,7 @@ def test_build_writes_plan_shards_manifest_and_info(local_build):
     assert sum(info["splits"]["counts"].values()) == 12 and ds.splits().counts(plan["pair_id"]) == \
         info["splits"]["counts"]
     assert result["rendered_pairs"] == 12 and result["spooled_shards_committed"] == []
-    from facelift.tasks.build import summary_rows
+    from facelift.tasks.build.steps import summary_rows
 
     assert {"metric": "generation", "value": "placement auto / compile none / fp8 False"} in summary_rows(info)
 
@@ -130,7 +130,7 @@ def test_pooled_placement_builds_the_same_dataset_and_survives_a_killed_schnell_
 
 def test_pool_sizes_follow_the_stage_costs():
     from facelift.config import resolve_config
-    from facelift.tasks.generate import pool_sizes
+    from facelift.tasks.build.generate import pool_sizes
 
     flux = resolve_config("flux", environ={}, overrides={"generation.placement": "pools", "ray.num_workers": 8})
     assert pool_sizes(flux) == {"schnell": 2, "dev": 6}  # 4 schnell steps : 17 dev steps (+ VAE passes)
@@ -171,7 +171,7 @@ def test_cli_info_and_clear_errors(local_build):
 def test_weights_file_steers_the_plan_and_the_dataset_identity(tmp_path):
     import pandas as pd
 
-    from facelift.tasks.names import read_names
+    from facelift.tasks.build.names import read_names
 
     people = read_names()[0].head(6)
     weights = tmp_path / "weights.parquet"

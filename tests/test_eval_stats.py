@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from facelift.storage import Store
-from facelift.tasks import eval_flux
-from facelift.tasks.eval_report import fid_columns, intervals_violated, kid_columns, table_markdown, write_outputs
-from facelift.tasks.metrics import mean_with_ci
+from facelift.tasks.evaluate import flux as eval_flux
+from facelift.tasks.evaluate.metrics import mean_with_ci
+from facelift.tasks.evaluate.report import fid_columns, intervals_violated, kid_columns, table_markdown, write_outputs
 
 
 def _record(name: str, feats: np.ndarray, refs: dict[str, np.ndarray], seed: int) -> dict[str, Any]:

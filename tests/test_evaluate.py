@@ -19,8 +19,9 @@ from facelift.models.heads import build_head
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
 from facelift.splits import SplitError
 from facelift.storage import Store
-from facelift.tasks import eval_data, eval_report
-from facelift.tasks import evaluate as ev
+from facelift.tasks.evaluate import data as eval_data
+from facelift.tasks.evaluate import report as eval_report
+from facelift.tasks.evaluate import score as ev
 from facelift.testing import make_synthetic_dataset
 
 SPLITS = {"val": 0.1, "test": 0.5}  # 32 pairs -> 17 test pairs: halves of 8

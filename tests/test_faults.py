@@ -22,7 +22,7 @@ from facelift.config import StorageConfig
 from facelift.dataset import Dataset, shard_schema
 from facelift.flows.build_dataset import build_dataset
 from facelift.storage import StorageError, Store
-from facelift.tasks.commit import CommitError, Spool, backoff_delays, commit_with_retry, encode_shard
+from facelift.tasks.build.commit import CommitError, Spool, backoff_delays, commit_with_retry, encode_shard
 from facelift.testing import SeaweedS3, stop_pid
 
 SMALL = {"plan.shard_size": 4}
@@ -51,7 +51,7 @@ def _table(pair_ids: list[str]) -> pa.Table:
 def test_commit_retries_over_the_same_bytes_with_growing_jittered_delays(caplog):
     ds, delays = FlakyDataset(failures=5), []
     policy = StorageConfig(commit_retry_s=600, commit_backoff_s=1, commit_backoff_max_s=8)
-    with caplog.at_level(logging.WARNING, logger="facelift.tasks.commit"):
+    with caplog.at_level(logging.WARNING, logger="facelift.tasks.build.commit"):
         size = commit_with_retry(ds, 3, b"parquet-bytes", policy, sleep=delays.append)
     assert size == len(b"parquet-bytes") and ds.written == b"parquet-bytes" and ds.calls == 6
     caps = [1, 2, 4, 8, 8]  # base * 2**k, capped

@@ -43,9 +43,9 @@ def test_tiny_prompts_fit_the_tiny_text_encoders():
     import inspect
 
     from facelift.models.tiny_flux import clip_tokenizer, t5_tokenizer
-    from facelift.tasks.eval_flux import timing_table
-    from facelift.tasks.names import read_names
-    from facelift.tasks.plan import make_plan
+    from facelift.tasks.build.names import read_names
+    from facelift.tasks.build.plan import make_plan
+    from facelift.tasks.evaluate.flux import timing_table
 
     cfg = resolve_config("tiny", environ={})
     people, _ = read_names()

@@ -280,7 +280,7 @@ def test_full_compile_one_graph_per_network_under_autocast_channels_last():
     nothing recompiles; validation runs eager (no graphs for no-grad, eval or a smaller last batch)."""
     import torch._dynamo
 
-    from facelift.tasks.train import LoopEnv, validate
+    from facelift.tasks.train.loop import LoopEnv, validate
 
     torch._dynamo.reset()
     head = debug_head("esa_cyclegan").to(memory_format=torch.channels_last).train()

@@ -22,7 +22,7 @@ LAYER_NAMES = ["ground (config, storage, dataset)", "models", "tasks", "flows", 
 
 
 def package_modules() -> dict[str, Path]:
-    """Every module of the installed namespace, named as it imports (facelift.tasks.build, ...)."""
+    """Every module of the installed namespace, named as it imports (facelift.tasks.build.steps, ...)."""
     mods: dict[str, Path] = {}
     for folder, package in PACKAGE_DIRS.items():
         for path in (ROOT / folder).rglob("*.py"):
@@ -131,7 +131,7 @@ def test_wheel_holds_only_facelift(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"facelift"}
-    for module in ("facelift/flows/build_dataset.py", "facelift/tasks/build.py", "facelift/models/heads/base.py",
+    for module in ("facelift/flows/build_dataset.py", "facelift/tasks/build/steps.py", "facelift/models/heads/base.py",
                    "facelift/cli/main.py", "facelift/data/name.basics.sample.tsv"):
         assert module in names
 
@@ -140,9 +140,47 @@ def test_non_editable_install_imports_every_flow(wheel: Path, tmp_path: Path):
     """A plain (non-editable) install of the wheel serves the flows, tasks and models by their new names."""
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    code = ("import facelift.flows.pipeline as p, facelift.tasks.build as b, facelift.models.heads as h, "
+    code = ("import facelift.flows.pipeline as p, facelift.tasks.build.steps as b, facelift.models.heads as h, "
             "facelift.cli.main; print(p.__file__); print(b.__file__); print(h.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert all(line.startswith(str(target)) for line in out.stdout.split()), out.stdout
+
+
+STAGES = {"build", "train", "evaluate", "audit"}
+
+
+def test_tasks_has_one_package_per_stage():
+    """tasks/ shows the pipeline: a package per stage, at most two top-level modules, no stage prefixes."""
+    tasks = ROOT / "tasks"
+    packages = {p.name for p in tasks.iterdir() if (p / "__init__.py").exists()}
+    assert packages >= STAGES, sorted(packages)
+    top = sorted(p.name for p in tasks.glob("*.py"))
+    assert len(top) <= 2, top
+    for package in packages:
+        for module in (tasks / package).glob("*.py"):
+            assert not module.stem.startswith(package[:4]), f"{module} carries its stage's prefix"
+
+
+def test_stage_packages_document_and_export():
+    """Each stage's __init__ says what it reads and writes and exports names that exist (and no clash with a
+    submodule: ``build.prepare`` must stay the function after ``import facelift.tasks.build.steps``)."""
+    import importlib
+
+    for stage in sorted(STAGES):
+        pkg = importlib.import_module(f"facelift.tasks.{stage}")
+        assert pkg.__doc__ and "Open" in pkg.__doc__ and "writes" in pkg.__doc__, stage
+        assert pkg.__all__, stage
+        for name in pkg.__all__:
+            obj = getattr(pkg, name)
+            assert not isinstance(obj, type(pkg)), f"facelift.tasks.{stage}.{name} is a module, not an export"
+
+
+def test_every_package_is_in_pyproject():
+    """A sub-package missing from [tool.setuptools] packages would be left out of the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in package_modules().items() if path.name == "__init__.py"}
+    assert found <= listed, sorted(found - listed)

@@ -1,4 +1,4 @@
-"""Training learns: each head's debug flavour, trained through the product's path (``tasks.train.train`` on
+"""Training learns: each head's debug flavour, trained through the product's path (``tasks.train.loop.train`` on
 Ray Train, as ``facelift train`` runs it), maps fresh held-out schnell pictures toward their dev pictures.
 
 The data is a known mapping made here and written as a real dataset (``make_synthetic_dataset``):
@@ -26,7 +26,7 @@ from facelift.dataset import Dataset
 from facelift.models.heads import load_head
 from facelift.models.losses import save_random_lpips_backbone
 from facelift.storage import Store
-from facelift.tasks.train import TrainConfig, train
+from facelift.tasks.train.loop import TrainConfig, train
 from facelift.testing import make_synthetic_dataset
 
 log = logging.getLogger(__name__)

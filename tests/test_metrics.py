@@ -19,7 +19,7 @@ from facelift.models.metrics import (
 )
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
 from facelift.storage import Store
-from facelift.tasks.metrics import (
+from facelift.tasks.evaluate.metrics import (
     KID_MIN_SUBSETS,
     SampleSizeError,
     cached_features,

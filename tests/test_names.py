@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from facelift.tasks import names
-from facelift.tasks.names import NamesError, bundled_names_uri, clean_name, read_names
+from facelift.tasks.build import names
+from facelift.tasks.build.names import NamesError, bundled_names_uri, clean_name, read_names
 
 HEADER = "nconst\tprimaryName\tbirthYear\tdeathYear\tprimaryProfession\tknownForTitles\n"
 
@@ -295,7 +295,7 @@ def test_random_names_match_the_row_by_row_rules(tmp_path, monkeypatch, seed, bl
 
 def test_resume_uses_the_committed_plan_without_reading_names_again(tmp_path, monkeypatch):
     from facelift.config import resolve_config
-    from facelift.tasks import build
+    from facelift.tasks.build import steps as build
 
     def cfg(**over):
         return resolve_config("tiny", environ={}, overrides={"storage.root": str(tmp_path), "plan.count": 6,

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from facelift.config import PlanConfig, PromptConfig
-from facelift.tasks.names import read_names
-from facelift.tasks.plan import PlanError, make_plan, pair_seed
+from facelift.tasks.build.names import read_names
+from facelift.tasks.build.plan import PlanError, make_plan, pair_seed
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_weights_restrict_and_bias_the_sample(people):
 
 
 def test_cost_projection_scales_with_gpus():
-    from facelift.tasks.build import cost_projection
+    from facelift.tasks.build.steps import cost_projection
 
     cost = cost_projection({"encode_s": 1.0, "schnell_s": 3.0, "dev_s": 6.0, "png_s": 99.0}, pairs=10)
     assert cost["gpu_seconds_per_pair"]["total"] == 1.0  # PNG overlaps on the CPU: not GPU time

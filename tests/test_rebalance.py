@@ -1,4 +1,4 @@
-"""Raking (tasks.rebalance.rake): absent target classes, category and attribute order, the weight cap."""
+"""Raking (tasks.audit.rebalance.rake): absent target classes, category and attribute order, the weight cap."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facelift.tasks.audit import RACES
-from facelift.tasks.rebalance import effective_target, expected_distribution, parse_target, rake
+from facelift.tasks.audit.analyze import RACES
+from facelift.tasks.audit.rebalance import effective_target, expected_distribution, parse_target, rake
 
 
 def _names(race_counts: dict[str, int], gender_by_race: dict[str, float] | None = None, seed: int = 0

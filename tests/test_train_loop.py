@@ -20,8 +20,8 @@ import torch.distributed as dist
 from facelift.dataset import Dataset
 from facelift.models.heads import HEADS, build_head
 from facelift.storage import Store
-from facelift.tasks import train as train_module
-from facelift.tasks.train import LoopEnv, TrainConfig, resolve_run, run_loop, validate
+from facelift.tasks.train import loop as train_module
+from facelift.tasks.train.loop import LoopEnv, TrainConfig, resolve_run, run_loop, validate
 from facelift.testing import free_port, make_synthetic_dataset
 
 SIZE = 32
@@ -175,7 +175,7 @@ def test_collectives_get_tensors_on_the_loops_device(dataset: Dataset, head: str
 
 # -- 2. a sweep trial that holds a GPU trains on it ------------------------------------------------------------
 def test_trial_device_follows_the_gpu_ray_assigned():
-    from facelift.tasks.sweep import trial_device
+    from facelift.tasks.train.tune import trial_device
 
     assert trial_device([], cuda_available=True) == torch.device("cpu")
     # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs, so its first GPU is cuda:0 in the trial's process
@@ -190,7 +190,7 @@ def test_sweep_trial_builds_its_loop_on_the_assigned_gpu(dataset: Dataset, tmp_p
     import ray
     import ray.tune
 
-    import facelift.tasks.sweep as sweep_module
+    import facelift.tasks.train.tune as sweep_module
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [2])
@@ -349,8 +349,8 @@ def _trial_history(lambda_cyc: float, rows: list[tuple[int, float, float, float,
 def test_sweep_selects_by_a_lambda_independent_criterion():
     import pandas as pd
 
-    from facelift.tasks.sweep import mark_best, summarize_trial
-    from facelift.tasks.train_report import sweep_rows
+    from facelift.tasks.train.report import sweep_rows
+    from facelift.tasks.train.tune import mark_best, summarize_trial
 
     histories = {10.0: _trial_history(10.0, [(2, 0.10, 0.10, 0.70, 0.30), (4, 0.08, 0.09, 0.90, 0.20)]),
                  2.0: _trial_history(2.0, [(2, 0.12, 0.11, 0.80, 0.25), (4, 0.13, 0.12, 0.75, 0.28)])}

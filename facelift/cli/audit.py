@@ -56,7 +56,7 @@ DEMO_SKIP_ROWS = ("images", "faces analysed", "detection failures", "man", "woma
 def _table(result: dict, skip: tuple[str, ...] = ()) -> str:
     import pandas as pd
 
-    from facelift.tasks.audit_report import to_markdown
+    from facelift.tasks.audit import to_markdown
 
     table = pd.DataFrame(result["report"]["table1"])
     return to_markdown(table[~table.iloc[:, 0].isin(skip)] if skip else table)
@@ -82,8 +82,15 @@ def rebalance(
     """
     from facelift.dataset import Dataset, DatasetError
     from facelift.storage import StorageError
-    from facelift.tasks.audit import AuditError, audit_prefix, load_audit
-    from facelift.tasks.rebalance import RebalanceError, compute_weights, load_target, write_weights
+    from facelift.tasks.audit import (
+        AuditError,
+        RebalanceError,
+        audit_prefix,
+        compute_weights,
+        load_audit,
+        load_target,
+        write_weights,
+    )
 
     setup_logging(verbose)
     try:
@@ -114,8 +121,7 @@ def demo_step(ctx: dict) -> dict:
     from facelift.flows.audit_diversity import audit_diversity
     from facelift.flows.build_dataset import build_dataset
     from facelift.models.deepface_weights import build_random_weights, missing_weights
-    from facelift.tasks.audit import load_audit
-    from facelift.tasks.rebalance import compute_weights, parse_target, write_weights
+    from facelift.tasks.audit import compute_weights, load_audit, parse_target, write_weights
 
     if missing_weights():
         cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")

@@ -54,7 +54,7 @@ def evaluate(
     """
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL
-    from facelift.tasks.eval_report import table_markdown
+    from facelift.tasks.evaluate import table_markdown
 
     setup_logging(verbose)
     try:
@@ -121,7 +121,7 @@ def demo_step(ctx: dict) -> dict:
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
     from facelift.tasks.enhance import run_enhance
-    from facelift.tasks.eval_report import intervals_violated, table_markdown, timing_markdown
+    from facelift.tasks.evaluate import intervals_violated, table_markdown, timing_markdown
 
     heads = list((ctx.get("head_runs") or {}).values())
     if not heads:

@@ -41,9 +41,7 @@ def build(
     from facelift.flows.build_dataset import build_dataset
     from facelift.models.flux import FluxWeightsError
     from facelift.storage import StorageError
-    from facelift.tasks.build import BuildError
-    from facelift.tasks.names import NamesError
-    from facelift.tasks.plan import PlanError
+    from facelift.tasks.build import BuildError, NamesError, PlanError
 
     setup_logging(verbose)
     try:

@@ -108,7 +108,7 @@ def sweep(
 
     from facelift.flows.sweep_heads import sweep_heads
     from facelift.models.heads import head_class
-    from facelift.tasks.train_report import SWEEP_COLUMNS
+    from facelift.tasks.train import SWEEP_COLUMNS
 
     setup_logging(verbose)
     try:

@@ -23,9 +23,9 @@ import pandas as pd
 
 from facelift.dataset import Dataset
 from facelift.storage import Store
-from facelift.tasks import audit_report
-from facelift.tasks.audit import load_audit, prompt_mode
-from facelift.tasks.tsne import GENDER_COLORS, RACE_COLORS, plot_tsne, tsne_embed
+from facelift.tasks.audit import report as audit_report
+from facelift.tasks.audit.analyze import load_audit, prompt_mode
+from facelift.tasks.audit.tsne import GENDER_COLORS, RACE_COLORS, plot_tsne, tsne_embed
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from facelift.tasks.audit_report import CATEGORIES, attribute_frame, distribution, tv_distance
+from facelift.tasks.audit.report import CATEGORIES, attribute_frame, distribution, tv_distance
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from facelift.tasks.audit import RACES
+from facelift.tasks.audit.analyze import RACES
 
 AGE_BUCKETS: tuple[str, ...] = ("under 18", "18-30", "31-50", "50+")
 GENDER_KEYS: tuple[str, ...] = ("man", "woman")

@@ -2,7 +2,7 @@
 
 A worker renders one shard batch by batch (PNG encoding of batch k overlaps generation of batch k+1),
 builds the shard table, spools it to local disk and commits it as one object, retrying the upload
-(:mod:`facelift.tasks.commit`). A worker killed while rendering loses only that shard's render; one killed
+(:mod:`facelift.tasks.build.commit`). A worker killed while rendering loses only that shard's render; one killed
 while committing loses nothing: Ray restarts the actor (reloading the pipelines), the caller retries the
 shard, and the retry commits the spooled render.
 """
@@ -26,7 +26,7 @@ import pyarrow as pa
 from facelift.config import BuildConfig
 from facelift.dataset import Dataset, shard_schema
 from facelift.storage import Store
-from facelift.tasks.commit import Spool, commit_with_retry, encode_shard
+from facelift.tasks.build.commit import Spool, commit_with_retry, encode_shard
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from facelift.config import BuildConfig
-from facelift.tasks import build, generate
+from facelift.tasks.build import generate
+from facelift.tasks.build import steps as build
 
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")

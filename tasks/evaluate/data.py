@@ -32,9 +32,9 @@ import torch
 from facelift.dataset import Dataset, DatasetError, shard_key
 from facelift.splits import SplitError, SplitSpec, check_same, pair_hash
 from facelift.storage import StorageError
-from facelift.tasks.metrics import image_set_key
-from facelift.tasks.train_data import to_uint8
-from facelift.tasks.train_input import BackgroundBatches
+from facelift.tasks.evaluate.metrics import image_set_key
+from facelift.tasks.train.data import to_uint8
+from facelift.tasks.train.prefetch import BackgroundBatches
 
 log = logging.getLogger(__name__)
 

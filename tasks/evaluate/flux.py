@@ -20,7 +20,7 @@ import torch
 
 from facelift.config import StageConfig
 from facelift.tasks.enhance import InferenceEngine, translate_batches
-from facelift.tasks.evaluate import Timed
+from facelift.tasks.evaluate.score import Timed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def load_lora_pipe(lora: str, stage: StageConfig, cache_dir: str, device: str, d
 
 class LoraSource:
     """The schnell + LoRA row: text-to-image from each input pair's prompt and seed, batch by batch (timed after
-    a one-image warm-up; a ``tasks.evaluate.RowSource``)."""
+    a one-image warm-up; a ``tasks.evaluate.score.RowSource``)."""
 
     kind = "lora"
     name = "schnell + LoRA"

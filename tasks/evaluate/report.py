@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from facelift.storage import Store
-from facelift.tasks.metrics import SampleSizeError, fid_with_ci, kid
+from facelift.tasks.evaluate.metrics import SampleSizeError, fid_with_ci, kid
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Evaluation on the test split: rows (schnell, dev, each head, optional schnell+LoRA) scored with FID_schnell,
 FID_dev, FID_diff (paper Table 4), KID, CLIP-IQA and LPIPS-to-dev, each with N and a 95% interval.
 
-The pairs: only the dataset's test split, in two disjoint halves (``tasks.eval_data``):
+The pairs: only the dataset's test split, in two disjoint halves (``tasks.evaluate.data``):
 - the *input* half: every row's images are made from it (schnell / dev: that half's own schnell / dev images;
   a head: the head applied to its schnell images; the LoRA row: schnell + LoRA from its prompts and seeds);
   LPIPS-to-dev pairs each output with its dev image;
@@ -36,9 +36,9 @@ from facelift.models.metrics import (
     fid_input,
 )
 from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
-from facelift.tasks.eval_data import Batch, TestSplit, iter_batches
-from facelift.tasks.eval_report import fid_columns, kid_columns
-from facelift.tasks.metrics import cached_features, mean_with_ci
+from facelift.tasks.evaluate.data import Batch, TestSplit, iter_batches
+from facelift.tasks.evaluate.metrics import cached_features, mean_with_ci
+from facelift.tasks.evaluate.report import fid_columns, kid_columns
 
 log = logging.getLogger(__name__)
 

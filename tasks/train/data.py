@@ -11,7 +11,7 @@
 Images are kept as uint8 CHW tensors, and batches are uint8 NCHW: :func:`to_model` copies them to the
 device (a quarter of the bytes of float, pinned when the stream pins) and converts them there to float
 in [-1, 1], so the input threads never spend CPU on the conversion.
-- Off the training thread (:mod:`facelift.tasks.train_input`): PNGs decode on ``decode_workers`` threads
+- Off the training thread (:mod:`facelift.tasks.train.prefetch`): PNGs decode on ``decode_workers`` threads
   ahead of the stream (in order, so the data order does not depend on them), and batches are built on a
   background thread ``prefetch_batches`` ahead (pinned for a CUDA copy); ``decode_workers=0`` is the old
   inline path.
@@ -31,7 +31,7 @@ import torch
 
 from facelift.dataset import Dataset, DatasetError, decode_image
 from facelift.splits import SplitSpec, pair_hash
-from facelift.tasks.train_input import BackgroundBatches, DecodeAhead, decode_rgb
+from facelift.tasks.train.prefetch import BackgroundBatches, DecodeAhead, decode_rgb
 
 log = logging.getLogger(__name__)
 

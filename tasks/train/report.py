@@ -18,7 +18,7 @@ import torch
 
 from facelift.models.heads import load_head
 from facelift.storage import Store
-from facelift.tasks.train_data import DataConfig, load_validation, open_training_dataset, to_float
+from facelift.tasks.train.data import DataConfig, load_validation, open_training_dataset, to_float
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def sweep_rows(table: Any) -> list[dict[str, Any]]:
 
 def sweep_caption(head: str, flavor: str, selected_by: str) -> str:
     """What the sweep table's columns are and how the best row was chosen."""
-    from facelift.tasks.sweep import SELECT
+    from facelift.tasks.train.tune import SELECT
 
     return (f"{head} ({flavor}), per configuration, at each trial's exported head: l_total = the paper's "
             f"GAN(G, D_dev) + GAN(F, D_schnell) + lambda_cyc * cycle (it grows with lambda_cyc, so it is not "

@@ -1,6 +1,6 @@
 """Ray Tune sweep over lambda_cyc x lr (the paper's Tables 2-3 grid), one single-process trial per point.
 
-Each trial runs the same loop as ``tasks.train`` (``run_loop``) and writes its outputs (``head/``,
+Each trial runs the same loop as ``tasks.train.loop`` (``run_loop``) and writes its outputs (``head/``,
 ``metrics.json``) under ``<root>/runs/<sweep_id>/trials/<trial>/``; Tune's own state goes to
 ``<root>/runs/<sweep_id>/tune/``. The table is written to ``sweep.json`` and ``sweep.csv`` beside them: per
 configuration, the validation values of the trial's exported head (its best by the head's ``monitor``): the
@@ -24,7 +24,15 @@ import torch
 from facelift.errors import first_line
 from facelift.models.heads import head_class
 from facelift.storage import Store
-from facelift.tasks.train import LoopEnv, TrainConfig, check_config, new_run_id, ray_storage, resolve_run, run_loop
+from facelift.tasks.train.loop import (
+    LoopEnv,
+    TrainConfig,
+    check_config,
+    new_run_id,
+    ray_storage,
+    resolve_run,
+    run_loop,
+)
 
 log = logging.getLogger(__name__)
 PAPER_LAMBDA_CYC = (10.0, 5.0, 2.0)

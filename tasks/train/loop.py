@@ -7,7 +7,7 @@ Running the same ``run_id`` again resumes from the latest checkpoint (Ray Train 
 
 Gradients are averaged across workers with one coalesced all-reduce per optimizer (what DDP does): the
 GAN heads take several forwards and two optimizers per step, which ``DistributedDataParallel``'s one-forward
-wrapper does not fit. The collectives (``tasks/train_dist.py``) send only tensors on the loop's device (NCCL).
+wrapper does not fit. The collectives (``tasks/train/dist.py``) send only tensors on the loop's device (NCCL).
 Checkpoints hold every worker's data position, so a resumed run continues the data order exactly.
 """
 
@@ -33,8 +33,8 @@ from facelift.dataset import Dataset
 from facelift.models.heads import Head, HeadError, build_head, compile_mode, train_step
 from facelift.splits import SplitSpec
 from facelift.storage import Store
-from facelift.tasks.train_checkpoint import restore_checkpoint, save_checkpoint, worker_data_state
-from facelift.tasks.train_data import (
+from facelift.tasks.train.checkpoint import restore_checkpoint, save_checkpoint, worker_data_state
+from facelift.tasks.train.data import (
     DataConfig,
     PairStream,
     load_validation,
@@ -42,7 +42,7 @@ from facelift.tasks.train_data import (
     split_counts,
     to_model,
 )
-from facelift.tasks.train_dist import all_reduce_sums, average_buffers, broadcast_state, gather_bytes, sync_grads
+from facelift.tasks.train.dist import all_reduce_sums, average_buffers, broadcast_state, gather_bytes, sync_grads
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
 from facelift.errors import first_line
 from facelift.splits import SplitSpec, spec_fields
 from facelift.storage import Store, open_uri
-from facelift.tasks.names import bundled_names_uri, read_names
-from facelift.tasks.plan import make_plan
+from facelift.tasks.build.names import bundled_names_uri, read_names
+from facelift.tasks.build.plan import make_plan
 
 log = logging.getLogger(__name__)
 _PACKAGES = ("facelift", "torch", "diffusers", "transformers", "ray", "prefect", "pyarrow", "s3fs")
