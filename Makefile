@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint demo bench gpu-wheels clean stack stack-down
+.PHONY: install test test-slow lint demo bench gpu-wheels clean stack stack-down
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,12 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+
+# the slow suites (statistics coverage, the learning grid, scale): CI runs them after `make test`
+test-slow: install
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m slow $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no slow test collected"; exit 0; fi; exit $$rc
 
 demo: install
 	$(VENV)/bin/facelift demo
