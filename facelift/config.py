@@ -147,6 +147,13 @@ class BuildConfig(_Model):
         default_factory=lambda: os.environ.get("FACELIFT_CACHE", str(Path.home() / ".cache" / "facelift"))
     )
 
+    @field_validator("dataset_id")
+    @classmethod
+    def _valid_id(cls, v: str | None) -> str | None:
+        from facelift.ids import check_id
+
+        return None if v is None else check_id(v, "dataset id")
+
     def fingerprint(self) -> str:
         """Hash of everything that changes what a dataset contains (not where or how fast it is built)."""
         generation = self.generation.model_dump(

@@ -61,12 +61,13 @@ def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
 
 @dataclass
 class SeaweedS3:
-    """A SeaweedFS server with its S3 gateway on free loopback ports (anonymous access)."""
+    """A SeaweedFS server with its S3 gateway on free loopback ports (anonymous access unless ``s3_config``)."""
 
     workdir: Path
     s3_port: int = 0
     proc: subprocess.Popen | None = None
     ports: list[str] | None = None  # kept across stop/start, so a restart serves the same data on the same ports
+    s3_config: Path | None = None  # ``-s3.config`` identities: the gateway then refuses unsigned/unknown requests
 
     @property
     def endpoint(self) -> str:
@@ -83,6 +84,7 @@ class SeaweedS3:
             weed_binary(), "server", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *self.ports,
             "-filer", "-s3", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
+            *([f"-s3.config={self.s3_config}"] if self.s3_config else []),
         ]
         log_file = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from facelift.dataset import Dataset
+from facelift.ids import artifact_key, check_id
 from facelift.storage import Store
 from facelift.tasks.audit import AuditOptions, ShardAudit, audit_shard, prepare_audit, summary_dict, write_outputs
 
@@ -30,10 +31,6 @@ def check_weights_task(detector: str) -> None:
     from facelift.models.deepface_weights import check_weights
 
     check_weights(detector=detector)
-
-
-def _artifact_key(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "audit"
 
 
 def _default_run_id() -> str:
@@ -58,7 +55,7 @@ def audit_diversity(
     if not dataset_uris:
         raise ValueError("dataset_uris is empty: give at least one dataset URI (.../datasets/<id>)")
     datasets = [Dataset.open(uri, endpoint_url) for uri in dataset_uris]
-    run_id = run_id or _default_run_id()
+    run_id = check_id(run_id, "run id") if run_id else _default_run_id()
     root = Store(output_root, endpoint_url) if output_root else datasets[0].root_store()
     out = root.child(f"runs/{run_id}")
     options = AuditOptions(detector=detector, include_dev=include_dev, enforce_detection=enforce_detection)
@@ -77,7 +74,7 @@ def audit_diversity(
 
     outputs = write_outputs(datasets, detector, out, include_dev=include_dev, tsne=tsne,
                             perplexity=perplexity, tsne_max_fit=tsne_max_fit)
-    key = _artifact_key(f"audit-{run_id}")
+    key = artifact_key("audit", run_id)
     create_table_artifact(outputs.table1.to_dict("records"), key=f"{key}-table1"[:60],
                           description=f"Diversity audit (Table 1), {detector} detector: {outputs.run_uri}")
     plots = "\n\n".join(f"### {name}\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -11,6 +11,7 @@ from prefect.events import emit_event
 from tqdm.auto import tqdm
 
 from facelift.config import resolve_config
+from facelift.ids import artifact_key
 from facelift.tasks import build
 
 
@@ -62,7 +63,7 @@ def build_dataset(
         {"metric": "shards committed from a spooled render", "value": len(outcome.from_spool)},
         {"metric": "pairs/s (this run)", "value": round(generated / seconds, 3) if generated else 0},
     ]
-    create_table_artifact(rows, key=f"build-{ds.dataset_id}".lower()[:60].replace("_", "-"),
+    create_table_artifact(rows, key=artifact_key("build", ds.dataset_id),
                           description=f"Dataset {ds.uri}")
     emit_event(event="facelift.dataset.built",
                resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}"},

@@ -16,6 +16,7 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from facelift.dataset import Dataset
+from facelift.ids import check_id
 from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL, DEFAULT_FID_RESIZE, MetricConfig
 from facelift.tasks import evaluate as evaluation
 
@@ -75,6 +76,8 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
     from facelift.config import resolve_config
 
     logger = get_run_logger()
+    if run_id:
+        check_id(run_id, "run id")
     cfg = evaluation.EvalConfig(n_images=n_images, resolution=resolution, resize=resize, n_boot=n_boot, device=device,
                         batch_size=batch_size, grid_images=grid_images)
     metrics = MetricConfig(inception_weights, clip_model, "alex", lpips_random_backbone)

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from facelift.ids import artifact_key
 from facelift.tasks.train import (
     PAPER_LAMBDA_CYC,
     PAPER_LR,
@@ -62,7 +63,7 @@ def sweep_heads(
     result = sweep_task(cfg, list(PAPER_LAMBDA_CYC if lambda_cycs is None else lambda_cycs),
                         list(PAPER_LR if lrs is None else lrs), select, cpus_per_trial, gpus_per_trial,
                         ray_address)
-    key = f"sweep-{result['sweep_id']}".lower().replace("_", "-")[:60]
+    key = artifact_key("sweep", result["sweep_id"])
     best = result["best"]
     create_table_artifact(result["rows"], key=key,
                           description=sweep_caption(head, flavor, best["selected_by"]))

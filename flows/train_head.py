@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from facelift.ids import artifact_key
 from facelift.tasks.train import TrainConfig, png_markdown, train, write_reports
 
 
@@ -23,7 +24,7 @@ def train_task(cfg: TrainConfig, ray_address: str | None, max_failures: int) -> 
 def report_task(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Metric tables, loss curve and sample grid as artifacts (and PNGs in the run folder)."""
     rep = write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution)
-    key = f"train-{run['run_id']}".lower().replace("_", "-")[:60]
+    key = artifact_key("train", run["run_id"])
     create_table_artifact(rep["summary"], key=key, description=f"Run {run['run_uri']}")
     if rep["epochs"]:
         create_table_artifact(rep["epochs"], key=f"{key}-val"[:64], description="validation per epoch")

@@ -34,6 +34,7 @@ from facelift.testing import SeaweedS3
 
 BUCKET = "facelift"
 COUNT = 24  # tiny profile: 3 shards of 8
+AUTH: dict[str, str] = {}  # api url -> the server's basic-auth string (every API call needs it)
 
 
 def test_parameters(fid_weights: str, clip_model: str) -> dict[str, dict[str, Any]]:
@@ -96,7 +97,8 @@ class DeployStack:
                               str(self.cache))
         t0 = time.monotonic()
         try:
-            self.server = PrefectServer(self.tmp / "prefect-home").start()
+            self.server = PrefectServer(self.tmp / "prefect-home", auth_string=f"admin:{uuid.uuid4().hex}").start()
+            AUTH[self.api_url] = self.server.auth_string
             self.timings["server"] = time.monotonic() - t0
             self.weed = SeaweedS3(self.tmp / "seaweed").start()
             self.weed.make_bucket(BUCKET)
@@ -108,8 +110,9 @@ class DeployStack:
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
                 env[key] = os.environ[key]
             self.env = env
-            setup_pool(self.api_url)
-            setup_results_block(self.api_url, f"{self.root}/prefect-results", self.weed.endpoint)
+            setup_pool(self.api_url, auth_string=self.server.auth_string)
+            setup_results_block(self.api_url, f"{self.root}/prefect-results", self.weed.endpoint,
+                                auth_string=self.server.auth_string)
             self.timings["pool+block"] = time.monotonic() - t0
             fid, clip = json.loads(_finish(metrics, "building random FID/CLIP weights").strip().splitlines()[-1])
             self.params = test_parameters(fid, clip)
@@ -149,17 +152,24 @@ class DeployStack:
 def client(api_url: str):
     from prefect.client.orchestration import SyncPrefectClient
 
-    return SyncPrefectClient(api=api_url)
+    return SyncPrefectClient(api=api_url, auth_string=AUTH.get(api_url))
+
+
+def settings(api_url: str) -> dict[Any, Any]:
+    """``temporary_settings(updates=...)`` for an in-process client of the stack's server (URL + auth)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    return {PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: AUTH.get(api_url)}
 
 
 def wait_run(api_url: str, run_id: Any, timeout_s: float, stack: DeployStack | None = None) -> Any:
     """``facelift rebuild --wait``'s poll against ``api_url``; a timeout also shows the worker's log."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from facelift.cli.ops import wait_for_run
 
     try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates=settings(api_url)):
             return wait_for_run(run_id, timeout_s=timeout_s)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}\n{stack.worker_log() if stack else ''}") from None
@@ -189,13 +199,13 @@ def wait_for_runs(api_url: str, deployment: str, predicate, timeout_s: float, st
 
 def run_build(stack: DeployStack, label: str, timeout_s: float = 240.0, **params: Any) -> Any:
     """Run build-dataset/build through `facelift rebuild`'s code path and wait (memoized per label)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from facelift.cli.ops import build_parameters, run_deployment_now
 
     if label in stack.build_runs:
         return stack.build_runs[label]
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+    with temporary_settings(updates=settings(stack.api_url)):
         run = run_deployment_now("build-dataset/build", build_parameters(**params), tags=[label])
     run = wait_run(stack.api_url, run.id, timeout_s, stack)
     stack.build_runs[label] = run

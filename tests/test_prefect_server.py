@@ -22,17 +22,17 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture()
 def api(deploy_stack):
     """The test process talks to the stack's server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: deploy_stack.api_url}):
+    with temporary_settings(updates=ds.settings(deploy_stack.api_url)):
         yield deploy_stack.api_url
 
 
 def _result(run, api_url: str):
     """The flow run's return value, read back from the object store (results are persisted there)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with temporary_settings(updates=ds.settings(api_url)):
         return run.state.result()
 
 
@@ -120,7 +120,7 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
 
 
 def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy_stack, api):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     _pause_automations(api)  # this test needs no chain: its builds must not start train/audit/evaluate runs
     try:
@@ -132,7 +132,7 @@ def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy
         ds_key = first["dataset_uri"].removeprefix("s3://")
         fs.rm(f"{ds_key}/shards/00001.parquet")
         deploy_stack.weed.stop()
-        with temporary_settings(updates={PREFECT_API_URL: api}):
+        with temporary_settings(updates=ds.settings(api)):
             from facelift.cli.ops import build_parameters, run_deployment_now
 
             params = build_parameters(profile="tiny", count=ds.COUNT, root=deploy_stack.root)

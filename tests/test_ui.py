@@ -42,14 +42,24 @@ def build_run(deploy_stack):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
+def browser(tmp_path_factory, deploy_stack):
+    """A Chromium profile logged in to the stack's UI (the server asks for its basic-auth string)."""
+    from playwright.sync_api import expect, sync_playwright
 
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True,
                                                    args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
         try:
+            page = ctx.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{deploy_stack.server.ui_url}/runs", wait_until="networkidle")
+            page.wait_for_url(re.compile(r".*/login.*"))  # no credentials yet: the login page
+            expect(page.get_by_text("Login").first).to_be_visible()
+            page.locator("input").first.fill(deploy_stack.server.auth_string)
+            page.locator("input").first.press("Enter")
+            page.wait_for_url(re.compile(r".*/runs.*"))
+            page.close()
             yield ctx
         finally:
             ctx.close()

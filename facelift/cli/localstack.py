@@ -19,7 +19,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from facelift.cli.stack_auth import StackSecrets, auth_enabled, server_security_env
 from facelift.testing import SeaweedS3, free_port, stop_pid
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,8 @@ RESULTS_BLOCK = "facelift-results"
 CLIENT_ENV = ("PREFECT_API_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS", "FACELIFT_STORAGE__ROOT")
 LOCAL_S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "facelift-local", "AWS_SECRET_ACCESS_KEY": "facelift-local-secret",
                         "AWS_DEFAULT_REGION": "us-east-1"}
-BASE_ENV = {
+BASE_ENV = {  # no RAY_AUTH_MODE here: the stack sets token mode (or, with STACK_AUTH=off, disabled) itself
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "RAY_AUTH_MODE": "disabled",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
@@ -122,11 +123,13 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO
 
 @dataclass
 class PrefectServer:
-    """``prefect server start`` on 127.0.0.1 with SQLite under ``home`` (PREFECT_HOME)."""
+    """``prefect server start`` on 127.0.0.1 with SQLite under ``home`` (PREFECT_HOME); with ``auth_string``
+    every API call but the health probe needs it (basic auth). CORS is limited to the UI's origin, CSRF is on."""
 
     home: Path
     port: int = 0
     pid: int | None = None
+    auth_string: str | None = field(default=None, repr=False)
 
     @property
     def api_url(self) -> str:
@@ -141,8 +144,21 @@ class PrefectServer:
         env = {**(os.environ if base is None else base), **BASE_ENV}
         env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api_url,
                    PREFECT_UI_API_URL=self.api_url, PREFECT_UI_URL=self.ui_url)
-        env.pop("PREFECT_PROFILES_PATH", None)
+        for key in ("PREFECT_PROFILES_PATH", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
+            env.pop(key, None)
+        env.update(server_security_env(self.ui_url, self.auth_string))
         return env
+
+    def settings(self) -> dict[Any, Any]:
+        """``temporary_settings(updates=...)`` for an in-process client of this server."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        return {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string}
+
+    def client(self) -> Any:
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(api=self.api_url, auth_string=self.auth_string)
 
     def healthy(self) -> bool:
         return bool(self.port) and http_ok(f"{self.api_url}/health")
@@ -180,7 +196,8 @@ def prefect_cli(args: list[str], env: dict[str, str], check: bool = True, timeou
     return proc
 
 
-def setup_pool(api_url: str, pool: str = POOL, queues: dict[str, int | None] = QUEUES) -> None:
+def setup_pool(api_url: str, pool: str = POOL, queues: dict[str, int | None] = QUEUES,
+               auth_string: str | None = None) -> None:
     """Create the process work pool and its queues with their concurrency limits (idempotent).
 
     CLI equivalent: ``prefect work-pool create facelift --type process`` and
@@ -190,7 +207,7 @@ def setup_pool(api_url: str, pool: str = POOL, queues: dict[str, int | None] = Q
     from prefect.client.schemas.actions import WorkPoolCreate, WorkQueueUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    with SyncPrefectClient(api=api_url) as client:
+    with SyncPrefectClient(api=api_url, auth_string=auth_string) as client:
         try:
             client.read_work_pool(pool)
         except ObjectNotFound:
@@ -208,13 +225,14 @@ def setup_pool(api_url: str, pool: str = POOL, queues: dict[str, int | None] = Q
                     exclude_unset=True))
 
 
-def setup_results_block(api_url: str, basepath: str, endpoint_url: str | None) -> None:
+def setup_results_block(api_url: str, basepath: str, endpoint_url: str | None, auth_string: str | None = None
+                        ) -> None:
     """The ``remote-file-system/facelift-results`` block the deployments persist results to."""
     from prefect.filesystems import RemoteFileSystem
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     settings = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_API_AUTH_STRING: auth_string}):
         RemoteFileSystem(basepath=basepath, settings=settings).save(RESULTS_BLOCK, overwrite=True)
 
 
@@ -265,15 +283,38 @@ def start_worker(env: dict[str, str], log_path: Path, pool: str = POOL, name: st
 
 
 # -- the stack (pid files under .stack/) ----------------------------------------------------------------------
+def _port(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit():
+        raise StackError(f"{name}={value!r} is not a port number")
+    return int(value)
+
+
 @dataclass
 class Stack:
-    """State of a loopback stack rooted at ``dir`` (default ``<repo>/.stack``)."""
+    """State of a loopback stack rooted at ``dir`` (default ``<repo>/.stack``); credentials in ``dir/secrets``
+    unless ``auth`` is off (``STACK_AUTH=off``)."""
 
     dir: Path = field(default_factory=lambda: REPO / ".stack")
     prefect_port: int = 4200
     s3_port: int = 8333
     ray_port: int = 6380
     bucket: str = "facelift"
+    auth: bool = True
+
+    @classmethod
+    def from_env(cls) -> Stack:
+        """``STACK_DIR``, ``STACK_PREFECT_PORT``, ``STACK_S3_PORT``, ``STACK_RAY_PORT``, ``STACK_AUTH`` (not
+        ``FACELIFT_*``: those are configuration keys)."""
+        return cls(Path(os.environ.get("STACK_DIR", REPO / ".stack")).resolve(),
+                   _port("STACK_PREFECT_PORT", 4200), _port("STACK_S3_PORT", 8333), _port("STACK_RAY_PORT", 6380),
+                   auth=auth_enabled())
+
+    @property
+    def secrets(self) -> StackSecrets:
+        return StackSecrets(self.dir / "secrets")
 
     def _pid(self, name: str) -> int | None:
         path = self.dir / f"{name}.pid"
@@ -288,21 +329,43 @@ class Stack:
 
     @property
     def server(self) -> PrefectServer:
-        return PrefectServer(self.dir / "prefect", self.prefect_port, self._pid("prefect"))
+        return PrefectServer(self.dir / "prefect", self.prefect_port, self._pid("prefect"),
+                             self.secrets.prefect_auth() if self.auth else None)
 
     @property
     def s3_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
+    @property
+    def ray_tmp(self) -> Path:
+        """Ray's session folder: short and under /tmp (its AF_UNIX socket paths must stay under 108 bytes)."""
+        import hashlib
+
+        return Path("/tmp") / f"facelift-ray-{hashlib.sha256(str(self.dir).encode()).hexdigest()[:8]}"
+
     def env(self) -> dict[str, str]:
+        """The environment of the stack's services and clients (worker, flow runs): holds the secrets."""
         env = self.server.env()
-        for key, value in LOCAL_S3_CREDENTIALS.items():  # SeaweedFS runs without auth; s3fs needs some keys
-            env.setdefault(key, value)
+        if self.auth:
+            env.update(self.secrets.client_env())
+        else:  # explicit STACK_AUTH=off: open services on loopback
+            env["RAY_AUTH_MODE"] = "disabled"
+            for key, value in LOCAL_S3_CREDENTIALS.items():  # SeaweedFS without auth; s3fs needs some keys
+                env.setdefault(key, value)
         env.update(AWS_ENDPOINT_URL_S3=self.s3_endpoint, RAY_ADDRESS=f"127.0.0.1:{self.ray_port}",
                    FACELIFT_CACHE=env.get("FACELIFT_CACHE", str(self.dir / "cache")),
-                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}", RAY_TMPDIR=str(self.dir / "ray-tmp"),
+                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}", RAY_TMPDIR=str(self.ray_tmp),
                    DEEPFACE_HOME=env.get("DEEPFACE_HOME", str(self.dir / "deepface")))
+        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         return env
+
+    def shell_exports(self) -> list[str]:
+        """``facelift stack env``: addresses, and the credentials read from their files (never printed)."""
+        env = self.env()
+        lines = [f"export {key}={env[key]}" for key in CLIENT_ENV]
+        if self.auth:
+            return lines + self.secrets.shell_exports()
+        return lines + ["export RAY_AUTH_MODE=disabled"] + [f"export {k}={v}" for k, v in LOCAL_S3_CREDENTIALS.items()]
 
     def status(self) -> dict[str, dict[str, object]]:
         return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))}
@@ -316,17 +379,19 @@ class Stack:
             server.start()
             self._write_pid("prefect", server.pid)
         env = self.env()
-        for key in LOCAL_S3_CREDENTIALS:
-            os.environ.setdefault(key, env[key])
-        weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port)
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):  # make_bucket's client
+            os.environ[key] = env[key]
+        weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port,
+                         s3_config=self.secrets.s3_config() if self.auth else None)
         if not pid_alive(self._pid("seaweed")):
             weed.start()
             self._write_pid("seaweed", weed.proc.pid)
         weed.make_bucket(self.bucket)
         if not pid_alive(self._pid("ray")):
             self._start_ray(env)
-        setup_pool(server.api_url)
-        setup_results_block(server.api_url, f"s3://{self.bucket}/prefect-results", self.s3_endpoint)
+        setup_pool(server.api_url, auth_string=server.auth_string)
+        setup_results_block(server.api_url, f"s3://{self.bucket}/prefect-results", self.s3_endpoint,
+                            auth_string=server.auth_string)
         import yaml
 
         params = yaml.safe_load(LOCAL_PARAMETERS.read_text())
@@ -335,13 +400,13 @@ class Stack:
         deploy_all(env, overlay_prefect_file(self.dir / "prefect.yaml", params))
         if not pid_alive(self._pid("worker")):
             self._write_pid("worker", start_worker(env, self.dir / "worker.log").pid)
-        (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in CLIENT_ENV}, indent=1))
+        (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in CLIENT_ENV}, indent=1))  # no secrets
         return server.ui_url
 
     def _start_ray(self, env: dict[str, str]) -> None:
         ray = Path(sys.executable).parent / "ray"
         cmd = [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.ray_port}",
-               "--include-dashboard=false", f"--temp-dir={self.dir / 'ray-tmp'}", "--disable-usage-stats"]
+               "--include-dashboard=false", f"--temp-dir={self.ray_tmp}", "--disable-usage-stats"]
         proc = _spawn(cmd, env, self.dir / "ray.log")
         self._write_pid("ray", proc.pid)
         deadline = time.monotonic() + 90
@@ -370,27 +435,33 @@ class Stack:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from facelift.cli.stack_auth import StackAuthError
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = sys.argv[1:] if argv is None else argv
-    stack = Stack(Path(os.environ.get("STACK_DIR", REPO / ".stack")).resolve())  # not FACELIFT_*: config keys
     cmd = args[0] if args else "status"
-    if cmd == "up":
-        url = stack.up()
-        print(f"facelift stack is up. Prefect UI: {url}\n  source <(python -m facelift.cli.localstack env)  "
-              "# to use it from this shell")  # noqa: T201 - script output
-    elif cmd == "down":
-        stopped = stack.down()
-        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))  # noqa: T201
-    elif cmd == "env":
-        env = stack.env()
-        for key in CLIENT_ENV:
-            print(f"export {key}={env[key]}")  # noqa: T201
-    elif cmd == "status":
-        print(json.dumps(stack.status(), indent=1))  # noqa: T201
-    else:
-        print(f"unknown command {cmd!r}; use up | down | status | env", file=sys.stderr)  # noqa: T201
-        return 2
+    try:
+        stack = Stack.from_env()
+        if cmd == "up":
+            url = stack.up()
+            login = (f"\n  UI login: the contents of {stack.secrets.prefect_auth_path}" if stack.auth else
+                     "\n  STACK_AUTH=off: the services accept anyone on this machine")
+            print(f"facelift stack is up. Prefect UI: {url}{login}\n  source <(.venv/bin/facelift stack env)  "
+                  "# to use it from this shell")  # noqa: T201 - script output
+        elif cmd == "down":
+            stopped = stack.down()
+            print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))  # noqa: T201
+        elif cmd == "env":
+            print("\n".join(stack.shell_exports()))  # noqa: T201
+        elif cmd == "status":
+            print(json.dumps(stack.status(), indent=1))  # noqa: T201
+        else:
+            print(f"unknown command {cmd!r}; use up | down | status | env", file=sys.stderr)  # noqa: T201
+            return 2
+    except (StackError, StackAuthError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
     return 0
 
 

@@ -17,6 +17,7 @@ import typer
 
 from facelift.cli.common import fail
 from facelift.config import ConfigError, parse_set_options
+from facelift.ids import IdError, check_id
 
 log = logging.getLogger("facelift")
 BUILD_DEPLOYMENT = "build-dataset/build"
@@ -95,6 +96,11 @@ def rebuild(
         overrides = parse_set_options(set_ or [])
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--set") from None
+    if dataset_id is not None:
+        try:
+            check_id(dataset_id, "dataset id")
+        except IdError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--dataset-id") from None
     params = build_parameters(profile, count, mode, names, root, dataset_id, endpoint_url, overrides)
     try:
         run = run_deployment_now(deployment, params, tags=["rebuild"])

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from facelift.cli.common import fail, setup_logging
+from facelift.ids import check_id
 
 log = logging.getLogger("facelift")
 
@@ -69,6 +70,8 @@ def train(
     setup_logging(verbose)
     try:
         head_class(head)  # before starting Prefect and Ray
+        if run_id:
+            check_id(run_id, "run id")
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                          batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
                          resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,

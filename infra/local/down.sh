@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-.venv/bin/python}"
-exec "$PY" -m facelift.localstack down
+exec "$PY" -m facelift.cli.localstack down

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-.venv/bin/python}"
-exec "$PY" -m facelift.localstack up
+exec "$PY" -m facelift.cli.localstack up

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from typing import Any
 
 import torch
 
+from facelift.errors import first_line
 from facelift.models.heads import CONFIG_FILE, WEIGHTS_FILE, Head, HeadError, OptimizerSpec
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,22 @@ def restore_checkpoint(folder: str, head: Head, optimizers: list[OptimizerSpec],
                         f"use another run_id")
     with open(os.path.join(folder, WEIGHTS_FILE), "rb") as fh:
         head.load_state_bytes(fh.read(), where=f"in checkpoint {folder}")
-    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+    state = load_state(os.path.join(folder, STATE_FILE))
     for spec in optimizers:
         spec.optimizer.load_state_dict(state["optimizers"][spec.name])
         if spec.scheduler is not None:
             spec.scheduler.load_state_dict(state["schedulers"][spec.name])
     return state
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """``train_state.pt`` with ``weights_only=True``: tensors and plain data only. The file comes from the object
+    store, so a pickle that would run code (or build any other object) is refused, never executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise HeadError(f"refusing {path}: it holds objects other than tensors and plain data, which loading would "
+                        f"execute (weights_only): {first_line(exc, 200)}") from None
 
 
 def worker_data_state(saved: list[dict] | None, rank: int, world: int) -> dict | None:

@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from facelift.dataset import Dataset
+from facelift.ids import check_id
 from facelift.models.heads import Head, HeadError, build_head, compile_mode, train_step
 from facelift.splits import SplitSpec
 from facelift.storage import Store
@@ -94,6 +95,11 @@ class TrainConfig(BaseModel):
     @classmethod
     def _compile_bool(cls, v: Any) -> Any:
         return compile_mode(v) if isinstance(v, bool) or v is None else v
+
+    @field_validator("run_id")
+    @classmethod
+    def _valid_run_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "run id")
 
     def data_config(self, splits: SplitSpec) -> DataConfig:
         """The data settings, with the dataset's fixed splits (train for steps, val for model selection)."""

@@ -1,0 +1,154 @@
+"""The documented entry points, run from the shell as a user would: ``make stack``, ``source <(facelift stack
+env)``, ``facelift rebuild --wait`` and ``make stack-down`` (docs/deploy.md). The stack is secured by default:
+the Prefect API answers 401 without its auth string, a Ray client without the token is refused, the S3 gateway
+refuses unknown keys, and the secrets live in ``<stack>/secrets`` with mode 0600, never printed.
+
+Ports and the stack folder come from ``STACK_*`` variables, so the test runs beside a user's own stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facelift.cli.localstack import REPO
+from facelift.testing import free_port
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+
+PROBES = r'''
+import json, os, subprocess, sys, urllib.error, urllib.request
+out = {}
+api = os.environ["PREFECT_API_URL"]
+def status(req):
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+out["health"] = status(f"{api}/health")
+out["no_auth"] = status(urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
+                                               headers={"Content-Type": "application/json"}))
+import base64
+bad = base64.b64encode(b"admin:wrong").decode()
+out["bad_auth"] = status(urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
+                         headers={"Content-Type": "application/json", "Authorization": f"Basic {bad}"}))
+cors = urllib.request.Request(f"{api}/deployments/filter", method="OPTIONS", headers={
+    "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+try:
+    with urllib.request.urlopen(cors, timeout=10) as r:
+        out["cors_evil"] = r.headers.get("access-control-allow-origin")
+except urllib.error.HTTPError as e:
+    out["cors_evil"] = e.headers.get("access-control-allow-origin")
+ray_code = ("import ray, os; ray.init(address=os.environ['RAY_ADDRESS'], log_to_driver=False); "
+            "print('CPUS', ray.cluster_resources().get('CPU'))")
+def ray_try(env):
+    p = subprocess.run([sys.executable, "-c", ray_code], env=env, capture_output=True, text=True, timeout=120)
+    return p.returncode, (p.stdout + p.stderr)[-600:]
+with_token = ray_try(dict(os.environ))
+no_token = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+no_token["HOME"] = os.environ["PROBE_HOME"]  # no ~/.ray/auth_token either
+wrong = dict(no_token, RAY_AUTH_TOKEN="0" * 64)
+out["ray_with_token"], out["ray_no_token"], out["ray_wrong_token"] = with_token, ray_try(no_token), ray_try(wrong)
+import s3fs
+ep = os.environ["AWS_ENDPOINT_URL_S3"]
+out["s3_ok"] = bool(s3fs.S3FileSystem(client_kwargs={"endpoint_url": ep}).ls("facelift"))
+try:
+    s3fs.S3FileSystem(key="facelift-local", secret="facelift-local-secret", client_kwargs={"endpoint_url": ep},
+                      skip_instance_cache=True).ls("facelift")
+    out["s3_wrong_keys"] = "accepted"
+except Exception as e:
+    out["s3_wrong_keys"] = type(e).__name__ + ": " + str(e)[:200]
+print("PROBES " + json.dumps(out))
+'''
+
+
+def _sh(script: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _pids(stack_dir: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in stack_dir.glob("*.pid")}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_dir):
+    import tempfile
+
+    stack_dir = Path(tempfile.mkdtemp(prefix="fl-stack-", dir="/tmp"))  # not under pytest's shared basetemp
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "RAY_"))}
+    env.update(STACK_DIR=str(stack_dir), STACK_PREFECT_PORT=str(free_port()), STACK_S3_PORT=str(free_port()),
+               STACK_RAY_PORT=str(free_port()), FACELIFT_CACHE=str(cache_dir), PROBE_HOME=str(tmp_path),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="3")
+    venv = Path(sys.executable).parent
+    try:
+        up = _sh(f"make stack VENV={venv.parent}", env, timeout=800)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert "Prefect UI: http://127.0.0.1:" in up.stdout and "UI login" in up.stdout
+        secrets = stack_dir / "secrets"
+        assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+        files = {p.name: p for p in secrets.iterdir() if p.name != "s3.json"}
+        assert set(files) == {"prefect-auth", "ray-token", "s3-access-key", "s3-secret-key"}
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secrets.iterdir())
+        values = [p.read_text().strip() for p in files.values()]
+
+        printed = _sh(f"{venv}/facelift stack env", env)
+        assert printed.returncode == 0, printed.stderr
+        assert "PREFECT_API_AUTH_STRING=" in printed.stdout and "RAY_AUTH_MODE=token" in printed.stdout
+        assert not [v for v in values if v in printed.stdout]  # secrets are read from files, never printed
+        assert not [v for v in values if v in (stack_dir / "env.json").read_text()]
+
+        probes = _sh(f"source <({venv}/facelift stack env) && {sys.executable} -c {_quote(PROBES)}", env)
+        line = [ln for ln in probes.stdout.splitlines() if ln.startswith("PROBES ")]
+        assert line, probes.stdout[-2000:] + probes.stderr[-3000:]
+        out = json.loads(line[0].removeprefix("PROBES "))
+        assert out["health"] == 200 and out["no_auth"] == 401 and out["bad_auth"] == 401, out
+        assert out["cors_evil"] in (None, ""), out
+        assert out["ray_with_token"][0] == 0 and "CPUS" in out["ray_with_token"][1], out["ray_with_token"]
+        for refused in ("ray_no_token", "ray_wrong_token"):
+            rc, text = out[refused]
+            assert rc != 0 and ("uthenticat" in text or "token" in text.lower()), (refused, text)
+        assert out["s3_ok"] and out["s3_wrong_keys"] != "accepted", out
+
+        rebuild = _sh(f"source <({venv}/facelift stack env) && {venv}/facelift rebuild --count 8 --wait "
+                      "--timeout 400", env, timeout=500)
+        assert rebuild.returncode == 0, (rebuild.stdout + rebuild.stderr)[-3000:] + _log(stack_dir)
+        assert "Completed" in rebuild.stdout
+
+        again = _sh(f"make stack VENV={venv.parent}", env, timeout=600)  # idempotent: running services kept
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    finally:
+        pids = _pids(stack_dir)
+        down = _sh(f"make stack-down VENV={venv.parent}", env, timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert set(pids) == {"prefect", "seaweed", "ray", "worker"}
+    assert not [name for name, pid in pids.items() if _alive(pid)], down.stdout
+    assert not list(stack_dir.glob("*.pid"))
+    import shutil
+
+    shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+def _quote(code: str) -> str:
+    import shlex
+
+    return shlex.quote(code)
+
+
+def _log(stack_dir: Path) -> str:
+    path = stack_dir / "worker.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
