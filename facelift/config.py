@@ -107,6 +107,10 @@ class StorageConfig(_Model):
                                   "(upload) over the table it rendered before giving up; covers store outages")
     commit_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, jittered")
     commit_backoff_max_s: float = Field(30.0, gt=0, description="longest delay between commit attempts")
+    lease_ttl_s: float = Field(120.0, gt=0, description="a writer's lease (one writer per dataset/run) expires "
+                               "this long after its last heartbeat (a crashed writer's lease frees itself)")
+    lease_wait_s: float = Field(3600.0, ge=0, description="how long a second writer waits for the lease before "
+                                "it exits naming the holder (0: at once)")
 
 
 class ChaosConfig(_Model):

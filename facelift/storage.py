@@ -7,6 +7,7 @@ Credentials are never read here: s3fs/botocore take them from the environment (`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
@@ -24,6 +25,36 @@ log = logging.getLogger(__name__)
 
 class StorageError(RuntimeError):
     """The object store cannot be reached or an object cannot be read/written."""
+
+
+class PermanentStorageError(StorageError):
+    """The store refused the request for a reason waiting will not fix (credentials denied, expired or revoked;
+    no such bucket): fail fast instead of retrying. ``code`` is the S3 error code."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+# S3 error codes that no retry fixes (wrong, expired or revoked credentials; a missing bucket)
+PERMANENT_CODES = frozenset({
+    "AccessDenied", "AccountProblem", "AllAccessDisabled", "ExpiredToken", "InvalidAccessKeyId", "InvalidToken",
+    "InvalidClientTokenId", "SignatureDoesNotMatch", "NoSuchBucket", "InvalidBucketName", "TokenRefreshRequired",
+    "NotSignedUp", "NoCredentials",
+})
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind ``exc`` (s3fs keeps botocore's ClientError as the cause), if any."""
+    seen = 0
+    while exc is not None and seen < 5:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return str(response["Error"]["Code"])
+        if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+            return "NoCredentials"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -57,6 +88,10 @@ class Store:
             path = self.uri.split("://", 1)[1] if "://" in self.uri else self.uri
             return str(Path(path).expanduser().resolve())
         return self.uri.split("://", 1)[1].rstrip("/")
+
+    @property
+    def bucket(self) -> str:
+        return self.root.split("/", 1)[0] if self.protocol == "s3" else "-"
 
     def storage_options(self) -> dict[str, Any]:
         """Options for fsspec/pandas/pyarrow/datasets readers (no credentials: those come from env)."""
@@ -148,7 +183,80 @@ class Store:
             else:
                 self.fs.pipe_file(target, data)
         except Exception as exc:  # noqa: BLE001
+            code = error_code(exc)
+            if code in PERMANENT_CODES:
+                raise PermanentStorageError(f"cannot write {key} to {self.where()}, bucket {self.bucket}: {code} "
+                                            f"(permanent: check the credentials and the bucket)", code) from None
             raise StorageError(f"cannot write {key} to {self.where()}: {_describe(exc)}") from None
+
+    # -- conditional writes (leases) --------------------------------------------------------------
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if it does not exist: ``O_EXCL`` locally, a conditional PUT (``If-None-Match: *``)
+        on S3. False if it exists. (A store that ignores the header overwrites: :mod:`facelift.lease` reads
+        the object back to catch that.)"""
+        target = self.path(key)
+        try:
+            if self.is_local:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                return True
+            self.fs.pipe_file(target, data, IfNoneMatch="*")
+            return True
+        except FileExistsError:  # s3fs's translation of a failed If-None-Match
+            return False
+        except Exception as exc:  # noqa: BLE001
+            if _precondition_failed(exc):
+                return False
+            raise StorageError(f"cannot create {key} in {self.where()}: {_describe(exc)}") from None
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object and a version tag (S3 ETag; local: mtime and size), for :meth:`replace_if`."""
+        try:
+            if self.is_local:
+                st = os.stat(self.path(key))
+                return Path(self.path(key)).read_bytes(), f"{st.st_mtime_ns}-{st.st_size}"
+            fs = self.fs
+            tag = fs.info(self.path(key), refresh=True)["ETag"]
+            return fs.cat_file(self.path(key)), tag
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot read {key} from {self.where()}: {_describe(exc)}") from None
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> bool:
+        """Overwrite ``key`` only if it is still the version ``tag`` (S3 ``If-Match``; locally: move the old
+        file aside, check it was that version, write the new one with ``O_EXCL``). False if it changed."""
+        target = self.path(key)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(target, data, IfMatch=tag)
+                return True
+            except FileNotFoundError:
+                return False
+            except Exception as exc:  # noqa: BLE001
+                if _precondition_failed(exc):
+                    return False
+                raise StorageError(f"cannot replace {key} in {self.where()}: {_describe(exc)}") from None
+        aside = f"{target}.old-{uuid.uuid4().hex}"
+        try:
+            os.rename(target, aside)  # atomic: of two replacers, one moves it
+        except FileNotFoundError:
+            return False
+        st = os.stat(aside)
+        if f"{st.st_mtime_ns}-{st.st_size}" != tag:  # it had changed: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, target)
+            os.unlink(aside)
+            return False
+        os.unlink(aside)
+        return self.create_exclusive(key, data)
 
     def delete(self, key: str) -> None:
         try:
@@ -176,6 +284,12 @@ class Store:
     def open(self, key: str, mode: str = "rb") -> Any:
         return self.fs.open(self.path(key), mode)
 
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """S3's 412 (``PreconditionFailed``), however s3fs/botocore wrap it."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    return "PreconditionFailed" in text or "pre-condition" in text
 
 
 def open_uri(uri: str, endpoint_url: str | None = None, mode: str = "rb") -> Any:

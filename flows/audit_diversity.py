@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -12,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from facelift import done
 from facelift.dataset import Dataset
 from facelift.ids import artifact_key, check_id
 from facelift.storage import Store
@@ -49,8 +51,12 @@ def audit_diversity(
     enforce_detection: bool = True,
     perplexity: float = 30.0,
     tsne_max_fit: int = 20_000,
+    skip_completed: bool = False,
 ) -> dict[str, Any]:
-    """Audit perceived gender/age/race and ArcFace embeddings of datasets; Table 1 and t-SNE plots."""
+    """Audit perceived gender/age/race and ArcFace embeddings of datasets; Table 1 and t-SNE plots.
+
+    ``skip_completed`` (set by the event trigger): if these datasets' contents were already audited with these
+    options, return that audit instead of running it again (and emit no event)."""
     logger = get_run_logger()
     if not dataset_uris:
         raise ValueError("dataset_uris is empty: give at least one dataset URI (.../datasets/<id>)")
@@ -59,6 +65,14 @@ def audit_diversity(
     root = Store(output_root, endpoint_url) if output_root else datasets[0].root_store()
     out = root.child(f"runs/{run_id}")
     options = AuditOptions(detector=detector, include_dev=include_dev, enforce_detection=enforce_detection)
+    key = done.run_key("audit", [str(ds.info().get("fingerprint") or ds.uri) for ds in datasets],
+                       {"options": dataclasses.asdict(options),
+                        "tsne": tsne, "perplexity": perplexity, "tsne_max_fit": tsne_max_fit,
+                        "output_root": output_root})
+    record = done.find_completed(root, key) if skip_completed and run_id is None else None
+    if record:
+        logger.info(done.skip_line("audit", f"the contents of {', '.join(ds.dataset_id for ds in datasets)}", record))
+        return {**record["result"], "skipped": True}
     check_weights_task(detector)
 
     summaries = {}
@@ -86,10 +100,12 @@ def audit_diversity(
     emit_event(event="facelift.audit.completed", resource={"prefect.resource.id": f"facelift.run.{run_id}"},
                payload={"run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out})
     logger.info("audit written to %s\n%s", outputs.run_uri, outputs.table1_markdown)
-    return {"run_id": run_id, "run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out,
+    result = {"run_id": run_id, "run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out,
             "files": outputs.files, "audit": {k: {kk: vv for kk, vv in v.items() if kk != "per_shard"}
                                               for k, v in summaries.items()},
             "report": outputs.report}
+    done.record_completed(root, key, {"run_id": run_id, "run_uri": outputs.run_uri, "result": result})
+    return result
 
 
 if __name__ == "__main__":

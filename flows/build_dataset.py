@@ -37,40 +37,48 @@ def build_dataset(
     cfg = resolve_config(profile, config_file=config_file, overrides={**given, **(overrides or {})})
     t0 = time.perf_counter()
     prepared = build.prepare(cfg)
-    ds = prepared.dataset
-    shards = build.missing_shards(ds, prepared.plan)
-    n_shards = int(prepared.plan["shard"].nunique())
-    logger.info("dataset %s: %d of %d shards to generate", ds.uri, len(shards), n_shards)
-    artifact = create_progress_artifact(progress=100.0 * (n_shards - len(shards)) / n_shards,
-                                        description=f"shards committed for {ds.dataset_id}")
+    with prepared.lease:  # one writer per dataset: a second identical build waits here, then resumes
+        ds = prepared.dataset
+        shards = build.missing_shards(ds, prepared.plan)
+        n_shards = int(prepared.plan["shard"].nunique())
+        logger.info("dataset %s: %d of %d shards to generate", ds.uri, len(shards), n_shards)
+        artifact = create_progress_artifact(progress=100.0 * (n_shards - len(shards)) / n_shards,
+                                            description=f"shards committed for {ds.dataset_id}")
 
-    bar = tqdm(total=n_shards, initial=n_shards - len(shards), unit="shard", disable=None)
+        bar = tqdm(total=n_shards, initial=n_shards - len(shards), unit="shard", disable=None)
 
-    def progress(done: int, total: int) -> None:
-        bar.update(1)
-        update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
+        def progress(done: int, total: int) -> None:
+            bar.update(1)
+            update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
 
-    with bar:
-        outcome = build.run_shards(cfg, prepared, shards, progress) if shards else build.ShardOutcome()
-    if outcome.failed:
-        raise build.BuildError(build.failure_message(ds, n_shards, outcome.failed))
-    seconds = time.perf_counter() - t0
-    info = build.finalize(ds, prepared.plan, seconds)
-    generated = int(prepared.plan["shard"].isin(shards).sum())
-    rows = build.summary_rows(info) + [
-        {"metric": "pairs generated (this run)", "value": generated},
-        {"metric": "pairs rendered (this run)", "value": outcome.rendered},
-        {"metric": "shards committed from a spooled render", "value": len(outcome.from_spool)},
-        {"metric": "pairs/s (this run)", "value": round(generated / seconds, 3) if generated else 0},
-    ]
-    create_table_artifact(rows, key=artifact_key("build", ds.dataset_id),
-                          description=f"Dataset {ds.uri}")
-    emit_event(event="facelift.dataset.built",
-               resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}"},
-               payload={"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "pairs": info["counts"]["pairs"]})
-    return {"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "generated_pairs": generated,
-            "generated_shards": len(shards), "rendered_pairs": outcome.rendered,
-            "spooled_shards_committed": outcome.from_spool, **info["counts"]}
+        with bar:
+            outcome = build.run_shards(cfg, prepared, shards, progress) if shards else build.ShardOutcome()
+        if outcome.failed:
+            raise build.BuildError(build.failure_message(ds, n_shards, outcome.failed))
+        seconds = time.perf_counter() - t0
+        prepared.lease.check()  # never publish a manifest after losing the lease
+        was_complete = ds.info().get("status") == "complete"
+        info = build.finalize(ds, prepared.plan, seconds)
+        changed = bool(outcome.committed) or not was_complete  # new pairs, or this run completed the dataset
+        generated = int(prepared.plan["shard"].isin(shards).sum())
+        rows = build.summary_rows(info) + [
+            {"metric": "pairs generated (this run)", "value": generated},
+            {"metric": "pairs rendered (this run)", "value": outcome.rendered},
+            {"metric": "shards committed from a spooled render", "value": len(outcome.from_spool)},
+            {"metric": "pairs/s (this run)", "value": round(generated / seconds, 3) if generated else 0},
+        ]
+        create_table_artifact(rows, key=artifact_key("build", ds.dataset_id),
+                              description=f"Dataset {ds.uri}")
+        if changed:  # events mean change: a rebuild that committed nothing starts no train/audit/evaluate
+            emit_event(event="facelift.dataset.built",
+                       resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}"},
+                       payload={"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "pairs": info["counts"]["pairs"]})
+        else:
+            logger.info("dataset %s unchanged (complete, nothing committed by this run): no facelift.dataset.built "
+                        "event", ds.dataset_id)
+        return {"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "changed": changed, "generated_pairs": generated,
+                "generated_shards": len(shards), "rendered_pairs": outcome.rendered,
+                "spooled_shards_committed": outcome.from_spool, **info["counts"]}
 
 
 if __name__ == "__main__":

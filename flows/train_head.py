@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from facelift import done
 from facelift.ids import artifact_key
 from facelift.tasks.train import TrainConfig, png_markdown, train, write_reports
 
@@ -57,11 +58,14 @@ def train_head(
     ray_address: str | None = None,
     head_overrides: dict[str, Any] | None = None,
     max_failures: int = 0,
+    skip_completed: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume, given the same run_id) one head; returns the run URI and the exported head.
 
     ``early_stopping`` None: the head's default (U-Net: stop after ``patience`` epochs without improvement;
-    CycleGANs: train the fixed schedule, whose linear lr decay early stopping would cut)."""
+    CycleGANs: train the fixed schedule, whose linear lr decay early stopping would cut). ``skip_completed``
+    (set by the event trigger): if this head was already trained with this config on a dataset with the same
+    content fingerprint, return that run instead of training again (and emit no event)."""
     logger = get_run_logger()
     cfg = TrainConfig(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                       batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=use_gpu,
@@ -69,13 +73,21 @@ def train_head(
                       checkpoint_every=checkpoint_every,
                       compile=compile, endpoint_url=endpoint_url, run_id=run_id,
                       head_overrides=head_overrides or {})
+    root, key = done.train_key(cfg)
+    record = done.find_completed(root, key) if skip_completed and run_id is None else None
+    if record:
+        logger.info(done.skip_line("training", f"head {head} ({flavor}) with this config on this dataset's content",
+                                   record))
+        return {**record["result"], "skipped": True}
     run = train_task(cfg, ray_address, max_failures)
     plots = report_task(run, cfg)
+    result = {**run, **plots, "head": head, "dataset_uri": dataset_uri}
+    done.record_completed(root, key, {"run_id": run["run_id"], "run_uri": run["run_uri"], "result": result})
     logger.info("head %s trained: %s", head, run["head_uri"])
     emit_event(event="facelift.head.trained",
                resource={"prefect.resource.id": f"facelift.run.{run['run_id']}"},
                payload={"run_uri": run["run_uri"], "dataset_uri": dataset_uri, "head": head})
-    return {**run, **plots, "head": head, "dataset_uri": dataset_uri}
+    return result
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import deploy_stack as ds
 import pytest
@@ -54,7 +55,7 @@ def test_everything_deployed_with_triggers_schedule_and_queues(deploy_stack, api
         assert {"train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"} <= set(autos)
         assert autos["evaluate-new-head"].trigger.expect == {"facelift.head.trained"}
         assert autos["audit-new-dataset"].actions[0].parameters == {
-            "dataset_uris": ["{{ event.payload.dataset_uri }}"]}
+            "dataset_uris": ["{{ event.payload.dataset_uri }}"], "skip_completed": True}
         env = build.job_variables["env"]
         assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/facelift-results"
 
@@ -117,6 +118,15 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint}, skip_instance_cache=True,
                            use_listings_cache=False)
     assert fs.ls(f"{deploy_stack.root}/prefect-results".removeprefix("s3://"))
+
+    # events mean change: an identical rebuild commits nothing, emits nothing, and chains nothing
+    again = ds.run_build(deploy_stack, "chain-again", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
+    assert again.state_name == "Completed", deploy_stack.worker_log()
+    same = _result(again, api)
+    assert same["dataset_uri"] == uri and same["changed"] is False and same["generated_pairs"] == 0
+    time.sleep(8)  # triggers fire within ~0.1 s of an event
+    for dep in ("train-head/train", "audit-diversity/audit", "evaluate/evaluate"):
+        assert len([r for r in ds.runs_of(api, dep) if on_dataset(r)]) == 1, dep
 
 
 def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy_stack, api):

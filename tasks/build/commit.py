@@ -23,13 +23,18 @@ import pyarrow as pa
 from facelift.config import StorageConfig
 from facelift.dataset import Dataset, read_parquet_bytes, shard_schema, table_to_parquet_bytes
 from facelift.errors import first_line
-from facelift.storage import StorageError
+from facelift.storage import PermanentStorageError, StorageError
 
 log = logging.getLogger(__name__)
 
 
 class CommitError(StorageError):
     """A shard's commit failed for the whole retry budget; its render is kept in the spool."""
+
+
+class PermanentCommitError(CommitError):
+    """The store refused a shard's commit for good (credentials denied/expired/revoked, no bucket): not retried,
+    neither here nor by the shard task."""
 
 
 class Spool:
@@ -86,7 +91,8 @@ def commit_with_retry(dataset: Dataset, shard: int, data: bytes, policy: Storage
                       kept_at: Path | None = None) -> int:
     """Upload one shard object, retrying transient storage errors for ``policy.commit_retry_s`` seconds.
 
-    Each failed attempt is logged once, naming the store (never its credentials). Returns bytes written.
+    Each failed attempt is logged once, naming the store (never its credentials). A permanent refusal
+    (:class:`PermanentStorageError`: AccessDenied, ExpiredToken, ...) fails at once. Returns bytes written.
     """
     start, attempts = clock(), 0
     delays = backoff_delays(policy)
@@ -94,6 +100,9 @@ def commit_with_retry(dataset: Dataset, shard: int, data: bytes, policy: Storage
         attempts += 1
         try:
             return dataset.commit_shard_bytes(shard, data)
+        except PermanentStorageError as exc:
+            kept = f"; the rendered shard is kept at {kept_at}" if kept_at else ""
+            raise PermanentCommitError(f"shard {shard:05d}: {exc}{kept}") from None
         except StorageError as exc:
             waited, reason = clock() - start, first_line(exc) or type(exc).__name__
             delay = next(delays)

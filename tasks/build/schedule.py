@@ -16,9 +16,19 @@ from prefect.futures import as_completed
 from facelift.config import BuildConfig
 from facelift.tasks.build import generate
 from facelift.tasks.build import steps as build
+from facelift.tasks.build.commit import PermanentCommitError
 
 
-@task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}")
+def _permanent(state: Any) -> bool:
+    """Whether a failed shard state holds a permanent store refusal (no retry fixes it)."""
+    try:
+        return isinstance(state.result(raise_on_failure=False), PermanentCommitError)
+    except Exception:  # noqa: BLE001 - an unreadable result is not a known permanent error
+        return False
+
+
+@task(cache_policy=NO_CACHE, retry_delay_seconds=2, task_run_name="shard-{shard:05d}",
+      retry_condition_fn=lambda task, run, state: not _permanent(state))
 def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any, schnell_worker: Any = None) -> dict[str, Any]:
     """Render and commit one shard on one Ray worker (its schnell half first on a schnell actor, if pooled)."""
     return generate.call_worker(worker, shard, rows, schnell_worker)
@@ -93,6 +103,9 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
             else:
                 outcome.failed[shard] = str(future.state.message or future.state.name)
                 logger.error("shard %05d failed after retries: %s", shard, future.state.message)
+                if _permanent(future.state):  # e.g. revoked credentials: rendering more shards wastes the GPUs
+                    logger.error("the store refused the commit for good: no further shard is started")
+                    todo.clear()
                 _replace_dead(cfg, prepared.dataset.uri, pools, [worker, schnell], logger)
             progress(done, len(shards))
     finally:

@@ -22,6 +22,7 @@ import pandas as pd
 from facelift.config import BuildConfig
 from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
 from facelift.errors import first_line
+from facelift.lease import Lease
 from facelift.splits import SplitSpec, spec_fields
 from facelift.storage import Store, open_uri
 from facelift.tasks.build.names import bundled_names_uri, read_names
@@ -53,6 +54,7 @@ class Prepared:
     fingerprint: str
     names_report: dict[str, Any] | None
     resumed: bool
+    lease: Lease | None = None  # held from here until the flow releases it: one writer per dataset
 
 
 def file_sha256(uri: str, endpoint_url: str | None) -> str:
@@ -106,6 +108,18 @@ def prepare(cfg: BuildConfig) -> Prepared:
         plan = make_plan(people, cfg.plan, weights)
     dataset_id = cfg.dataset_id or f"{cfg.plan.prompt.mode}-{len(plan)}-{fingerprint[:10]}"
     ds = Dataset.at(store, dataset_id)
+    lease = Lease(ds.store, f"dataset {dataset_id}", cfg.storage.lease_ttl_s, cfg.storage.lease_wait_s).acquire()
+    try:
+        return _open_or_create(cfg, ds, plan, fingerprint, report, lease)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _open_or_create(cfg: BuildConfig, ds: Dataset, plan: pd.DataFrame, fingerprint: str,
+                    report: dict[str, Any] | None, lease: Lease) -> Prepared:
+    """Under the lease: verify a resumed dataset's identity, or write a new one's plan and dataset.json."""
+    dataset_id = ds.dataset_id
     resumed = ds.store.exists("dataset.json")
     if resumed:
         info = ds.info()
@@ -134,7 +148,7 @@ def prepare(cfg: BuildConfig) -> Prepared:
             "counts": {"planned": len(plan), "shards_planned": int(plan["shard"].nunique())},
         })
         log.info("new dataset %s: %d pairs in %d shards", dataset_id, len(plan), plan["shard"].nunique())
-    return Prepared(ds, plan, fingerprint, report, resumed)
+    return Prepared(ds, plan, fingerprint, report, resumed, lease)
 
 
 def _committed(store: Store, cfg: BuildConfig, fingerprint: str) -> Dataset | None:

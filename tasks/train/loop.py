@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from facelift.dataset import Dataset
 from facelift.ids import check_id
+from facelift.lease import Lease
 from facelift.models.heads import Head, HeadError, build_head, compile_mode, train_step
 from facelift.splits import SplitSpec
 from facelift.storage import Store
@@ -338,7 +339,9 @@ def train(cfg: TrainConfig, max_failures: int = 0, ray_address: str | None = Non
     local one, shut down afterwards: :func:`ray_session`)."""
     cfg = resolve_run(cfg)
     check_config(cfg)
-    with ray_session(ray_address):
+    # one writer per run: a second trainer of this run id exits naming the holder (it would resume from the
+    # first one's checkpoints while they are being written)
+    with Lease(Store(cfg.run_uri, cfg.endpoint_url), f"run {cfg.run_id}", wait_s=0), ray_session(ray_address):
         return _fit(cfg, max_failures)
 
 

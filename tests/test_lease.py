@@ -1,0 +1,100 @@
+"""One writer per dataset and per run: the lease object, on local disk and on SeaweedFS (whose S3 gateway
+honours ``If-None-Match: *`` and ``If-Match``, checked here), and two concurrent identical builds."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pandas as pd
+import pytest
+
+from facelift.dataset import Dataset
+from facelift.lease import LEASE_FILE, Lease, LeaseHeld
+from facelift.storage import Store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return Store(str(tmp_path / "datasets" / "d1"))
+    seaweed = request.getfixturevalue("seaweed")
+    return Store(f"s3://facelift/lease-{uuid.uuid4().hex[:6]}/datasets/d1", seaweed.endpoint)
+
+
+def test_conditional_create_and_replace(store):
+    assert store.create_exclusive("x.json", b"1") and not store.create_exclusive("x.json", b"2")
+    assert store.read_bytes("x.json") == b"1"
+    _, tag = store.read_tagged("x.json")
+    assert store.replace_if("x.json", b"3", tag) and not store.replace_if("x.json", b"4", tag)
+    assert store.read_bytes("x.json") == b"3"
+
+
+def test_second_writer_exits_naming_the_holder_then_gets_it_after_release(store):
+    first = Lease(store, "dataset d1", ttl_s=30, settle_s=0).acquire()
+    try:
+        with pytest.raises(LeaseHeld, match=rf"dataset d1 is being written by {first.holder} \(since .*expires"):
+            Lease(store, "dataset d1", ttl_s=30, wait_s=0, settle_s=0).acquire()
+    finally:
+        first.release()
+    assert not store.exists(LEASE_FILE)
+    with Lease(store, "dataset d1", wait_s=0, settle_s=0) as second:
+        assert store.exists(LEASE_FILE) and second.acquired_at
+
+
+def test_a_waiting_writer_gets_the_lease_when_the_holder_releases(store):
+    first = Lease(store, "dataset d1", ttl_s=30, settle_s=0).acquire()
+    threading.Timer(1.5, first.release).start()
+    t0 = time.monotonic()
+    with Lease(store, "dataset d1", wait_s=30, poll_s=0.2, settle_s=0):
+        assert time.monotonic() - t0 >= 1.0
+
+
+def test_a_crashed_holders_lease_expires_and_is_taken_over_while_a_live_one_is_renewed(store):
+    live = Lease(store, "dataset d1", ttl_s=1.2, settle_s=0).acquire()
+    time.sleep(2.0)  # three heartbeats: still held
+    with pytest.raises(LeaseHeld):
+        Lease(store, "dataset d1", wait_s=0, settle_s=0).acquire()
+    live._stop.set()  # the holder "crashes": no more heartbeats, no release
+    live._thread.join()
+    taker = Lease(store, "dataset d1", ttl_s=30, wait_s=5, poll_s=0.2, settle_s=0).acquire()
+    try:
+        assert taker.holder != live.holder
+        live._start_heartbeat()  # the old holder wakes up: its next beat finds the lease lost
+        time.sleep(0.8)
+        with pytest.raises(LeaseHeld, match="taken over"):
+            live.check()
+    finally:
+        live.release()  # not its lease any more: left alone
+        assert store.exists(LEASE_FILE)
+        taker.release()
+
+
+@pytest.mark.usefixtures("prefect_harness", "ray_local", "cache_dir")
+def test_two_concurrent_identical_builds_render_each_pair_once(tmp_path):
+    from facelift.flows.build_dataset import build_dataset
+
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(build_dataset(count=16, root=str(tmp_path), overrides={"plan.shard_size": 4,
+                                                                                   "storage.lease_ttl_s": 20}))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    threads[0].start()
+    time.sleep(2)
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert len(results) == 2 and results[0]["dataset_id"] == results[1]["dataset_id"]
+    assert sorted(r["rendered_pairs"] for r in results) == [0, 16]  # every pair rendered once
+    assert sorted(r["changed"] for r in results) == [False, True]  # and announced once
+    ds = Dataset.open(results[0]["dataset_uri"])
+    manifest, plan = ds.manifest(), ds.plan()
+    assert sorted(manifest["pair_id"]) == sorted(plan["pair_id"]) and not manifest["pair_id"].duplicated().any()
+    assert isinstance(manifest, pd.DataFrame) and not ds.store.exists(LEASE_FILE)
