@@ -38,12 +38,12 @@ def test_cli_refuses_a_bad_id_before_any_work(tmp_path, prefect_harness):
     runner = CliRunner()
     out = tmp_path / "data"
     res = runner.invoke(app, ["build", "--dataset-id", "../x", "--count", "4", "--out", str(out)])
-    assert res.exit_code == 1 and "dataset id '../x'" in res.output, res.output
-    assert "Traceback" not in res.output and not out.exists()  # nothing planned, nothing written
+    assert res.exit_code == 2 and "dataset id '../x'" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not out.exists()  # one line; nothing planned or written
     res = runner.invoke(app, ["rebuild", "--dataset-id", "a/b"])  # refused before the server is asked
     assert res.exit_code == 2 and "dataset id 'a/b'" in res.output, res.output
     res = runner.invoke(app, ["train", str(tmp_path / "nope"), "--run-id", "..", "--max-steps", "1"])
-    assert res.exit_code == 1 and "run id '..'" in res.output, res.output
+    assert res.exit_code == 2 and "run id '..'" in res.output, res.output
 
 
 def test_dotted_dataset_id_builds_and_publishes_its_table(tmp_path, prefect_harness, ray_local, cache_dir):

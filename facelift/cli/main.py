@@ -12,6 +12,7 @@ import typer
 
 from facelift.cli.common import fail, one_line, setup_logging
 from facelift.config import ConfigError, parse_set_options
+from facelift.ids import check_id
 
 app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and distilled heads.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -45,6 +46,8 @@ def build(
 
     setup_logging(verbose)
     try:
+        if dataset_id is not None:  # before Prefect and Ray start: one line, no flow run
+            check_id(dataset_id, "dataset id")
         overrides = parse_set_options(set_ or [])
         if workers is not None:
             overrides["ray.num_workers"] = workers
