@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 
-from facelift.config import ConfigError
-
 MAX_ID_LEN = 128
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 _KEY_BAD = re.compile(r"[^a-z0-9-]+")
 ARTIFACT_KEY_LEN = 60
 
 
-class IdError(ConfigError):
+class IdError(ValueError):
     """A dataset or run id breaks the id rule."""
 
 

@@ -59,10 +59,14 @@ with_token = ray_try(dict(os.environ))
 no_token = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
 no_token["HOME"] = os.environ["PROBE_HOME"]  # no ~/.ray/auth_token either
 wrong = dict(no_token, RAY_AUTH_TOKEN="0" * 64)
+unaware = {k: v for k, v in no_token.items() if k != "RAY_AUTH_MODE"}  # a client that knows nothing of auth
 out["ray_with_token"], out["ray_no_token"], out["ray_wrong_token"] = with_token, ray_try(no_token), ray_try(wrong)
+out["ray_unaware"] = ray_try(unaware)
 import s3fs
 ep = os.environ["AWS_ENDPOINT_URL_S3"]
-out["s3_ok"] = bool(s3fs.S3FileSystem(client_kwargs={"endpoint_url": ep}).ls("facelift"))
+fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": ep})
+fs.pipe_file("facelift/probe", b"ok")
+out["s3_ok"] = fs.cat_file("facelift/probe") == b"ok"
 try:
     s3fs.S3FileSystem(key="facelift-local", secret="facelift-local-secret", client_kwargs={"endpoint_url": ep},
                       skip_instance_cache=True).ls("facelift")
@@ -124,9 +128,10 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
         assert out["good_auth"] == 200 and out["post_no_csrf"] == 403, out
         assert out["cors_evil"] in (None, ""), out
         assert out["ray_with_token"][0] == 0 and "CPUS" in out["ray_with_token"][1], out["ray_with_token"]
-        for refused in ("ray_no_token", "ray_wrong_token"):
+        for refused in ("ray_no_token", "ray_wrong_token", "ray_unaware"):
             rc, text = out[refused]
-            assert rc != 0 and ("uthenticat" in text or "token" in text.lower()), (refused, text)
+            assert rc != 0 and ("uthenticat" in text or "token" in text.lower() or "Failed to connect" in text), \
+                (refused, text)  # the same address with the token connects: the refusal is the auth
         assert out["s3_ok"] and out["s3_wrong_keys"] != "accepted", out
 
         rebuild = _sh(f"source <({venv}/facelift stack env) && {venv}/facelift rebuild --count 8 --wait "

@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from facelift.cli.stack_auth import StackSecrets, auth_enabled, server_security_env
+from facelift.cli.stack_procs import http_ok, pid_alive, spawn, stop_group, stop_worker
 from facelift.testing import SeaweedS3, free_port, stop_pid
 
 log = logging.getLogger(__name__)
@@ -57,68 +55,8 @@ class StackError(RuntimeError):
     """A stack service failed to start, or a Prefect CLI call failed."""
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as dead
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def stop_worker(pid: int, timeout_s: float = 20.0) -> None:
-    """Stop a Prefect worker: an idle worker ignores one SIGTERM, so SIGINT twice, then SIGKILL."""
-    for _ in range(2):
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.2)
-    if pid_alive(pid):
-        stop_pid(pid, timeout_s=2)
-    stop_group(pid)  # flow runs it started (same process group)
-
-
-def stop_group(pgid: int, timeout_s: float = 10.0) -> None:
-    """Stop what is left of a process group this module started (``start_new_session``: pgid = leader pid):
-    flow-run subprocesses of a worker, raylet/GCS of a Ray head. SIGTERM, bounded wait, SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.2)
-
-
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO) -> subprocess.Popen:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return spawn(cmd, env, log_path, cwd)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import typer
 
 from facelift.cli.common import fail, one_line, setup_logging
 from facelift.config import ConfigError, parse_set_options
-from facelift.ids import check_id
+from facelift.ids import IdError, check_id
 
 app = typer.Typer(help="facelift: paired FLUX schnell/dev portrait datasets and distilled heads.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -56,7 +56,7 @@ def build(
         result = build_dataset(profile=profile, names_uri=names, count=count, mode=mode, root=out,
                                dataset_id=dataset_id, endpoint_url=endpoint_url, weights_uri=weights,
                                config_file=str(config) if config else None, overrides=overrides)
-    except (ConfigError, DatasetError, StorageError, NamesError, PlanError, FluxWeightsError, BuildError,
+    except (ConfigError, IdError, DatasetError, StorageError, NamesError, PlanError, FluxWeightsError, BuildError,
             FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(result, indent=2))
