@@ -74,3 +74,14 @@ def test_commit_fails_fast_on_a_revoked_credential_and_keeps_the_render(secured_
                           kept_at=tmp_path / "spool" / "00004.parquet")
     assert slept == [] and not caplog.records  # not retried: no backoff, no retry lines
     assert "\n" not in str(err.value) and READER[1] not in str(err.value)
+
+
+def test_the_shard_task_does_not_retry_a_permanent_refusal():
+    from prefect.states import Failed
+
+    from facelift.storage import StorageError
+    from facelift.tasks.build.schedule import generate_shard
+
+    retry = generate_shard.retry_condition_fn
+    assert retry(generate_shard, None, Failed(data=PermanentCommitError("shard 00001: ... AccessDenied"))) is False
+    assert retry(generate_shard, None, Failed(data=StorageError("connection refused"))) is True
