@@ -98,3 +98,18 @@ def test_two_concurrent_identical_builds_render_each_pair_once(tmp_path):
     manifest, plan = ds.manifest(), ds.plan()
     assert sorted(manifest["pair_id"]) == sorted(plan["pair_id"]) and not manifest["pair_id"].duplicated().any()
     assert isinstance(manifest, pd.DataFrame) and not ds.store.exists(LEASE_FILE)
+
+
+def test_a_second_trainer_of_one_run_id_exits_naming_the_holder(tmp_path):
+    from facelift.tasks.train.loop import TrainConfig, resolve_run, train
+    from facelift.testing import make_synthetic_dataset
+
+    ds = make_synthetic_dataset(Store(str(tmp_path)), "lease-train", n_pairs=8, size=32, shard_size=8, seed=1)
+    cfg = resolve_run(TrainConfig(dataset_uri=ds.uri, head="unet_cbam", flavor="debug", run_id="r1", max_steps=1,
+                                  resolution=32))
+    first = Lease(Store(cfg.run_uri), "run r1", settle_s=0).acquire()  # a trainer of r1 is running
+    try:
+        with pytest.raises(LeaseHeld, match=rf"run r1 is being written by {first.holder}"):
+            train(cfg)  # refused before Ray starts: it would resume from the first one's checkpoints
+    finally:
+        first.release()
