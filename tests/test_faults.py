@@ -172,7 +172,8 @@ def _client_env(tmp_path: Path) -> dict[str, str]:
 def test_flow_process_killed_mid_build_resumes_only_the_missing_shards(tmp_path):
     root = tmp_path / "data"
     args = ["build", "--count", "12", "--out", str(root), "--set", "plan.shard_size=4"]
-    proc = _cli([*args, "--set", "ray.chaos.shard_delay_s=3"], _client_env(tmp_path))
+    # its lease expires 5 s after the kill (the rerun waits for that, then takes it over)
+    proc = _cli([*args, "--set", "ray.chaos.shard_delay_s=3", "--set", "storage.lease_ttl_s=5"], _client_env(tmp_path))
     try:
         deadline = time.monotonic() + 240
         while not list(root.glob("datasets/*/shards/*.parquet")):

@@ -301,22 +301,27 @@ def test_resume_uses_the_committed_plan_without_reading_names_again(tmp_path, mo
         return resolve_config("tiny", environ={}, overrides={"storage.root": str(tmp_path), "plan.count": 6,
                                                             "plan.shard_size": 3, **over})
 
-    first = build.prepare(cfg())
+    def prepare(c):  # each call is a build that finishes: it releases the dataset's lease
+        prepared = build.prepare(c)
+        prepared.lease.release()
+        return prepared
+
+    first = prepare(cfg())
     assert not first.resumed and first.names_report["rows"] == 314
     calls = []
     monkeypatch.setattr(build, "read_names", lambda *a, **k: calls.append(a) or read_names(*a, **k))
-    again = build.prepare(cfg())
+    again = prepare(cfg())
     assert again.resumed and not calls and again.dataset.uri == first.dataset.uri
     pd.testing.assert_frame_equal(again.plan, first.plan)
     assert again.names_report == first.names_report and again.fingerprint == first.fingerprint
-    named = build.prepare(cfg(dataset_id="mine"))  # an explicit id: created (names read), then resumed
+    named = prepare(cfg(dataset_id="mine"))  # an explicit id: created (names read), then resumed
     assert not named.resumed and len(calls) == 1
-    assert build.prepare(cfg(dataset_id="mine")).resumed and len(calls) == 1
+    assert prepare(cfg(dataset_id="mine")).resumed and len(calls) == 1
     other = tmp_path / "other.tsv"  # other names bytes: another fingerprint, so the names are read
     other.write_bytes(Path(bundled_names_uri()).read_bytes() + b"nm0999999\tNew Actor\t\\N\t\\N\tactor\t\\N\n")
-    assert not build.prepare(cfg(**{"plan.names_uri": str(other)})).resumed and len(calls) == 2
+    assert not prepare(cfg(**{"plan.names_uri": str(other)})).resumed and len(calls) == 2
     with pytest.raises(build.DatasetError, match="different parameters"):  # same id, other names: refused
-        build.prepare(cfg(dataset_id="mine", **{"plan.names_uri": str(other)}))
+        prepare(cfg(dataset_id="mine", **{"plan.names_uri": str(other)}))
     assert len(calls) == 3
 
 
