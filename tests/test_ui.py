@@ -56,9 +56,10 @@ def browser(tmp_path_factory, deploy_stack):
             page.goto(f"{deploy_stack.server.ui_url}/runs", wait_until="networkidle")
             page.wait_for_url(re.compile(r".*/login.*"))  # no credentials yet: the login page
             expect(page.get_by_text("Login").first).to_be_visible()
-            page.locator("input").first.fill(deploy_stack.server.auth_string)
-            page.locator("input").first.press("Enter")
-            page.wait_for_url(re.compile(r".*/runs.*"))
+            password = page.get_by_placeholder("admin:pass")
+            password.fill(deploy_stack.server.auth_string)
+            password.press("Enter")
+            page.wait_for_url(lambda url: "/login" not in url)  # back to /runs, logged in
             page.close()
             yield ctx
         finally:
