@@ -79,13 +79,18 @@ class Lease:
     # -- acquire / renew / release ------------------------------------------------------------------
     def acquire(self) -> Lease:
         deadline = time.monotonic() + self.wait_s
-        waiting = False
+        waiting, unreadable_since = False, None
         while True:
             current, tag = self._read()
+            unreadable_since = (unreadable_since or time.monotonic()) if current == {} else None
             if current is None:
                 got = self.store.create_exclusive(LEASE_FILE, self._record())
             elif current and current.get("expires", 0) < self.clock():
                 log.warning("%s: the lease of %s has expired; taking it over", self.what, describe(current))
+                got = self.store.replace_if(LEASE_FILE, self._record(), tag)
+            elif unreadable_since is not None and time.monotonic() - unreadable_since > self.ttl_s:
+                log.warning("%s: the lease object has been unreadable for %.0fs (a writer died creating it); "
+                            "taking it over", self.what, self.ttl_s)
                 got = self.store.replace_if(LEASE_FILE, self._record(), tag)
             else:
                 got = False
