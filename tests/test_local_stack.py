@@ -20,7 +20,7 @@ import pytest
 from facelift.cli.localstack import REPO
 from facelift.testing import free_port
 
-pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]
 
 PROBES = r'''
 import json, os, subprocess, sys, urllib.error, urllib.request
@@ -104,7 +104,7 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
                PREFECT_SERVER_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="3")
     venv = Path(sys.executable).parent
     try:
-        up = _sh(f"make stack VENV={venv.parent}", env, timeout=800)
+        up = _sh(f"make stack VENV={venv.parent}", env, timeout=1200)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert "Prefect UI: http://127.0.0.1:" in up.stdout and "UI login" in up.stdout
         secrets = stack_dir / "secrets"
