@@ -61,6 +61,7 @@ def audit_diversity(
     if not dataset_uris:
         raise ValueError("dataset_uris is empty: give at least one dataset URI (.../datasets/<id>)")
     datasets = [Dataset.open(uri, endpoint_url) for uri in dataset_uris]
+    repeatable = skip_completed and run_id is None  # an explicit run id is always run
     run_id = check_id(run_id, "run id") if run_id else _default_run_id()
     root = Store(output_root, endpoint_url) if output_root else datasets[0].root_store()
     out = root.child(f"runs/{run_id}")
@@ -69,7 +70,7 @@ def audit_diversity(
                        {"options": dataclasses.asdict(options),
                         "tsne": tsne, "perplexity": perplexity, "tsne_max_fit": tsne_max_fit,
                         "output_root": output_root})
-    record = done.find_completed(root, key) if skip_completed and run_id is None else None
+    record = done.find_completed(root, key) if repeatable else None
     if record:
         logger.info(done.skip_line("audit", f"the contents of {', '.join(ds.dataset_id for ds in datasets)}", record))
         return {**record["result"], "skipped": True}
@@ -88,14 +89,13 @@ def audit_diversity(
 
     outputs = write_outputs(datasets, detector, out, include_dev=include_dev, tsne=tsne,
                             perplexity=perplexity, tsne_max_fit=tsne_max_fit)
-    key = artifact_key("audit", run_id)
-    create_table_artifact(outputs.table1.to_dict("records"), key=f"{key}-table1"[:60],
+    create_table_artifact(outputs.table1.to_dict("records"), key=artifact_key("audit", run_id, "table1"),
                           description=f"Diversity audit (Table 1), {detector} detector: {outputs.run_uri}")
     plots = "\n\n".join(f"### {name}\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
                         for name, png in outputs.plots.items())
     create_markdown_artifact(
         f"# Diversity audit `{run_id}`\n\nOutputs: `{outputs.run_uri}`\n\n{outputs.table1_markdown}\n\n{plots}",
-        key=f"{key}-report"[:60], description="Diversity audit: Table 1 and ArcFace t-SNE plots")
+        key=artifact_key("audit", run_id, "report"), description="Diversity audit: Table 1 and ArcFace t-SNE plots")
     dataset_uris_out = [ds.uri for ds in datasets]
     emit_event(event="facelift.audit.completed", resource={"prefect.resource.id": f"facelift.run.{run_id}"},
                payload={"run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out})
