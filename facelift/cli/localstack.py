@@ -369,6 +369,9 @@ class Stack:
                     stop_group(pid)
                 stopped.append(f"{name} ({pid})")
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)  # Ray's session files (logs stay in .stack/ray.log)
         return stopped
 
 
