@@ -58,6 +58,8 @@ def audit_diversity(
     if not dataset_uris:
         raise ValueError("dataset_uris is empty: give at least one dataset URI (.../datasets/<id>)")
     datasets = [Dataset.open(uri, endpoint_url) for uri in dataset_uris]
+    for ds in datasets:
+        ds.require_real("the diversity audit")
     run_id = run_id or _default_run_id()
     root = Store(output_root, endpoint_url) if output_root else datasets[0].root_store()
     out = root.child(f"runs/{run_id}")

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from facelift.dataset import Dataset
 from facelift.tasks.train import TrainConfig, png_markdown, train, write_reports
 
 
@@ -68,6 +69,7 @@ def train_head(
                       checkpoint_every=checkpoint_every,
                       compile=compile, endpoint_url=endpoint_url, run_id=run_id,
                       head_overrides=head_overrides or {})
+    Dataset.open(dataset_uri, endpoint_url).require_real("training")
     run = train_task(cfg, ray_address, max_failures)
     plots = report_task(run, cfg)
     logger.info("head %s trained: %s", head, run["head_uri"])

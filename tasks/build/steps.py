@@ -132,6 +132,7 @@ def prepare(cfg: BuildConfig) -> Prepared:
             "dataset_id": dataset_id, "status": "building", "fingerprint": fingerprint, "created": _now(),
             "config": cfg.public_dict(), "names": report, "versions": versions(), "splits": _splits(cfg, plan),
             "counts": {"planned": len(plan), "shards_planned": int(plan["shard"].nunique())},
+            **({"simulated": True} if cfg.generation.simulated else {}),  # sim profile: placeholder images
         })
         log.info("new dataset %s: %d pairs in %d shards", dataset_id, len(plan), plan["shard"].nunique())
     return Prepared(ds, plan, fingerprint, report, resumed)
