@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from facelift.cli import postgres
 from facelift.testing import SeaweedS3, free_port, stop_pid
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class PrefectServer:
     home: Path
     port: int = 0
     pid: int | None = None
+    database_url: str | None = None  # None: SQLite under home; else e.g. PostgreSQL (facelift.cli.postgres)
 
     @property
     def api_url(self) -> str:
@@ -142,6 +144,8 @@ class PrefectServer:
         env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.api_url,
                    PREFECT_UI_API_URL=self.api_url, PREFECT_UI_URL=self.ui_url)
         env.pop("PREFECT_PROFILES_PATH", None)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return env
 
     def healthy(self) -> bool:
@@ -288,7 +292,13 @@ class Stack:
 
     @property
     def server(self) -> PrefectServer:
-        return PrefectServer(self.dir / "prefect", self.prefect_port, self._pid("prefect"))
+        db = self.database
+        return PrefectServer(self.dir / "prefect", self.prefect_port, self._pid("prefect"), db.url if db else None)
+
+    @property
+    def database(self) -> postgres.Postgres | None:
+        """PostgreSQL for the Prefect server when ``STACK_DATABASE=postgres``; None: SQLite (the default)."""
+        return postgres.for_stack(self.dir, self._pid("postgres"))
 
     @property
     def s3_endpoint(self) -> str:
@@ -306,11 +316,13 @@ class Stack:
 
     def status(self) -> dict[str, dict[str, object]]:
         return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))}
-                for name in ("prefect", "seaweed", "ray", "worker")}
+                for name in ("postgres", "prefect", "seaweed", "ray", "worker")}
 
     def up(self) -> str:
         """Start whatever is not running, deploy everything, return the UI URL."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if (db := self.database) and not (pid_alive(db.pid) and db.ready()):
+            self._write_pid("postgres", db.start().pid)
         server = self.server
         if not (pid_alive(server.pid) and server.healthy()):
             server.start()
@@ -356,7 +368,7 @@ class Stack:
     def down(self) -> list[str]:
         """Stop exactly the processes this stack started (by pid file); returns what was stopped."""
         stopped = []
-        for name in ("worker", "ray", "seaweed", "prefect"):
+        for name in ("worker", "ray", "seaweed", "prefect", "postgres"):
             pid = self._pid(name)
             if pid and pid_alive(pid):
                 if name == "worker":
