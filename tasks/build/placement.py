@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 
 @dataclass
@@ -96,13 +97,14 @@ class LeastBusy:
 
 
 class ShardRows:
-    """One shard's plan rows (as the workers take them) without scanning the whole plan for each shard."""
+    """One shard's plan rows (as the workers take them) without scanning the whole plan for each shard: the plan
+    is sorted by shard once into an Arrow table (zero-copy slices), and a shard is found by binary search."""
 
     def __init__(self, plan: pd.DataFrame):
-        self.plan = plan.sort_values("shard", kind="stable").reset_index(drop=True)
-        self._shards = self.plan["shard"].to_numpy()
+        ordered = plan.sort_values("shard", kind="stable")
+        self._shards = ordered["shard"].to_numpy()
+        self._table = pa.Table.from_pandas(ordered, preserve_index=False)
 
     def __call__(self, shard: int) -> list[dict[str, Any]]:
-        lo, hi = np.searchsorted(self._shards, [shard, shard + 1])
-        part = self.plan.iloc[int(lo):int(hi)]
-        return [{**r, "seed": int(r["seed"]), "shard": int(r["shard"])} for r in part.to_dict("records")]
+        lo, hi = (int(i) for i in np.searchsorted(self._shards, [shard, shard + 1]))
+        return self._table.slice(lo, hi - lo).to_pylist()
