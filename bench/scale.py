@@ -97,8 +97,9 @@ def loop_case(workers: int, shards: int, shard_s: float, legacy_picks: int = 300
 
 
 # --- prefect: the real flow against a real server, simulated renderer ------------------------------------
-def _poll(api: str, stop: threading.Event, lat: list[float]) -> None:
-    """One client watching the newest flow run as the UI does: the run, and its task-run count."""
+def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[float, float, int]]) -> None:
+    """One client watching the newest flow run as the UI does: the run, and its completed task-run count
+    (recorded with this process's CPU time, for the steady-state cost per shard)."""
     import httpx
 
     with httpx.Client(base_url=api, timeout=30) as client:
@@ -113,12 +114,24 @@ def _poll(api: str, stop: threading.Event, lat: list[float]) -> None:
                     client.get(f"/flow_runs/{run_id}").raise_for_status()
                     lat.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    client.post("/task_runs/count", json={"flow_runs": {"id": {"any_": [run_id]}}})
+                    n = client.post("/task_runs/count", json={"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {
+                        "state": {"type": {"any_": ["COMPLETED"]}}}}).json()
+                    trace.append((time.perf_counter(), time.process_time(), int(n)))
                 lat.append(time.perf_counter() - t0)
             except httpx.HTTPError as exc:
                 log.warning("poll failed: %s", exc)
                 lat.append(time.perf_counter() - t0)
             stop.wait(0.5)
+
+
+def _steady(trace: list[tuple[float, float, int]], shards: int) -> dict:
+    """Flow-process CPU ms and wall ms per shard between 10 % and 90 % of the shards done (no start, no tail)."""
+    mid = [t for t in trace if 0.1 * shards <= t[2] <= 0.9 * shards]
+    if len(mid) < 2 or mid[-1][2] == mid[0][2]:
+        return {"steady_cpu_ms_per_shard": None, "steady_shards_per_s": None}
+    (t0, c0, n0), (t1, c1, n1) = mid[0], mid[-1]
+    return {"steady_cpu_ms_per_shard": round(1e3 * (c1 - c0) / (n1 - n0), 2),
+            "steady_shards_per_s": round((n1 - n0) / (t1 - t0), 1)}
 
 
 def _rss_mb() -> float:
@@ -136,8 +149,9 @@ def prefect_child(args: argparse.Namespace) -> dict:
         "generation.sim_seconds_per_pair": args.shard_s, "ray.num_workers": args.workers,
         "generation.sim_slots_per_actor": slots})
     lat: list[float] = []
+    trace: list[tuple[float, float, int]] = []
     stop = threading.Event()
-    poller = threading.Thread(target=_poll, args=(os.environ["PREFECT_API_URL"], stop, lat), daemon=True)
+    poller = threading.Thread(target=_poll, args=(os.environ["PREFECT_API_URL"], stop, lat, trace), daemon=True)
     rss0, cpu0, t0 = _rss_mb(), time.process_time(), time.perf_counter()
     poller.start()
     try:
@@ -152,11 +166,12 @@ def prefect_child(args: argparse.Namespace) -> dict:
     resume = time.perf_counter() - t1
     assert again["generated_shards"] == 0, again
     lat_ms = sorted(1e3 * x for x in lat) or [float("nan")]
+    steady = _steady(trace, args.shards)
     return {"part": "prefect", "shards": args.shards, "workers": args.workers, "slots_per_actor": slots,
             "shard_s": args.shard_s, "db": args.db, "wall_s": round(wall, 1),
             "orchestration_ms_per_shard": round(1e3 * cpu / args.shards, 2),
             "wall_ms_per_shard": round(1e3 * wall / args.shards, 1),
-            "busy": result["workers_busy"], "rss_start_mb": round(rss0), "rss_peak_mb": round(rss),
+            "busy": result["workers_busy"], **steady, "rss_start_mb": round(rss0), "rss_peak_mb": round(rss),
             "api_p50_ms": round(statistics.median(lat_ms), 1),
             "api_p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))], 1),
             "api_polls": len(lat), "manifest_s": info["timings"]["finalize_s"], "resume_s": round(resume, 1)}
@@ -210,13 +225,16 @@ def cli_case(shards: int, workers: int, tmp: str) -> dict:
     out = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", *cmd], env=env, capture_output=True, text=True,
                          check=False)
     wall = time.perf_counter() - t0
+    done = sorted(p.stat().st_mtime for p in (home / "data").glob("datasets/*/shards/*.parquet"))
     subprocess.run(["rm", "-rf", str(home)], check=False)
     if out.returncode:
         raise SystemExit(f"facelift build failed: {out.stderr[-3000:]}")
     res = json.loads(out.stdout[out.stdout.index("{"):])
     rss = [int(ln.split()[1]) for ln in out.stderr.splitlines() if ln.startswith("MAXRSS")]
+    i, j = len(done) // 10, (9 * len(done)) // 10  # commit times of the 10 %..90 % shards: no start, no tail
     return {"part": "cli", "shards": shards, "workers": workers, "wall_s": round(wall, 1),
             "s_per_shard": round(wall / shards, 4), "shards_committed": res["shards"],
+            "steady_s_per_shard": round((done[j] - done[i]) / (j - i), 4) if j > i else None,
             "peak_rss_mb": round(rss[-1] / 1024) if rss else None, "machine": f"{load} at start, {_load()} at end"}
 
 
@@ -245,7 +263,8 @@ def main() -> None:
                 "virtual_busy"]
         rows = [loop_case(w, s, t) for w in args.workers for s in args.shards for t in args.shard_s]
     elif args.part == "prefect":
-        cols = ["shards", "workers", "shard_s", "db", "wall_s", "orchestration_ms_per_shard", "busy", "rss_peak_mb",
+        cols = ["shards", "workers", "shard_s", "db", "wall_s", "orchestration_ms_per_shard", "steady_cpu_ms_per_shard",
+                "steady_shards_per_s", "busy", "rss_peak_mb",
                 "api_p50_ms", "api_p99_ms", "db_mb", "manifest_s", "resume_s"]
         for s in args.shards:
             for w in args.workers:
@@ -254,7 +273,7 @@ def main() -> None:
                     rows.append(prefect_case(one))
                     print(_table(rows[-1:], cols), flush=True)  # noqa: T201 - progress of a long run
     else:
-        cols = ["shards", "workers", "wall_s", "s_per_shard", "peak_rss_mb"]
+        cols = ["shards", "workers", "wall_s", "s_per_shard", "steady_s_per_shard", "peak_rss_mb"]
         rows = [cli_case(s, w, args.tmp) for w in args.workers for s in args.shards]
     print(_table(rows, cols))  # noqa: T201 - the benchmark's output
     print(rows[-1].get("machine", ""))  # noqa: T201
