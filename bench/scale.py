@@ -216,7 +216,7 @@ def cli_case(shards: int, workers: int, tmp: str) -> dict:
     home = Path(tempfile.mkdtemp(prefix="scale-cli-", dir=tmp))
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "RAY_TMPDIR": str(home / "ray"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_AUTH_MODE": "disabled",
-           "FACELIFT_CACHE": str(home / "cache")}
+           "FACELIFT_CACHE": str(home / "cache"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
     env.pop("PREFECT_API_URL", None)
     cmd = [str(Path(sys.executable).parent / "facelift"), "build", "--profile", "sim", "--mode", "baseline",
            "--count", str(shards), "--workers", str(workers), "--out", str(home / "data"),

@@ -58,7 +58,7 @@ def build_dataset(
     if outcome.failed:
         raise build.BuildError(build.failure_message(ds, n_shards, outcome.failed))
     seconds = time.perf_counter() - t0
-    info = build.finalize(ds, prepared.plan, seconds)
+    info = build.finalize(ds, prepared.plan, seconds, nothing_new=not shards)
     generated = int(prepared.plan["shard"].isin(shards).sum())
     rows = build.summary_rows(info) + [
         {"metric": "pairs generated (this run)", "value": generated},

@@ -114,3 +114,18 @@ def test_shard_rows_index_matches_the_plan_scan():
     for shard in range(-1, 18):
         got = sorted(rows(shard), key=lambda r: r["pair_id"])
         assert got == sorted(shard_rows(plan, shard), key=lambda r: r["pair_id"])
+
+
+def test_scale_bench_loop_prints_its_table():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "scale.py"
+    out = subprocess.run([sys.executable, str(bench), "loop", "--workers", "4", "16", "--shards", "50",
+                          "--shard-s", "2", "--no-save"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("| 4 ") or ln.startswith("| 16 ")]
+    assert len(lines) == 2
+    cells = [c.strip() for c in lines[1].strip("|").split("|")]  # workers, shards, us/shard, comparisons, ...
+    assert cells[:2] == ["16", "50"] and 0 < float(cells[3]) < 40

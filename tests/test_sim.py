@@ -51,9 +51,12 @@ def test_sim_build_commits_placeholder_shards_and_is_marked_simulated(sim_datase
 
 def test_sim_build_resumes_without_rendering(sim_dataset):
     root, ds = sim_dataset
+    manifest = root / "datasets" / ds.dataset_id / "manifest.parquet"
+    before = manifest.stat().st_mtime_ns
     res = CliRunner().invoke(app, ["build", *SIM, "--count", "14", "--workers", "5", "--out", str(root)])
     assert res.exit_code == 0, res.output
     assert '"generated_pairs": 0' in res.output and _result_id(res.output) == ds.dataset_id
+    assert manifest.stat().st_mtime_ns == before  # a finished dataset: its manifest is not rebuilt
 
 
 @pytest.mark.parametrize("command", [["train", "{uri}", "--max-steps", "1"], ["audit", "{uri}"],
