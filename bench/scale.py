@@ -97,14 +97,15 @@ def loop_case(workers: int, shards: int, shard_s: float, legacy_picks: int = 300
 
 
 # --- prefect: the real flow against a real server, simulated renderer ------------------------------------
-def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[float, float, int]]) -> None:
-    """One client watching the newest flow run as the UI does: the run, and its completed task-run count
-    (recorded with this process's CPU time, for the steady-state cost per shard)."""
+def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[float, float]]) -> None:
+    """One client watching the newest flow run as the UI does: the run, and its completed task-run count.
+    Also samples this process's CPU time (with the wall clock), for the steady-state cost per shard."""
     import httpx
 
     with httpx.Client(base_url=api, timeout=30) as client:
         run_id = None
         while not stop.is_set():
+            trace.append((time.time(), time.process_time()))
             t0 = time.perf_counter()
             try:
                 if run_id is None:
@@ -114,9 +115,8 @@ def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[f
                     client.get(f"/flow_runs/{run_id}").raise_for_status()
                     lat.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    n = client.post("/task_runs/count", json={"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {
-                        "state": {"type": {"any_": ["COMPLETED"]}}}}).json()
-                    trace.append((time.perf_counter(), time.process_time(), int(n)))
+                    client.post("/task_runs/count", json={"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {
+                        "state": {"type": {"any_": ["COMPLETED"]}}}})
                 lat.append(time.perf_counter() - t0)
             except httpx.HTTPError as exc:
                 log.warning("poll failed: %s", exc)
@@ -124,14 +124,16 @@ def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[f
             stop.wait(0.5)
 
 
-def _steady(trace: list[tuple[float, float, int]], shards: int) -> dict:
-    """Flow-process CPU ms and wall ms per shard between 10 % and 90 % of the shards done (no start, no tail)."""
-    mid = [t for t in trace if 0.1 * shards <= t[2] <= 0.9 * shards]
-    if len(mid) < 2 or mid[-1][2] == mid[0][2]:
+def _steady(trace: list[tuple[float, float]], commits: list[float]) -> dict:
+    """Flow-process CPU ms per shard and shards/s between the 10 % and the 90 % commit (shard object mtimes):
+    the steady state, without worker start, manifest or the last round's tail."""
+    if len(commits) < 20 or len(trace) < 2:
         return {"steady_cpu_ms_per_shard": None, "steady_shards_per_s": None}
-    (t0, c0, n0), (t1, c1, n1) = mid[0], mid[-1]
-    return {"steady_cpu_ms_per_shard": round(1e3 * (c1 - c0) / (n1 - n0), 2),
-            "steady_shards_per_s": round((n1 - n0) / (t1 - t0), 1)}
+    i, j = len(commits) // 10, (9 * len(commits)) // 10
+    cpu = [c for t, c in trace if commits[i] <= t <= commits[j]]
+    n = j - i
+    return {"steady_cpu_ms_per_shard": round(1e3 * (cpu[-1] - cpu[0]) / n, 2) if len(cpu) > 1 else None,
+            "steady_shards_per_s": round(n / (commits[j] - commits[i]), 1)}
 
 
 def _rss_mb() -> float:
@@ -149,7 +151,7 @@ def prefect_child(args: argparse.Namespace) -> dict:
         "generation.sim_seconds_per_pair": args.shard_s, "ray.num_workers": args.workers,
         "generation.sim_slots_per_actor": slots})
     lat: list[float] = []
-    trace: list[tuple[float, float, int]] = []
+    trace: list[tuple[float, float]] = []
     stop = threading.Event()
     poller = threading.Thread(target=_poll, args=(os.environ["PREFECT_API_URL"], stop, lat, trace), daemon=True)
     rss0, cpu0, t0 = _rss_mb(), time.process_time(), time.perf_counter()
@@ -166,7 +168,8 @@ def prefect_child(args: argparse.Namespace) -> dict:
     resume = time.perf_counter() - t1
     assert again["generated_shards"] == 0, again
     lat_ms = sorted(1e3 * x for x in lat) or [float("nan")]
-    steady = _steady(trace, args.shards)
+    commits = sorted(p.stat().st_mtime for p in Path(result["dataset_uri"]).glob("shards/*.parquet"))
+    steady = _steady(trace, commits)
     return {"part": "prefect", "shards": args.shards, "workers": args.workers, "slots_per_actor": slots,
             "shard_s": args.shard_s, "db": args.db, "wall_s": round(wall, 1),
             "orchestration_ms_per_shard": round(1e3 * cpu / args.shards, 2),
