@@ -97,7 +97,7 @@ def loop_case(workers: int, shards: int, shard_s: float, legacy_picks: int = 300
 
 
 # --- prefect: the real flow against a real server, simulated renderer ------------------------------------
-def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[float, float]]) -> None:
+def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[float, float, float]]) -> None:
     """One client watching the newest flow run as the UI does: the run, and its completed task-run count.
     Also samples this process's CPU time (with the wall clock), for the steady-state cost per shard."""
     import httpx
@@ -105,7 +105,7 @@ def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[f
     with httpx.Client(base_url=api, timeout=30) as client:
         run_id = None
         while not stop.is_set():
-            trace.append((time.time(), time.process_time()))
+            trace.append((time.time(), time.process_time(), _rss_now_mb()))
             t0 = time.perf_counter()
             try:
                 if run_id is None:
@@ -124,16 +124,23 @@ def _poll(api: str, stop: threading.Event, lat: list[float], trace: list[tuple[f
             stop.wait(0.5)
 
 
-def _steady(trace: list[tuple[float, float]], commits: list[float]) -> dict:
+def _steady(trace: list[tuple[float, float, float]], commits: list[float]) -> dict:
     """Flow-process CPU ms per shard and shards/s between the 10 % and the 90 % commit (shard object mtimes):
     the steady state, without worker start, manifest or the last round's tail."""
     if len(commits) < 20 or len(trace) < 2:
-        return {"steady_cpu_ms_per_shard": None, "steady_shards_per_s": None}
+        return {"steady_cpu_ms_per_shard": None, "steady_shards_per_s": None, "rss_during_shards_mb": None}
     i, j = len(commits) // 10, (9 * len(commits)) // 10
-    cpu = [c for t, c in trace if commits[i] <= t <= commits[j]]
+    cpu = [c for t, c, _ in trace if commits[i] <= t <= commits[j]]
+    rss = [r for t, _, r in trace if t <= commits[-1]]  # while shards run: before the manifest
     n = j - i
     return {"steady_cpu_ms_per_shard": round(1e3 * (cpu[-1] - cpu[0]) / n, 2) if len(cpu) > 1 else None,
+            "rss_during_shards_mb": round(max(rss)) if rss else None,
             "steady_shards_per_s": round(n / (commits[j] - commits[i]), 1)}
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _rss_mb() -> float:
@@ -151,7 +158,7 @@ def prefect_child(args: argparse.Namespace) -> dict:
         "generation.sim_seconds_per_pair": args.shard_s, "ray.num_workers": args.workers,
         "generation.sim_slots_per_actor": slots})
     lat: list[float] = []
-    trace: list[tuple[float, float]] = []
+    trace: list[tuple[float, float, float]] = []
     stop = threading.Event()
     poller = threading.Thread(target=_poll, args=(os.environ["PREFECT_API_URL"], stop, lat, trace), daemon=True)
     rss0, cpu0, t0 = _rss_mb(), time.process_time(), time.perf_counter()

@@ -157,6 +157,7 @@ def _splits(cfg: BuildConfig, plan: pd.DataFrame) -> dict[str, Any]:
 
 
 IO_THREADS = 16  # shard footers and manifest columns are read this many at a time (object-store latency)
+MANIFEST_CHUNK = 256  # shards whose manifest columns are read before they are combined into one table
 
 
 def missing_shards(ds: Dataset, plan: pd.DataFrame) -> list[int]:
@@ -197,15 +198,18 @@ def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new:
     if missing:
         raise DatasetError(f"dataset {ds.dataset_id} is incomplete: shards {missing} are not committed; "
                            f"run the same build again to resume")
-    shards = sorted(expected)
+    shards, parts, short = sorted(expected), [], []
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="manifest") as pool:
-        tables = list(pool.map(lambda i: ds.read_shard(i, MANIFEST_COLUMNS), shards))
-    short = [s for s, t in zip(shards, tables, strict=True) if t.num_rows != expected[s]]
+        for i in range(0, len(shards), MANIFEST_CHUNK):  # a few hundred small tables alive at a time, not all
+            chunk = shards[i:i + MANIFEST_CHUNK]
+            tables = list(pool.map(lambda k: ds.read_shard(k, MANIFEST_COLUMNS), chunk))
+            short += [k for k, t in zip(chunk, tables, strict=True) if t.num_rows != expected[k]]
+            parts.append(pa.concat_tables(tables).combine_chunks())
     if short:
         raise DatasetError(f"dataset {ds.dataset_id} is incomplete: shards {short} are short; "
                            f"run the same build again to regenerate them")
-    manifest = pa.concat_tables(tables).to_pandas()
-    del tables
+    manifest = pa.concat_tables(parts).to_pandas()
+    del parts
     if manifest["pair_id"].duplicated().any():
         dups = manifest.loc[manifest["pair_id"].duplicated(), "pair_id"].head(5).tolist()
         raise DatasetError(f"dataset {ds.dataset_id}: duplicate pairs across shards, e.g. {dups}")
