@@ -84,6 +84,15 @@ class GenerationConfig(_Model):
     placement: Literal["auto", "resident", "stage", "pools"] = Field(
         "auto", description="resident: both transformers on each GPU; stage: one at a time, swapped per shard; "
                             "pools: separate schnell and dev actors (ray.schnell_workers)")
+    sim_seconds_per_pair: float = Field(0.0, ge=0, description="sim:// models (profile sim): seconds a stand-in "
+                                        "worker sleeps per pair instead of rendering")
+    sim_slots_per_actor: int = Field(1, ge=1, description="sim:// models: simulated workers per Ray actor (a "
+                                     "threaded actor; each slot is one worker to the scheduler)")
+
+    @property
+    def simulated(self) -> bool:
+        """True for the dry-run stand-in renderer (``sim://`` models): placeholder images, no FLUX."""
+        return self.schnell.model.startswith("sim://") or self.dev.model.startswith("sim://")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -161,7 +170,8 @@ class BuildConfig(_Model):
     def fingerprint(self) -> str:
         """Hash of everything that changes what a dataset contains (not where or how fast it is built)."""
         generation = self.generation.model_dump(
-            exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile", "placement"}
+            exclude={"device", "batch_size", "png_compress_level", "share_text_encoders", "compile", "placement",
+                     "sim_seconds_per_pair", "sim_slots_per_actor"}
         )
         if not generation["fp8"]:
             del generation["fp8"]  # datasets built before the option existed keep their ids
@@ -196,6 +206,18 @@ PROFILES: dict[str, dict[str, Any]] = {
             "height": 512, "width": 512, "dtype": "bfloat16", "device": "auto", "batch_size": 4,
         },
         "ray": {"num_workers": 1, "num_gpus_per_worker": 1, "num_cpus_per_worker": 4},
+    },
+    # dry run of a real build without GPUs (docs/build.md, "Rehearsing at scale"): the flux profile's shapes, a
+    # stand-in renderer (tasks/build/sim.py) that sleeps and writes placeholder PNGs; fractional CPU per actor
+    "sim": {
+        "plan": {"shard_size": 64},
+        "generation": {
+            "schnell": {"model": "sim://schnell", "steps": 4, "guidance": 0.0, "max_sequence_length": 256},
+            "dev": {"model": "sim://dev", "steps": 28, "guidance": 3.5, "strength": 0.6, "max_sequence_length": 256},
+            "height": 512, "width": 512, "dtype": "bfloat16", "device": "cpu", "batch_size": 4,
+            "sim_seconds_per_pair": 0.0,
+        },
+        "ray": {"num_workers": 1, "num_gpus_per_worker": 0, "num_cpus_per_worker": 0.01},
     },
 }
 

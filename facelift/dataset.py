@@ -134,6 +134,12 @@ class Dataset:
         except FileNotFoundError:
             raise DatasetError(f"no dataset at {self.store.where()}: {DATASET_JSON} not found") from None
 
+    def require_real(self, purpose: str) -> None:
+        """Refuse a dataset made by the ``sim`` profile's stand-in renderer (placeholder images)."""
+        if self.info().get("simulated"):
+            raise DatasetError(f"dataset {self.dataset_id} is simulated (built with --profile sim: placeholder "
+                               f"images, no FLUX output); {purpose} needs a dataset built with a real profile")
+
     def splits(self) -> SplitSpec:
         """The train/val/test rule fixed when the dataset was created (:mod:`facelift.splits`)."""
         return spec_from_info(self.info(), self.store.where())

@@ -61,6 +61,8 @@ def audit_diversity(
     if not dataset_uris:
         raise ValueError("dataset_uris is empty: give at least one dataset URI (.../datasets/<id>)")
     datasets = [Dataset.open(uri, endpoint_url) for uri in dataset_uris]
+    for ds in datasets:
+        ds.require_real("the diversity audit")
     repeatable = skip_completed and run_id is None  # an explicit run id is always run
     run_id = check_id(run_id, "run id") if run_id else _default_run_id()
     root = Store(output_root, endpoint_url) if output_root else datasets[0].root_store()

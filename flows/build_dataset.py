@@ -47,9 +47,13 @@ def build_dataset(
 
         bar = tqdm(total=n_shards, initial=n_shards - len(shards), unit="shard", disable=None)
 
+        shown = [0.0]  # the artifact is updated at most once a second (one API call), the task runs show each shard
+
         def progress(done: int, total: int) -> None:
             bar.update(1)
-            update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
+            if done == total or time.monotonic() - shown[0] >= 1.0:
+                shown[0] = time.monotonic()
+                update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
 
         with bar:
             outcome = build.run_shards(cfg, prepared, shards, progress) if shards else build.ShardOutcome()
@@ -58,7 +62,7 @@ def build_dataset(
         seconds = time.perf_counter() - t0
         prepared.lease.check()  # never publish a manifest after losing the lease
         was_complete = ds.info().get("status") == "complete"
-        info = build.finalize(ds, prepared.plan, seconds)
+        info = build.finalize(ds, prepared.plan, seconds, nothing_new=not shards)
         changed = bool(outcome.committed) or not was_complete  # new pairs, or this run completed the dataset
         generated = int(prepared.plan["shard"].isin(shards).sum())
         rows = build.summary_rows(info) + [
@@ -78,7 +82,8 @@ def build_dataset(
                         "event", ds.dataset_id)
         return {"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "changed": changed, "generated_pairs": generated,
                 "generated_shards": len(shards), "rendered_pairs": outcome.rendered,
-                "spooled_shards_committed": outcome.from_spool, **info["counts"]}
+                "spooled_shards_committed": outcome.from_spool, "workers_busy": round(outcome.busy_fraction, 4),
+                **info["counts"]}
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
                         batch_size=batch_size, grid_images=grid_images)
     metrics = MetricConfig(inception_weights, clip_model, "alex", lpips_random_backbone)
     ds = Dataset.open(dataset_uri, endpoint_url)
+    ds.require_real("evaluation")
     check_head_splits(heads, ds, endpoint_url)
     run_id = run_id or f"eval-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     run = ds.root_store().child(f"runs/{run_id}")

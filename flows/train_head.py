@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from facelift import done
+from facelift.dataset import Dataset
 from facelift.ids import artifact_key
 from facelift.tasks.train import TrainConfig, png_markdown, train, write_reports
 
@@ -73,6 +74,7 @@ def train_head(
                       checkpoint_every=checkpoint_every,
                       compile=compile, endpoint_url=endpoint_url, run_id=run_id,
                       head_overrides=head_overrides or {})
+    Dataset.open(dataset_uri, endpoint_url).require_real("training")
     root, key = done.train_key(cfg)
     record = done.find_completed(root, key) if skip_completed and run_id is None else None
     if record:

@@ -26,7 +26,7 @@ def test_precedence_file_then_env_then_overrides(tmp_path):
 
 
 def test_unknown_profile_and_bad_values_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown profile 'nope'.*flux, tiny"):
+    with pytest.raises(ConfigError, match="unknown profile 'nope'.*flux, sim, tiny"):
         resolve_config("nope", environ={})
     with pytest.raises(ConfigError, match="generation.height.*multiple of 16"):
         resolve_config("tiny", environ={}, overrides={"generation.height": 50})

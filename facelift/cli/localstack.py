@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facelift.cli import postgres
 from facelift.cli.stack_auth import StackSecrets, auth_enabled, server_security_env
 from facelift.cli.stack_procs import http_ok, pid_alive, spawn, stop_group, stop_worker
 from facelift.testing import SeaweedS3, free_port, stop_pid
@@ -68,6 +69,7 @@ class PrefectServer:
     port: int = 0
     pid: int | None = None
     auth_string: str | None = field(default=None, repr=False)
+    database_url: str | None = None  # None: SQLite under home; else e.g. PostgreSQL (facelift.cli.postgres)
 
     @property
     def api_url(self) -> str:
@@ -85,6 +87,8 @@ class PrefectServer:
         for key in ("PREFECT_PROFILES_PATH", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
             env.pop(key, None)
         env.update(server_security_env(self.ui_url, self.auth_string))
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return env
 
     def settings(self) -> dict[Any, Any]:
@@ -267,8 +271,14 @@ class Stack:
 
     @property
     def server(self) -> PrefectServer:
+        db = self.database
         return PrefectServer(self.dir / "prefect", self.prefect_port, self._pid("prefect"),
-                             self.secrets.prefect_auth() if self.auth else None)
+                             self.secrets.prefect_auth() if self.auth else None, db.url if db else None)
+
+    @property
+    def database(self) -> postgres.Postgres | None:
+        """PostgreSQL for the Prefect server when ``STACK_DATABASE=postgres``; None: SQLite (the default)."""
+        return postgres.for_stack(self.dir, self._pid("postgres"))
 
     @property
     def s3_endpoint(self) -> str:
@@ -307,11 +317,13 @@ class Stack:
 
     def status(self) -> dict[str, dict[str, object]]:
         return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))}
-                for name in ("prefect", "seaweed", "ray", "worker")}
+                for name in ("postgres", "prefect", "seaweed", "ray", "worker")}
 
     def up(self) -> str:
         """Start whatever is not running, deploy everything, return the UI URL."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if (db := self.database) and not (pid_alive(db.pid) and db.ready()):
+            self._write_pid("postgres", db.start().pid)
         server = self.server
         if not (pid_alive(server.pid) and server.healthy()):
             server.start()
@@ -359,7 +371,7 @@ class Stack:
     def down(self) -> list[str]:
         """Stop exactly the processes this stack started (by pid file); returns what was stopped."""
         stopped = []
-        for name in ("worker", "ray", "seaweed", "prefect"):
+        for name in ("worker", "ray", "seaweed", "prefect", "postgres"):
             pid = self._pid(name)
             if pid and pid_alive(pid):
                 if name == "worker":

@@ -26,7 +26,8 @@ def build(
     names: Annotated[str | None, typer.Option(help="IMDb name.basics.tsv[.gz] (default: bundled sample)")] = None,
     count: Annotated[int | None, typer.Option(help="pairs to generate (default: profile's)")] = None,
     mode: Annotated[str, typer.Option(help="enriched (one prompt per name) or baseline")] = "enriched",
-    profile: Annotated[str, typer.Option(help="tiny (CPU, offline) or flux (GPUs, real weights)")] = "tiny",
+    profile: Annotated[str, typer.Option(help="tiny (CPU, offline), flux (GPUs, real weights) or sim "
+                                                         "(dry run: stand-in renderer)")] = "tiny",
     out: Annotated[str | None, typer.Option(help="storage root: ./data, /path or s3://bucket/prefix")] = None,
     dataset_id: Annotated[str | None, typer.Option(help="dataset id (default: derived from parameters)")] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// roots")] = None,

@@ -3,7 +3,8 @@
 Reads a names file (``name.basics.tsv[.gz]``) or the baseline prompt; writes
 ``datasets/<id>/{dataset.json, plan.parquet, shards/NNNNN.parquet, manifest.parquet}``.
 Open :mod:`.steps` first (prepare, missing shards, finalize); then :mod:`.schedule` (a Prefect task per
-shard over the Ray actors of :mod:`.generate`), :mod:`.commit`, :mod:`.names` and :mod:`.plan`.
+shard over the Ray actors of :mod:`.generate`, placed by :mod:`.placement`), :mod:`.commit`, :mod:`.names` and
+:mod:`.plan`; :mod:`.sim` is the ``sim`` profile's stand-in renderer (a dry run without GPUs).
 """
 
 from facelift.tasks.build.names import NamesError

@@ -26,6 +26,7 @@ import pyarrow as pa
 from facelift.config import BuildConfig
 from facelift.dataset import Dataset, shard_schema
 from facelift.storage import Store
+from facelift.tasks.build import sim
 from facelift.tasks.build.commit import Spool, commit_with_retry, encode_shard
 
 log = logging.getLogger(__name__)
@@ -133,11 +134,9 @@ class ShardWorker:
     shard's schnell images and a ``dev`` actor turns them into the dev images and commits the shard."""
 
     def __init__(self, cfg_json: dict[str, Any], dataset_uri: str, role: str = "pair"):
-        from facelift.models.flux import FluxPair
-
         self.cfg = BuildConfig.model_validate(cfg_json)
         self.dataset = Dataset(Store.from_config(self.cfg.storage, root=dataset_uri))
-        self.pair = FluxPair.load(self.cfg.generation, self.cfg.cache_dir, role)
+        self.pair = sim.load_pair(self.cfg.generation, self.cfg.cache_dir, role)  # FLUX, or the sim stand-in
         self.role = role
         self.name = worker_name(self.pair.device)
         self.spool = Spool(self.cfg.cache_dir, dataset_uri)
@@ -237,15 +236,35 @@ def pool_sizes(cfg: BuildConfig) -> dict[str, int]:
     return {"schnell": n_schnell, "dev": n - n_schnell}
 
 
-def start_worker(cfg: BuildConfig, dataset_uri: str, role: str = "pair") -> Any:
-    """Start one generation actor (Ray must be initialised); it loads the pipelines in its constructor."""
+def start_worker(cfg: BuildConfig, dataset_uri: str, role: str = "pair", slots: int = 1) -> Any:
+    """Start one generation actor (Ray must be initialised); it loads the pipelines in its constructor.
+    ``slots`` > 1 (sim only): a threaded actor running that many shards at once."""
     import ray
 
     actor_cls = ray.remote(ShardWorker).options(
         num_gpus=cfg.ray.num_gpus_per_worker, num_cpus=cfg.ray.num_cpus_per_worker,
         max_restarts=cfg.ray.max_restarts, max_task_retries=0, resources=cfg.ray.resources or None,
+        **({"max_concurrency": slots + 1} if slots > 1 else {}),  # +1: info() answers while every slot is busy
     )
     return actor_cls.remote(cfg.model_dump(mode="json"), dataset_uri, role)
+
+
+def _start_pool(cfg: BuildConfig, dataset_uri: str, role: str, n: int) -> list[Any]:
+    """``n`` workers of one role: one actor each, or (sim) :class:`sim.Slot` s on threaded actors."""
+    slots = cfg.generation.sim_slots_per_actor if cfg.generation.simulated else 1
+    if slots == 1:
+        return [start_worker(cfg, dataset_uri, role) for _ in range(n)]
+    hosts = [start_worker(cfg, dataset_uri, role, min(slots, n - i)) for i in range(0, n, slots)]
+    return [sim.Slot(hosts[i // slots], i % slots) for i in range(n)]
+
+
+def stop_workers(pools: dict[str, list[Any]]) -> None:
+    """Kill every actor of the pools (once each, also when several slots share one)."""
+    import ray
+
+    actors = {id(a): a for pool in pools.values() for a in map(sim.actor_of, pool)}
+    for actor in actors.values():
+        ray.kill(actor)
 
 
 def worker_alive(worker: Any) -> bool:
@@ -265,9 +284,8 @@ def start_workers(cfg: BuildConfig, dataset_uri: str) -> dict[str, list[Any]]:
     """Start the actors of every role (:func:`pool_sizes`) and wait until all have loaded their pipelines."""
     import ray
 
-    pools = {role: [start_worker(cfg, dataset_uri, role) for _ in range(n)]
-             for role, n in pool_sizes(cfg).items()}
-    actors = [a for pool in pools.values() for a in pool]
+    pools = {role: _start_pool(cfg, dataset_uri, role, n) for role, n in pool_sizes(cfg).items()}
+    actors = list({id(a): a for pool in pools.values() for a in map(sim.actor_of, pool)}.values())
     for info in ray.get([a.info.remote() for a in actors]):
         log.info("worker ready: %s %s (load %.1fs, shared text encoders: %s)", info["role"], info["worker"],
                  info["load_s"], info["shared_text_encoders"])

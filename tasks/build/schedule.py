@@ -6,17 +6,19 @@ the same actors, which Ray restarts after a crash; an actor whose restarts are e
 
 from __future__ import annotations
 
+import queue
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 from facelift.config import BuildConfig
 from facelift.tasks.build import generate
 from facelift.tasks.build import steps as build
 from facelift.tasks.build.commit import PermanentCommitError
+from facelift.tasks.build.placement import LeastBusy, ShardRows
 
 
 def _permanent(state: Any) -> bool:
@@ -43,61 +45,75 @@ def _ray_up(cfg: BuildConfig) -> bool:
     return True
 
 
-def _least_busy(pool: list[Any], busy: list[Any], depth: int | None = None) -> Any | None:
-    """The actor of ``pool`` with the fewest shards in flight, if it has fewer than ``depth`` (None: any)."""
-    load = {id(w): sum(w is b for b in busy) for w in pool}
-    best = min(pool, key=lambda w: load[id(w)])
-    return best if depth is None or load[id(best)] < depth else None
-
-
 @dataclass
 class ShardOutcome:
-    """What one build run did with its shards: the results of committed ones, the reason of failed ones."""
+    """What one build run did with its shards: counts of committed ones (constant memory per shard: no per-shard
+    results are kept), the reason of each failed one, and the run's timing for the busy fraction."""
 
-    committed: list[dict[str, Any]] = field(default_factory=list)
+    committed: int = 0
+    rendered: int = 0  # pairs rendered by this run's shard calls (a spooled render committed later counts 0)
+    spooled: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    worker_seconds: float = 0.0  # sum of the committed shards' call times on their workers
+    wall_seconds: float = 0.0  # from the first submit to the last result
+    workers: int = 0
 
-    @property
-    def rendered(self) -> int:
-        """Pairs rendered by this run's shard calls (a spooled render committed later counts 0)."""
-        return sum(r["rendered"] for r in self.committed)
+    def add(self, res: dict[str, Any]) -> None:
+        self.committed += 1
+        self.rendered += res["rendered"]
+        self.worker_seconds += res["seconds"]
+        if res["rendered"] == 0:
+            self.spooled.append(res["shard"])
 
     @property
     def from_spool(self) -> list[int]:
-        return sorted(r["shard"] for r in self.committed if r["rendered"] == 0)
+        return sorted(self.spooled)
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of the workers' time spent on shard calls while shards were running (1.0: never idle)."""
+        return self.worker_seconds / (self.workers * self.wall_seconds) if self.wall_seconds else 0.0
 
 
 def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], progress: Any) -> ShardOutcome:
     """Keep every worker busy; returns what was committed and which shards failed for good (and why).
 
     One pool: each actor has one shard in flight. Pooled placement: each dev actor has two (the one it
-    renders and the next, whose schnell half a schnell actor renders meanwhile)."""
+    renders and the next, whose schnell half a schnell actor renders meanwhile). A pick is O(log W)
+    (:class:`~facelift.tasks.build.placement.LeastBusy`); finished shards arrive on a queue (no scan of the
+    shards in flight), so the flow's cost per shard does not grow with the number of workers or shards."""
     import ray
 
     logger = get_run_logger()
     started_ray = _ray_up(cfg)
     pools = generate.start_workers(cfg, prepared.dataset.uri)
-    committers, depth = (pools["dev"], 2) if "dev" in pools else (pools["pair"], 1)
+    role, depth = ("dev", 2) if "dev" in pools else ("pair", 1)
+    committers = LeastBusy(len(pools[role]), depth)
+    schnells = LeastBusy(len(pools["schnell"])) if "schnell" in pools else None
+    rows_of = ShardRows(prepared.plan)
     task = generate_shard.with_options(retries=cfg.ray.shard_retries)
-    todo, outcome, inflight, done = list(reversed(shards)), ShardOutcome(), {}, 0
+    todo, outcome, inflight, done = list(reversed(shards)), ShardOutcome(workers=len(pools[role])), {}, 0
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    t0 = time.perf_counter()
     try:
         while todo or inflight:
-            while todo:
-                busy = [a for assigned in inflight.values() for a in assigned[:2]]
-                worker = _least_busy(committers, busy, depth)
-                if worker is None:
-                    break
-                schnell = _least_busy(pools["schnell"], busy) if "schnell" in pools else None
+            while todo and (w := committers.pick()) is not None:
+                s = schnells.pick() if schnells is not None else None
                 shard = todo.pop()
-                inflight[task.submit(shard, build.shard_rows(prepared.plan, shard), worker, schnell)] = \
-                    (worker, schnell, shard)
-            future = next(as_completed(list(inflight)))
-            worker, schnell, shard = inflight.pop(future)
+                future = task.submit(shard, rows_of(shard), pools[role][w],
+                                     pools["schnell"][s] if s is not None else None)
+                inflight[future] = (w, s, shard)
+                future.add_done_callback(finished.put)
+            future = finished.get()
+            w, s, shard = inflight.pop(future)
             future.wait()
+            committers.release(w)
+            if s is not None:
+                schnells.release(s)
             done += 1
             if future.state.is_completed():
                 res = future.result()
-                outcome.committed.append(res)
+                outcome.add(res)
                 logger.info("shard %05d committed: %d pairs (%d rendered), %.1f MB, %.2fs, rendered on %s", shard,
                             res["pairs"], res["rendered"], res["bytes"] / 1e6, res["seconds"], res["worker"])
             else:
@@ -106,11 +122,12 @@ def run_shards(cfg: BuildConfig, prepared: build.Prepared, shards: list[int], pr
                 if _permanent(future.state):  # e.g. revoked credentials: rendering more shards wastes the GPUs
                     logger.error("the store refused the commit for good: no further shard is started")
                     todo.clear()
-                _replace_dead(cfg, prepared.dataset.uri, pools, [worker, schnell], logger)
+                suspects = [pools[role][w]] + ([pools["schnell"][s]] if s is not None else [])
+                _replace_dead(cfg, prepared.dataset.uri, pools, suspects, logger)
             progress(done, len(shards))
+        outcome.wall_seconds = time.perf_counter() - t0
     finally:
-        for w in (a for pool in pools.values() for a in pool):
-            ray.kill(w)
+        generate.stop_workers(pools)
         if started_ray:
             ray.shutdown()
     return outcome

@@ -13,13 +13,16 @@ import importlib.metadata as md
 import logging
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from facelift.config import BuildConfig
+from facelift.dataset import MANIFEST as MANIFEST_KEY
 from facelift.dataset import MANIFEST_COLUMNS, Dataset, DatasetError
 from facelift.errors import first_line
 from facelift.lease import Lease
@@ -146,6 +149,7 @@ def _open_or_create(cfg: BuildConfig, ds: Dataset, plan: pd.DataFrame, fingerpri
             "dataset_id": dataset_id, "status": "building", "fingerprint": fingerprint, "created": _now(),
             "config": cfg.public_dict(), "names": report, "versions": versions(), "splits": _splits(cfg, plan),
             "counts": {"planned": len(plan), "shards_planned": int(plan["shard"].nunique())},
+            **({"simulated": True} if cfg.generation.simulated else {}),  # sim profile: placeholder images
         })
         log.info("new dataset %s: %d pairs in %d shards", dataset_id, len(plan), plan["shard"].nunique())
     return Prepared(ds, plan, fingerprint, report, resumed, lease)
@@ -166,14 +170,20 @@ def _splits(cfg: BuildConfig, plan: pd.DataFrame) -> dict[str, Any]:
     return {**cfg.splits.model_dump(), "counts": cfg.splits.counts(plan["pair_id"])}
 
 
+IO_THREADS = 16  # shard footers and manifest columns are read this many at a time (object-store latency)
+MANIFEST_CHUNK = 256  # shards whose manifest columns are read before they are combined into one table
+
+
 def missing_shards(ds: Dataset, plan: pd.DataFrame) -> list[int]:
     """Planned shards without a valid committed object (a corrupt or short object counts as missing)."""
     expected = plan.groupby("shard").size().to_dict()
-    committed = set(ds.committed_shards())
+    committed = sorted(set(ds.committed_shards()) & set(expected))
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="footer") as pool:
+        footers = dict(zip(committed, pool.map(ds.shard_rows, committed), strict=True))
     missing = []
     for shard, rows in sorted(expected.items()):
-        if shard in committed:
-            found = ds.shard_rows(shard)
+        if shard in footers:
+            found = footers[shard]
             if found == rows:
                 continue
             log.warning("shard %05d is corrupt or incomplete (%s rows, expected %d): regenerating",
@@ -187,23 +197,39 @@ def shard_rows(plan: pd.DataFrame, shard: int) -> list[dict[str, Any]]:
     return [{**r, "seed": int(r["seed"]), "shard": int(r["shard"])} for r in part.to_dict("records")]
 
 
-def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float) -> dict[str, Any]:
-    """Write manifest.parquet and the final dataset.json once every planned shard is committed."""
+def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new: bool = False) -> dict[str, Any]:
+    """Write manifest.parquet and the final dataset.json once every planned shard is committed.
+
+    ``nothing_new``: the caller found every shard committed and valid and generated none; a dataset already
+    complete with its manifest is then left as it is (resuming a finished dataset reads no shard twice)."""
     t0 = time.perf_counter()
-    missing = missing_shards(ds, plan)
+    info = ds.info()
+    if nothing_new and info.get("status") == "complete" and ds.store.exists(MANIFEST_KEY):
+        log.info("dataset %s was already complete: manifest kept", ds.dataset_id)
+        return info
+    expected = plan.groupby("shard").size().to_dict()
+    missing = sorted(set(expected) - set(ds.committed_shards()))
     if missing:
         raise DatasetError(f"dataset {ds.dataset_id} is incomplete: shards {missing} are not committed; "
                            f"run the same build again to resume")
-    manifest = pd.concat([t.to_pandas() for t in ds.iter_shards(MANIFEST_COLUMNS,
-                                                                 sorted(plan["shard"].unique()))],
-                         ignore_index=True)
+    shards, parts, short = sorted(expected), [], []
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="manifest") as pool:
+        for i in range(0, len(shards), MANIFEST_CHUNK):  # a few hundred small tables alive at a time, not all
+            chunk = shards[i:i + MANIFEST_CHUNK]
+            tables = list(pool.map(lambda k: ds.read_shard(k, MANIFEST_COLUMNS), chunk))
+            short += [k for k, t in zip(chunk, tables, strict=True) if t.num_rows != expected[k]]
+            parts.append(pa.concat_tables(tables).combine_chunks())
+    if short:
+        raise DatasetError(f"dataset {ds.dataset_id} is incomplete: shards {short} are short; "
+                           f"run the same build again to regenerate them")
+    manifest = pa.concat_tables(parts).to_pandas()
+    del parts
     if manifest["pair_id"].duplicated().any():
         dups = manifest.loc[manifest["pair_id"].duplicated(), "pair_id"].head(5).tolist()
         raise DatasetError(f"dataset {ds.dataset_id}: duplicate pairs across shards, e.g. {dups}")
     if set(manifest["pair_id"]) != set(plan["pair_id"]):
         raise DatasetError(f"dataset {ds.dataset_id}: committed pairs do not match the plan")
     ds.write_manifest(manifest)
-    info = ds.info()
     stages = {k: float(manifest[k].sum()) for k in ("encode_s", "schnell_s", "dev_s", "png_s")}
     info.update({
         "status": "complete", "completed": _now(), "versions": versions(),
