@@ -155,3 +155,29 @@ def test_page_in_chromium(server: str, tmp_path: Path) -> None:
             assert "error" in page.inner_text("#status")
         finally:
             ctx.close()
+
+
+def test_rayservice_manifest_builds_a_valid_app() -> None:
+    """The KubeRay RayService: its serve config validates as a ServeConfig, its import path resolves, the
+    batch is not capped, replicas stay warm, one GPU per model replica matches the gpu group, image pinned."""
+    import importlib
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    [svc] = list(yaml.safe_load_all((repo / "infra" / "k8s" / "rayservice.yaml").read_text()))
+    assert svc["apiVersion"] == "ray.io/v1" and svc["kind"] == "RayService"
+    serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    [app] = serve_cfg["applications"]
+    module, attr = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    cfg = ServeConfig(**app["args"])
+    assert cfg.max_ongoing_requests >= cfg.max_batch_size > 5 and cfg.min_replicas >= 1
+    assert cfg.profile == "flux" and cfg.num_gpus == 1
+    assert serve_cfg["http_options"]["request_timeout_s"] > cfg.timeout_s
+    [gpu] = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert int(gpu["rayStartParams"]["num-gpus"]) == 1 and gpu["maxReplicas"] >= cfg.max_replicas
+    head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": serve_cfg["http_options"]["port"], "name": "serve"} in head["ports"]
+    assert "8000" in (repo / "infra" / "docker" / "Dockerfile").read_text()
+    assert "secretKeyRef" not in svc["spec"]["serveConfigV2"] and "aws_secret" not in str(svc).lower()

@@ -156,3 +156,9 @@ def build_app(cfg: ServeConfig) -> Any:
                                      device=cfg.device, endpoint_url=cfg.endpoint_url, cache_dir=cfg.cache_dir))
     return gateway.bind(model.bind(cfg.head, options, cfg.max_batch_size, cfg.batch_wait_s), cfg.timeout_s,
                         cfg.retry_after_s)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve config / KubeRay ``RayService`` entry point (``import_path: facelift.tasks.serve.app:app_builder``):
+    ``args`` are :class:`ServeConfig` fields (``head`` at least)."""
+    return build_app(ServeConfig(**args))
