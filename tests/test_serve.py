@@ -83,6 +83,7 @@ def test_cli_bad_head_is_one_line(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no head at" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow  # starts Ray + facelift serve (~2 min on 2 cores): make test-slow
 def test_health_generate_and_provenance(server: str) -> None:
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/readyz").json()
@@ -103,6 +104,7 @@ def test_health_generate_and_provenance(server: str) -> None:
     assert bad.status_code == 422
 
 
+@pytest.mark.slow  # starts Ray + facelift serve (~2 min on 2 cores): make test-slow
 def test_batches_beyond_five_and_burst_beyond_queue(server: str) -> None:
     def call(i: int) -> httpx.Response:
         return httpx.post(f"{server}/generate", json={"prompt": f"portrait {i}", "seed": i}, timeout=120)
@@ -126,6 +128,7 @@ def test_batches_beyond_five_and_burst_beyond_queue(server: str) -> None:
     assert httpx.get(f"{server}/readyz").status_code == 200  # still serving
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (/usr/bin/chromium)")
 def test_page_in_chromium(server: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
