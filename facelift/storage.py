@@ -7,6 +7,7 @@ Credentials are never read here: s3fs/botocore take them from the environment (`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
@@ -136,6 +137,7 @@ class Store:
     def write_bytes(self, key: str, data: bytes) -> None:
         """Atomic write: readers see the whole object or nothing."""
         target = self.path(key)
+        tmp = None
         try:
             if self.is_local:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,9 @@ class Store:
             else:
                 self.fs.pipe_file(target, data)
         except Exception as exc:  # noqa: BLE001
+            if tmp is not None:  # a failed rename must not leave the temp file behind
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
             raise StorageError(f"cannot write {key} to {self.where()}: {_describe(exc)}") from None
 
     def delete(self, key: str) -> None:

@@ -170,6 +170,7 @@ def test_failed_write_recorded_per_file(tmp_path: Path) -> None:
     assert report.processed == 2
     assert [Path(p).name for p, _ in report.failed] == ["b.png"] and "write" in report.failed[0][1]
     assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "c.png").is_file()
+    assert not [p.name for p in (tmp_path / "out").iterdir() if ".tmp-" in p.name]  # no temp file left behind
 
 
 def test_rerun_skips_existing_outputs(tmp_path: Path) -> None:
