@@ -117,3 +117,13 @@ def test_generate_flow(prefect_harness, run_dir: Path, cache_dir: Path, tmp_path
                              seed=1, size=32, device="cpu")
     assert result["count"] == 1 and (tmp_path / "flow" / "0000-s1.png").is_file()
     assert read_provenance((tmp_path / "flow" / "0000-s1.png").read_bytes())["seed"] == 1
+
+
+def test_demo_step(run_dir: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+    from facelift.cli.generate import demo_step
+
+    out = demo_step({"root": str(tmp_path), "head_runs": {"esa_cyclegan": str(run_dir)}})
+    files = sorted(p.name for p in (tmp_path / "generate-demo").iterdir())
+    assert files == ["0000-s7-schnell.png", "0000-s7.png", "0001-s8-schnell.png", "0001-s8.png"]
+    assert out["summary"][0][0] == "generate" and "head run run-gen1" in capsys.readouterr().out
+    assert demo_step({"root": str(tmp_path)}) == {}

@@ -59,3 +59,27 @@ def generate(
                f"{result['schnell_s_per_image']:.3f} s/img + head {result['head_s_per_image']:.4f} s/img):")
     for uri in result["images"]:
         typer.echo(f"  {uri}")
+
+
+def demo_step(ctx: dict) -> dict:
+    """Demo: portraits from prompts with the tiny schnell + the last trained debug head (PNG provenance)."""
+    from pathlib import Path
+
+    from facelift.cli.common import rel, section
+    from facelift.tasks.generate import read_provenance, run_generate
+
+    heads = list((ctx.get("head_runs") or {}).values())
+    if not heads:
+        typer.echo("generate demo skipped: no trained heads in the demo context (head_runs)")
+        return {}
+    out = Path(ctx["root"]) / "generate-demo"
+    result = run_generate(["A professional portrait of Ada Lovelace", "A professional business portrait"], heads[-1],
+                          str(out), seed=7, also_schnell=True)
+    section("generate (tiny random-weight schnell + a debug head: mechanics, not portraits)")
+    prov = read_provenance((out / "0000-s7.png").read_bytes())
+    typer.echo(f"generate: {result['count']} images -> {rel(ctx, str(out))} (schnell "
+               f"{result['schnell_s_per_image']:.3f} s/img + head {result['head_s_per_image']:.4f} s/img); "
+               f"provenance of 0000-s7.png: prompt {prov['prompt']!r}, seed {prov['seed']}, "
+               f"{prov['schnell_model']} + head run {prov['head_run_id']}")
+    return {"generate_out": str(out), "summary": [("generate", rel(ctx, str(out)),
+                                                   "NNNN-sSEED.png vs NNNN-sSEED-schnell.png; PNG text chunks")]}
