@@ -24,6 +24,15 @@ else
 fi
 run() { local name=$1 limit=$2; shift 2; echo "== $name (limit ${limit}s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$? in $((SECONDS - t0))s"; grep '^|' "$OUT/$name.log"; }
+if [ "${SERVE_ONLY:-0}" = 1 ]; then
+  # facelift serve under load (bench/serve_load.py, docs/serve.md), in its own device call (the rows below fill
+  # one): needs ray[serve] there. The tiny profile at 512² measures the serving path (Ray Serve, batching, PNG
+  # encode, the head on the GPU), not FLUX: the public anchor (schnell end to end at 512², 0.29 s p50 / 0.49 s
+  # p90 with fp8 + compile) needs the real schnell weights in the HF cache (--profile flux --num-gpus 1).
+  run serve_load 300 $PY bench/serve_load.py --profile tiny --size 512 --num-gpus $([ $DEV = cuda ] && echo 1 || echo 0) \
+    --requests 64 --out "$OUT"
+  exit 0
+fi
 run fp8_linear 50 $PY bench/fp8_linear.py --device $DEV --out "$OUT"
 run train_heads 160 $PY bench/train_heads.py --device $DEV $HEADS --out "$OUT"
 # end to end: the same step fed by real 512² PNGs through the product's input pipeline (decode overlapped)

@@ -1,4 +1,5 @@
-"""Python API: ``facelift.api.enhance(images, head=...)`` makes schnell-looking images look like FLUX.1-dev.
+"""Python API: ``enhance(images, head=...)`` makes schnell-looking images look like FLUX.1-dev;
+``generate(prompts, head=...)`` makes them from prompts (FLUX.1-schnell, then the head).
 
 ```python
 from facelift.api import enhance
@@ -79,3 +80,38 @@ def _like(original: Any, array: Any) -> Any:
     from PIL import Image
 
     return Image.fromarray(array) if isinstance(original, Image.Image) else array
+
+
+@lru_cache(maxsize=2)
+def _generator(head: str, profile: str, device: str, size: int | None, batch_size: int | None,
+               endpoint_url: str | None):
+    from facelift.tasks.generate import GenerateOptions, Generator
+
+    return Generator(head, GenerateOptions(profile=profile, size=size, batch_size=batch_size, device=device,
+                                           endpoint_url=endpoint_url))
+
+
+def generate(prompts: str | list[str], head: str, *, seed: int = 0, profile: str = "tiny", device: str = "auto",
+             size: int | None = None, batch_size: int | None = None, endpoint_url: str | None = None,
+             with_schnell: bool = False) -> Any:
+    """Portraits from prompts: FLUX.1-schnell text-to-image, then the head (models loaded once per options).
+
+    One prompt -> one PIL image, a list -> a list (the i-th uses ``seed + i``). Each image's ``info`` holds its
+    provenance (prompt, seed, model ids and revisions, head run id); ``with_schnell=True`` returns
+    (schnell, schnell + head) pairs instead.
+    """
+    from PIL import Image
+
+    single = isinstance(prompts, str)
+    texts = [prompts] if single else list(prompts)
+    results = _generator(str(head), profile, device, size, batch_size, endpoint_url)(
+        texts, [seed + i for i in range(len(texts))])
+
+    def pil(t: torch.Tensor, provenance: dict[str, Any]) -> Image.Image:
+        img = Image.fromarray(t.permute(1, 2, 0).numpy(), "RGB")
+        img.info.update({k: str(v) for k, v in provenance.items()})
+        return img
+
+    out = [(pil(g.schnell, g.provenance), pil(g.enhanced, g.provenance)) if with_schnell
+           else pil(g.enhanced, g.provenance) for g in results]
+    return out[0] if single else out

@@ -171,6 +171,7 @@ class Store:
     def write_bytes(self, key: str, data: bytes) -> None:
         """Atomic write: readers see the whole object or nothing."""
         target = self.path(key)
+        tmp = None
         try:
             if self.is_local:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +184,9 @@ class Store:
             else:
                 self.fs.pipe_file(target, data)
         except Exception as exc:  # noqa: BLE001
+            if tmp is not None:  # a failed rename must not leave the temp file behind
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
             code = error_code(exc)
             if code in PERMANENT_CODES:
                 raise PermanentStorageError(f"cannot write {key} to {self.where()}, bucket {self.bucket}: {code} "

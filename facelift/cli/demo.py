@@ -59,6 +59,10 @@ from facelift.cli.evaluate import demo_step as evaluate_demo_step  # noqa: E402
 
 DEMO_STEPS.append(evaluate_demo_step)  # evaluate the trained heads + enhance a folder; after train
 
+from facelift.cli.generate import demo_step as generate_demo_step  # noqa: E402
+
+DEMO_STEPS.append(generate_demo_step)  # schnell + a trained head from prompts; after train
+
 
 def summary_table(rows: list[SummaryRow]) -> str:
     lines = ["| stage | output | where to look |", "|---|---|---|"]

@@ -84,27 +84,43 @@ def enhance(
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile",
                                                  help="torch.compile (default: on GPU)")] = None,
     workers: Annotated[int, typer.Option(help="decode/encode threads")] = 4,
+    max_pixels: Annotated[int, typer.Option(help="skip (with a reason) images over this many pixels")] = 8192 * 8192,
+    tile_pixels: Annotated[int, typer.Option(help="run images with more pixels than this tiled")] = 2048 * 2048,
+    hold_pixels: Annotated[int, typer.Option(help="memory budget: pixels waiting in size buckets, all sizes "
+                                                  "together")] = 32 * 2**20,
+    overwrite: Annotated[bool, typer.Option(help="redo outputs that already exist (default: skip them)")] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// paths")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     verbose: bool = False,
 ) -> None:
-    """Apply a trained head to any images; unreadable files are reported and skipped (exit 1 if any)."""
+    """Apply a trained head to any images: same names under DST; a rerun skips outputs that exist.
+
+    Per-file failures (unreadable file, out of memory even tiled, failed write, a name escaping DST) are
+    reported and the run goes on (exit 1 if any); files over --max-pixels are skipped with a reason (exit 0).
+    """
     from facelift.tasks.enhance import run_enhance
 
     setup_logging(verbose)
     fmt = None if out_format is None else "." + out_format.lower().lstrip(".")
     try:
         report = run_enhance(src, dst, head, endpoint_url=endpoint_url, device=device, batch_size=batch_size,
-                             policy=policy, size=size, compile=compile, out_format=fmt, workers=workers)
+                             policy=policy, size=size, compile=compile, out_format=fmt, workers=workers,
+                             max_pixels=max_pixels, tile_pixels=tile_pixels, hold_pixels=hold_pixels,
+                             overwrite=overwrite)
     except _errors() as exc:
         raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         typer.echo(f"enhanced {report.processed} images into {dst} in {report.seconds:.1f}s "
-                   f"({report.images_per_s:.1f} img/s); skipped {len(report.failed)}")
+                   f"({report.images_per_s:.1f} img/s); failed {len(report.failed)}, skipped "
+                   f"{len(report.skipped)}, already done {report.existing}")
         for path, err in report.failed:
-            typer.echo(f"  skipped {path}: {err}", err=True)
+            typer.echo(f"  failed {path}: {err}", err=True)
+        for path, why in report.skipped:
+            typer.echo(f"  skipped {path}: {why}", err=True)
+        for note in report.notes:
+            typer.echo(f"  note: {note}", err=True)
     if report.failed:
         raise typer.Exit(code=1)
 

@@ -107,6 +107,12 @@ from facelift.cli import evaluate as cli_eval  # noqa: E402
 
 app.command("evaluate")(cli_eval.evaluate)
 app.command("enhance")(cli_eval.enhance)
+from facelift.cli import generate as cli_generate  # noqa: E402
+
+app.command("generate")(cli_generate.generate)
+from facelift.cli import serve as cli_serve  # noqa: E402
+
+app.command("serve")(cli_serve.serve)
 from facelift.cli import train as cli_train  # noqa: E402
 
 app.command("train")(cli_train.train)

@@ -1,0 +1,31 @@
+"""Start the serve application on the current Ray cluster (``ray.init`` first, or it starts a local one)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from facelift.tasks.serve.config import ServeConfig
+
+log = logging.getLogger(__name__)
+APP_NAME = "facelift"
+
+
+def serve_app(cfg: ServeConfig, blocking: bool = False) -> Any:
+    """Deploy (or update) the application; returns once the models are loaded and the app is RUNNING."""
+    from ray import serve
+
+    from facelift.tasks.serve.app import build_app
+
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.timeout_s + 5})
+    handle = serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=blocking)
+    log.info("facelift serve: http://%s:%d/ (head %s, profile %s, batch %d, queue %d)", cfg.host, cfg.port,
+             cfg.head, cfg.profile, cfg.max_batch_size, cfg.max_queued_requests)
+    return handle
+
+
+def shutdown() -> None:
+    from ray import serve
+
+    serve.delete(APP_NAME)
+    serve.shutdown()

@@ -1,0 +1,186 @@
+"""facelift serve on Ray Serve (tiny models, CPU), started as users start it (`facelift serve` in a subprocess):
+health and readiness, POST /generate, dynamic batching past Ray's default cap of 5, a burst beyond the queue
+(503 + Retry-After, no accepted request lost), and the web page in headless Debian Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from facelift.models.heads import build_head
+from facelift.tasks.generate import read_provenance
+from facelift.tasks.serve import ServeConfig
+
+CHROMIUM = Path("/usr/bin/chromium")
+BATCH, QUEUE = 8, 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("serve")
+    torch.manual_seed(0)
+    build_head("esa_cyclegan", "debug").save(str(root / "runs" / "run-serve1" / "head"))
+    port = _free_port()
+    env = {**os.environ, "RAY_TMPDIR": str(root / "ray"), "RAY_AUTH_MODE": "disabled",
+           "FACELIFT_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    log = open(root / "serve.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen([sys.executable, "-m", "facelift.cli.main", "serve", "--head",
+                             str(root / "runs" / "run-serve1"), "--port", str(port), "--size", "32",
+                             "--max-batch-size", str(BATCH), "--batch-wait-s", "0.3",
+                             "--max-queued-requests", str(QUEUE)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"facelift serve did not become ready:\n{(root / 'serve.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_config_refuses_a_batch_cap() -> None:
+    with pytest.raises(ValueError, match="every batch would be capped at 5"):
+        ServeConfig(head="x", max_batch_size=8, max_ongoing_requests=5)
+    assert ServeConfig(head="x", max_batch_size=8).max_ongoing_requests == 16
+
+
+def test_cli_bad_head_is_one_line(tmp_path: Path) -> None:
+    from facelift.cli.main import app
+
+    res = CliRunner().invoke(app, ["serve", "--head", str(tmp_path / "nohead")])
+    assert res.exit_code == 2 and "no head at" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow  # starts Ray + facelift serve (~2 min on 2 cores): make test-slow
+def test_health_generate_and_provenance(server: str) -> None:
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server}/readyz").json()
+    assert ready == {"ready": True, "schnell": "tiny://schnell", "head_run_id": "run-serve1"}
+    res = httpx.post(f"{server}/generate", json={"prompt": "A professional portrait of Ada Lovelace", "seed": 4},
+                     timeout=60)
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(res.content)) as img:
+        assert img.size == (32, 32)
+    prov = read_provenance(res.content)
+    assert prov["prompt"] == "A professional portrait of Ada Lovelace" and prov["seed"] == 4
+    again = httpx.post(f"{server}/generate", json={"prompt": "A professional portrait of Ada Lovelace", "seed": 4},
+                       timeout=60)
+    a = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(res.content))).astype("int16"))
+    b = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(again.content))).astype("int16"))
+    assert (a - b).abs().max() <= 1  # same prompt and seed, same image
+    bad = httpx.post(f"{server}/generate", json={"prompt": "", "seed": 1})
+    assert bad.status_code == 422
+
+
+@pytest.mark.slow  # starts Ray + facelift serve (~2 min on 2 cores): make test-slow
+def test_batches_beyond_five_and_burst_beyond_queue(server: str) -> None:
+    def call(i: int) -> httpx.Response:
+        return httpx.post(f"{server}/generate", json={"prompt": f"portrait {i}", "seed": i}, timeout=120)
+
+    with ThreadPoolExecutor(BATCH) as pool:  # a full batch at once: Ray's default max_ongoing_requests=5 caps at 5
+        first = list(pool.map(call, range(BATCH)))
+    assert all(r.status_code == 200 for r in first)
+    assert max(int(r.headers["x-batch-size"]) for r in first) > 5, [r.headers["x-batch-size"] for r in first]
+
+    n = 60  # far more than max_ongoing_requests (16) + the queue (6)
+    with ThreadPoolExecutor(n) as pool:
+        burst = list(pool.map(call, range(n)))
+    codes = [r.status_code for r in burst]
+    assert set(codes) <= {200, 503}, codes
+    rejected = [r for r in burst if r.status_code == 503]
+    assert rejected and all(r.headers.get("retry-after") == "2" and "queue is full" in r.json()["error"]
+                            for r in rejected)
+    accepted = [r for r in burst if r.status_code == 200]
+    assert len(accepted) >= 2 * BATCH  # every accepted request got its image
+    assert all(r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG" for r in accepted)
+    assert httpx.get(f"{server}/readyz").status_code == 200  # still serving
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (/usr/bin/chromium)")
+def test_page_in_chromium(server: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = ctx.new_page()
+            page.goto(server + "/", wait_until="networkidle")
+            assert page.title() == "facelift: schnell vs schnell + head"
+            page.fill("#prompt", "A professional portrait of Grace Hopper")
+            page.fill("#seed", "11")
+            page.click("#go")
+            page.wait_for_function("document.getElementById('enhanced').naturalWidth > 0 && "
+                                   "document.getElementById('schnell').naturalWidth > 0", timeout=60_000)
+            sizes = page.evaluate("[...document.images].map(i => [i.alt, i.naturalWidth, i.naturalHeight])")
+            assert sizes == [["schnell", 32, 32], ["schnell + head", 32, 32]]
+            assert "per image" in page.inner_text("#status")
+            page.screenshot(path=str(tmp_path / "page.png"))
+            page.fill("#prompt", "")
+            page.evaluate("document.getElementById('prompt').removeAttribute('required')")
+            page.click("#go")
+            page.wait_for_function("document.getElementById('status').className === 'error'", timeout=30_000)
+            assert "error" in page.inner_text("#status")
+        finally:
+            ctx.close()
+
+
+def test_rayservice_manifest_builds_a_valid_app() -> None:
+    """The KubeRay RayService: its serve config validates as a ServeConfig, its import path resolves, the
+    batch is not capped, replicas stay warm, one GPU per model replica matches the gpu group, image pinned."""
+    import importlib
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    [svc] = list(yaml.safe_load_all((repo / "infra" / "k8s" / "rayservice.yaml").read_text()))
+    assert svc["apiVersion"] == "ray.io/v1" and svc["kind"] == "RayService"
+    serve_cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    [app] = serve_cfg["applications"]
+    module, attr = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    cfg = ServeConfig(**app["args"])
+    assert cfg.max_ongoing_requests >= cfg.max_batch_size > 5 and cfg.min_replicas >= 1
+    assert cfg.profile == "flux" and cfg.num_gpus == 1
+    assert serve_cfg["http_options"]["request_timeout_s"] > cfg.timeout_s
+    [gpu] = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert int(gpu["rayStartParams"]["num-gpus"]) == 1 and gpu["maxReplicas"] >= cfg.max_replicas
+    head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": serve_cfg["http_options"]["port"], "name": "serve"} in head["ports"]
+    assert "8000" in (repo / "infra" / "docker" / "Dockerfile").read_text()
+    assert "secretKeyRef" not in svc["spec"]["serveConfigV2"] and "aws_secret" not in str(svc).lower()
