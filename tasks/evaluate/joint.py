@@ -12,7 +12,8 @@ degenerate quadratic part, which dominates when two sets nearly match. Disjoint 
 variance at n. Half-sampling alone (``(F_A − F_B)²/4``) assumes ``b = 0`` and is √2 too wide near a match.
 The bias-corrected FID ``2·F_n − F_h`` (Richardson: the 1/n bias removed) has variance ``a/n + 2b/n²``.
 
-**Intervals** are Student t on ``rounds − 1`` degrees of freedom; an FID interval never leaves [0, ∞) (the
+**Intervals** are Student t on Welch–Satterthwaite degrees of freedom (the variance combines two estimates;
+halves only, below 8 images: linear, conservative); an FID interval never leaves [0, ∞) (the
 FID at N is shown on the log scale, ``F·exp(±t·se/F)``; the bias-corrected FID is truncated at 0, which keeps
 its coverage because the population FID is >= 0). Differences keep their sign.
 """
