@@ -76,13 +76,16 @@ def test_paired_difference_detects_what_the_rows_own_intervals_cannot() -> None:
 
 
 def test_intervals_are_calibrated_quick() -> None:
-    """The fast version (make test): 60 trials of a smaller separated table; each interval's half-width matches
-    the spread of its estimate across trials (1.96·sd, within a factor 0.7–1.45) and covers >= 0.85."""
+    """The fast sanity version (make test): 60 trials of a smaller separated table. Every interval covers in
+    >= 85% (a 95% interval does so with probability 0.99 at 60 trials), its median half-width is within a factor
+    2 of 1.96 × the estimate's spread across trials (not infinite, not degenerate), and the half-width control
+    fails."""
     sc = scenarios(n=128)[1]
-    res = simulate(sc, 60, rounds=10, kid_subsets=30, mc_reps=300)
+    res = simulate(sc, 60, rounds=20, kid_subsets=30, mc_reps=300)
+    assert stats.binom.sf(int(0.85 * 60) - 1, 60, 0.95) > 0.99
     for name, iv in res.items():
         v, lo, hi = (np.asarray(a) for a in (iv.value, iv.low, iv.high))
-        ratio = float(np.mean((hi - lo) / 2) / (1.96 * v.std(ddof=1)))
-        assert 0.7 < ratio < 1.45, (name, ratio)
+        ratio = float(np.median((hi - lo) / 2) / (1.96 * v.std(ddof=1)))
+        assert 0.5 < ratio < 2.0, (name, ratio)
         assert iv.coverage() >= 0.85, (name, iv.coverage())
-        _controls(name, iv)
+        assert iv.coverage(scale=0.5) < 0.85 or iv.coverage(scale=0.25) < 0.85, name

@@ -15,8 +15,8 @@ import pytest
 
 from facelift.storage import Store
 from facelift.tasks.evaluate import flux as eval_flux
-from facelift.tasks.evaluate.joint import VERDICTS, verdict
-from facelift.tasks.evaluate.metrics import Estimate, fid_with_ci, mean_with_ci
+from facelift.tasks.evaluate.joint import VERDICTS, fid_with_ci, mean_with_ci, verdict
+from facelift.tasks.evaluate.metrics import Estimate
 from facelift.tasks.evaluate.report import (
     comparison_columns,
     fid_below_zero,

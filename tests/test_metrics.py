@@ -19,17 +19,15 @@ from facelift.models.metrics import (
 )
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
 from facelift.storage import Store
-from facelift.tasks.evaluate.joint import _fid_stack, _mmd_stack
+from facelift.tasks.evaluate.joint import _fid_stack, _mmd_stack, fid_with_ci, kid
 from facelift.tasks.evaluate.metrics import (
     KID_MIN_SUBSETS,
     SampleSizeError,
     cached_features,
     feature_stats,
     fid_from_features,
-    fid_with_ci,
     frechet_distance,
     image_set_key,
-    kid,
     kid_values,
     mmd2_unbiased,
 )

@@ -20,7 +20,7 @@ its coverage because the population FID is >= 0). Differences keep their sign.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,7 @@ from facelift.tasks.evaluate.metrics import (
     Estimate,
     KIDEstimate,
     _sqrt_psd,
+    check_kid_subsets,
     feature_stats,
     fid_from_features,
     frechet_distance,
@@ -321,3 +322,42 @@ def mean_t(values: np.ndarray, alpha: float = 0.05) -> Estimate:
         return Estimate(mean, float("nan"), float("nan"), 1, "t interval")
     half = t_quantile(v.size - 1, alpha) * float(v.std(ddof=1)) / np.sqrt(v.size)
     return Estimate(mean, mean - half, mean + half, int(v.size), "t interval")
+
+
+# -- one row ------------------------------------------------------------------------------------
+def kid(f1: np.ndarray, f2: np.ndarray, n_subsets: int = 100, subset_size: int | None = None, seed: int = 0,
+        alpha: float = 0.05) -> KIDEstimate:
+    """Kernel Inception Distance: the mean unbiased MMD² over ``n_subsets`` (>= 10) random subsets of
+    ``min(subset_size, n // 2)``, drawn without replacement; it targets the population MMD² at any subset size.
+    Standard error and interval: :func:`facelift.tasks.evaluate.joint.kid_estimate`.
+    """
+    a, b = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be 2-D with the same width, got {a.shape} and {b.shape}")
+    check_kid_subsets(n_subsets)
+    return kid_estimate(kid_draws([a], b, n_subsets, subset_size, seed), np.ones(1), alpha)
+
+
+def mean_with_ci(values: Iterable[float], alpha: float = 0.05) -> Estimate:
+    """Mean of per-image values with a Student t interval."""
+    return mean_t(np.asarray(list(values), np.float64), alpha)
+
+
+def fid_with_ci(rows: np.ndarray, refs: dict[str, np.ndarray], n_boot: int = 20, alpha: float = 0.05,
+                seed: int = 0) -> dict[str, Estimate]:
+    """FID of ``rows`` to each reference set, plus ``diff`` = first − second when there are two references,
+    each with a ``<key>_bc`` bias-corrected twin; intervals from ``n_boot`` rounds of joint halves and quarters
+    (:mod:`facelift.tasks.evaluate.joint`). ``<key>`` targets the FID at this N (plug-in FID is biased upward
+    like 1/N), ``<key>_bc`` the population FID (valid when N >= 2 × the feature dimension). Fewer than 4 images
+    in a set or ``n_boot < 2``: no interval (NaN); 4 to 7: halves only (a conservative, linear variance).
+    """
+    names = list(refs)
+    if len(names) not in (1, 2):
+        raise ValueError(f"fid_with_ci takes one or two reference sets, got {len(names)}")
+    a = np.asarray(rows, np.float64)
+    draws = fid_draws([a], [refs[k] for k in names], n_boot, seed)
+    out: dict[str, Estimate] = {}
+    keys = [(k, i) for i, k in enumerate(names)] + ([("diff", None)] if len(names) == 2 else [])
+    for key, ref in keys:
+        out[key], out[f"{key}_bc"] = combine(draws, fid_weights((1, len(names)), 0, ref), alpha, ref is not None)
+    return out
