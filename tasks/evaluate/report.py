@@ -113,7 +113,7 @@ def table_caption(table: pd.DataFrame) -> str:
 
 
 def fid_note(table: pd.DataFrame) -> str:
-    if table.empty or population_fid(table):
+    if table.empty or population_fid(table) or "feature_dim" not in table.columns:
         return ""
     r = table.iloc[0]
     return (f"\\* FID at N = {r['n']} < {BC_MIN_N_PER_DIM}·d = {BC_MIN_N_PER_DIM * int(r['feature_dim'])}: plug-in "
