@@ -50,7 +50,8 @@ def report(run: Any, table: Any, timing: Any, grid: list, meta: dict[str, Any], 
     png = evaluation.image_grid(grid, grid_images)
     plot = evaluation.timing_plot(timing) if timing is not None else None
     files = evaluation.write_outputs(run, table, timing, png, plot, meta)
-    cols = ["row", "n", "fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"]
+    cols = ["row", "n", "fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev",
+            *evaluation.comparison_columns(table)]
     create_table_artifact(table[cols].round(5).to_dict("records"), key="evaluation-table",
                           description=f"Table 4 + KID + LPIPS on the test split of {meta['dataset_uri']}")
     md = evaluation.table_markdown(table)
@@ -67,11 +68,14 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
              resolution: int | None = None, resize: Literal["clean", "torch"] = DEFAULT_FID_RESIZE, n_boot: int = 20,
              device: str = "auto", batch_size: int = 16, profile: str = "tiny",
              timing_resolutions: list[int] | None = None, timing_images: int = 2, feature_cache: bool = True,
-             grid_images: int = 6) -> dict[str, Any]:
+             grid_images: int = 6, kid_subsets: int = 100, kid_subset_size: int = 1000,
+             baseline: str = "schnell") -> dict[str, Any]:
     """Evaluate heads (folders or run URIs) on the dataset's test split; outputs under runs/<run_id>/.
 
     ``n_images``: pairs per set (each half of the test split); None: min(half, 10_000). ``resize``: how images
-    reach the Inception's 299² (clean: clean-fid's PIL bicubic; torch: pytorch-fid's bilinear).
+    reach the Inception's 299² (clean: clean-fid's PIL bicubic; torch: pytorch-fid's bilinear). ``baseline``:
+    the row every other row is compared with (paired differences with verdicts). Every option is checked
+    before the dataset is opened.
     """
     from facelift.config import resolve_config
 
@@ -79,7 +83,8 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
     if run_id:
         check_id(run_id, "run id")
     cfg = evaluation.EvalConfig(n_images=n_images, resolution=resolution, resize=resize, n_boot=n_boot, device=device,
-                        batch_size=batch_size, grid_images=grid_images)
+                                batch_size=batch_size, grid_images=grid_images, kid_subsets=kid_subsets,
+                                kid_subset_size=kid_subset_size, baseline=baseline)
     metrics = MetricConfig(inception_weights, clip_model, "alex", lpips_random_backbone)
     ds = Dataset.open(dataset_uri, endpoint_url)
     ds.require_real("evaluation")

@@ -1,8 +1,10 @@
-"""The evaluation table's statistics (interval method, N, KID subsets, intervals that hold their estimates) and
-the timing table's repeats (median and spread), without models: fake features, a fake clock, fake pipelines."""
+"""The evaluation table's statistics (interval method, N, KID subsets, intervals that hold their estimates and
+stay >= 0 for FID, paired comparisons with the baseline and their verdicts) and the timing table's repeats
+(median and spread), without models: fake features, a fake clock, fake pipelines. Coverage: test_coverage.py."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -13,54 +15,130 @@ import pytest
 
 from facelift.storage import Store
 from facelift.tasks.evaluate import flux as eval_flux
-from facelift.tasks.evaluate.metrics import mean_with_ci
-from facelift.tasks.evaluate.report import fid_columns, intervals_violated, kid_columns, table_markdown, write_outputs
+from facelift.tasks.evaluate.joint import VERDICTS, fid_with_ci, mean_with_ci, verdict
+from facelift.tasks.evaluate.metrics import Estimate
+from facelift.tasks.evaluate.report import (
+    comparison_columns,
+    fid_below_zero,
+    intervals_violated,
+    table_markdown,
+    write_outputs,
+)
+from facelift.tasks.evaluate.table import metric_columns
+
+ROWS = ("schnell", "dev", "head", "better head")
 
 
-def _record(name: str, feats: np.ndarray, refs: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+def _table(n: int, d: int, seed: int = 0, baseline: int = 0) -> pd.DataFrame:
+    """Four rows made from the same n inputs: schnell (x), dev (a shift of x), a head halfway, a better head."""
     rng = np.random.default_rng(seed)
-    return {"row": name, "kind": "head", "source": name, "n": len(feats), "n_reference": len(refs["schnell"]),
-            **fid_columns(feats, refs, 20, seed),
-            **kid_columns("kid_schnell", feats, refs["schnell"], 100, 1000, seed),
-            **kid_columns("kid_dev", feats, refs["dev"], 100, 1000, seed),
-            **mean_with_ci(rng.random(len(feats))).as_dict("clip_iqa"),
-            **mean_with_ci(rng.random(len(feats))).as_dict("lpips_dev"), "seconds_per_image": 0.01}
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    dev = lambda v: 1.3 * v + 0.5 + 0.2 * rng.normal(size=v.shape)  # noqa: E731
+    noise = 0.2 * rng.normal(size=(2, n, d))
+    feats = [x, dev(x), 1.1 * x + 0.2 + noise[0], 1.25 * x + 0.45 + noise[1]]
+    iqa = [rng.random(n) * 0.2 + 0.1 * k for k in range(4)]
+    lp = [np.abs(f - feats[1]).mean(1) for f in feats]
+    cols = metric_columns(feats, {"schnell": y, "dev": dev(y)}, iqa, lp, baseline, rounds=10, kid_subsets=20,
+                          seed=seed)
+    return pd.DataFrame.from_records([{"row": r, "kind": "head", "source": r, "n": n, "n_reference": n, **c,
+                                       "baseline": ROWS[baseline], "seconds_per_image": 0.01}
+                                      for r, c in zip(ROWS, cols, strict=True)])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    refs = {"schnell": rng.normal(size=(40, 8)), "dev": rng.normal(0.5, 1, size=(40, 8))}
-    rows = [_record("schnell", rng.normal(size=(40, 8)), refs, 1),
-            _record("head", rng.normal(0.4, 1, size=(40, 8)), refs, 2),
-            _record("tiny", rng.normal(size=(3, 8)), {k: v[:3] for k, v in refs.items()}, 3)]
-    return pd.DataFrame.from_records(rows)
+    return _table(64, 8)  # N >= 2·d: the bias-corrected FIDs are shown
 
 
 def test_every_estimate_lies_inside_its_interval(table: pd.DataFrame) -> None:
-    assert intervals_violated(table) == []
-    full = table.iloc[:2]
-    for col in ("fid_schnell", "fid_dev", "fid_diff", "fid_diff_bc", "kid_schnell", "kid_dev", "clip_iqa"):
-        assert (full[f"{col}_ci_low"] < full[col]).all() and (full[col] < full[f"{col}_ci_high"]).all(), col
+    assert intervals_violated(table) == [] and fid_below_zero(table) == []
+    for col in ("fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa"):
+        assert (table[f"{col}_ci_low"] < table[col]).all() and (table[col] < table[f"{col}_ci_high"]).all(), col
     broken = table.assign(fid_dev_ci_high=table["fid_dev"] - 1)
-    assert intervals_violated(broken) == ["schnell: fid_dev", "head: fid_dev"]
+    assert intervals_violated(broken) == [f"{r}: fid_dev" for r in ROWS]
+    assert fid_below_zero(table.assign(fid_dev_bc_ci_low=-0.1)) == [f"{r}: fid_dev_bc_ci_low" for r in ROWS]
 
 
-def test_table_names_method_n_and_kid_subsets(table: pd.DataFrame) -> None:
-    assert (table.loc[:1, "kid_schnell_subset_size"] == 20).all() and (table.loc[:1, "kid_dev_subsets"] == 100).all()
+def test_no_fid_interval_below_zero_near_a_match() -> None:
+    """Rows from the reference distribution, small N: the old symmetric half-sampling interval went below 0 in
+    most of these trials (the demo printed FID_schnell 4.347 [−4.245, 12.939]); now none does."""
+    lows = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        est = fid_with_ci(rng.normal(size=(16, 4)), {"schnell": rng.normal(size=(16, 4)),
+                                                     "dev": rng.normal(size=(16, 4))}, n_boot=10, seed=seed)
+        for key in ("schnell", "dev", "schnell_bc", "dev_bc"):
+            assert 0 <= est[key].low <= est[key].value <= est[key].high, (seed, key, est[key])
+        lows.append(est["diff"].low)
+    assert min(lows) < 0  # a difference of FIDs keeps its sign
+
+
+def test_paired_comparisons_share_the_resampling(table: pd.DataFrame) -> None:
+    """Δ is exactly the difference of the rows' values (the same splits and subsets), the baseline row has none,
+    and each Δ ends with a verdict."""
+    head = table.iloc[2]
+    assert head["d_fid_target"] == "population (bias-corrected)"
+    assert head["d_fid_dev"] == pytest.approx(head["fid_dev_bc"] - table.iloc[0]["fid_dev_bc"], abs=1e-9)
+    assert head["d_kid_dev"] == pytest.approx(head["kid_dev"] - table.iloc[0]["kid_dev"], abs=1e-12)
+    assert head["d_clip_iqa"] == pytest.approx(head["clip_iqa"] - table.iloc[0]["clip_iqa"])
+    assert table.iloc[0][["d_fid_dev", "d_kid_dev", "d_clip_iqa"]].isna().all()
+    assert (table.iloc[0][[c for c in table.columns if c.endswith("_verdict")]] == "").all()
+    # the dev-like heads are far closer to dev than schnell: both verdicts are decided
+    assert table.iloc[3]["d_fid_dev_verdict"] == "better" and table.iloc[3]["d_fid_diff_verdict"] == "better"
+    assert table.iloc[3]["d_lpips_dev_verdict"] == "better" and table.iloc[1]["d_lpips_dev"] < 0
+    assert set(table.iloc[1:][[c for c in table.columns if c.endswith("_verdict")]].to_numpy().ravel()) <= set(
+        VERDICTS)
+    assert comparison_columns(table)[:5] == ["baseline", "d_fid_dev", "d_fid_dev_ci_low", "d_fid_dev_ci_high",
+                                             "d_fid_dev_verdict"]
+
+
+def test_verdicts() -> None:
+    def est(lo: float, hi: float) -> Estimate:
+        return Estimate((lo + hi) / 2, lo, hi, 10)
+
+    assert verdict(est(0.1, 0.3), higher_is_better=True) == "better"
+    assert verdict(est(0.1, 0.3), higher_is_better=False) == "worse"
+    assert verdict(est(-0.3, -0.1), higher_is_better=False) == "better"
+    assert verdict(est(-0.1, 0.3), higher_is_better=True) == "indistinguishable"
+    assert verdict(est(float("nan"), float("nan")), higher_is_better=True) == ""
+
+
+def test_table_leads_with_the_right_fid_and_compares_with_the_baseline(table: pd.DataFrame) -> None:
     md = table_markdown(table)
     lines = md.splitlines()
-    assert "FID CI" in lines[0] and "KID subsets" in lines[0] and "| N |" in lines[0]
-    schnell, _, tiny = lines[2:]
-    assert schnell.startswith("| schnell | 40 |") and "half-sampling ×20" in schnell and "| 100 × 20 |" in schnell
+    assert lines[0].startswith("| row | N | FID_schnell | FID_dev ↓ | FID_diff ↑ | FID_schnell bias-corr. |")
+    assert "| KID_schnell ×10³ | KID_dev ×10³ ↓ | KID subsets |" in lines[0] and "±" not in md
+    schnell = lines[2]
+    assert schnell.startswith("| schnell | 64 |") and "joint halves+quarters ×10" in schnell
+    assert "| 20 × 32 |" in schnell
     bc = f"| {table.loc[0, 'fid_diff_bc']:.3f} [{table.loc[0, 'fid_diff_bc_ci_low']:.3f}, "
-    assert bc in schnell  # 40 images of 8-d features: N >= 2·d, the bias-corrected FID_diff is shown
-    wide = table_markdown(table.assign(feature_dim=64)).splitlines()[2]
-    assert "n/a (N < 2·d)" in wide and bc not in wide  # 40 images of 64-d features: not shown
-    # three images: FID has no interval, KID is a flagged row naming n and the minimum
-    assert tiny.startswith("| tiny | 3 |") and "n/a (KID needs n >= 4" in tiny and "got n=3)" in tiny
-    assert "| none |" in tiny
-    assert table.loc[2, "kid_schnell_flag"].startswith("KID needs") and table.loc[0, "kid_schnell_flag"] == ""
+    assert bc in schnell
+    paired = md[md.index("Paired comparisons"):].splitlines()
+    assert "baseline row `schnell`" in paired[0] and "population (bias-corrected)" in paired[0]
+    assert paired[2] == "| row | Δ FID_dev ↓ | Δ FID_diff ↑ | Δ KID_dev ×10³ ↓ | Δ CLIP-IQA ↑ | Δ LPIPS→dev ↓ |"
+    assert [p.split(" | ")[0] for p in paired[4:]] == ["| dev", "| head", "| better head"]  # not the baseline
+    assert paired[-1].split(" | ")[1].endswith("better")
+    # N < 2·d: KID first, FIDs starred, a note that FID rankings at this N are not population rankings
+    small = _table(12, 8, seed=1)
+    md = table_markdown(small)
+    assert md.splitlines()[0].startswith("| row | N | KID_schnell ×10³ | KID_dev ×10³ ↓ | KID subsets | FID_schnell* |")
+    assert "FID rankings at this N are not population rankings" in md and "bias-corr." not in md.splitlines()[0]
+    assert "Δ FID: FID at this N" in md
+
+
+def test_another_baseline_row() -> None:
+    t = _table(64, 8, baseline=2)
+    assert (t["baseline"] == "head").all() and t.loc[2, ["d_fid_dev", "d_kid_dev"]].isna().all()
+    assert t.loc[0, "d_fid_dev_verdict"] == "worse" and t.loc[3, "d_fid_dev"] < 0
+    assert "baseline row `head`" in table_markdown(t)
+
+
+def test_too_few_images_flag_kid_and_give_no_interval() -> None:
+    t = _table(3, 2)
+    assert t["kid_dev"].isna().all() and t.loc[0, "kid_schnell_flag"].startswith("KID needs n >= 4")
+    assert t["fid_dev_ci_low"].isna().all() and np.isfinite(t["fid_dev"]).all()
+    row = table_markdown(t).splitlines()[2]
+    assert "n/a (KID needs n >= 4" in row and "| none |" in row
 
 
 def test_table_names_the_split_n_resize_and_clip_iqa_variant(table: pd.DataFrame) -> None:
@@ -69,13 +147,13 @@ def test_table_names_the_split_n_resize_and_clip_iqa_variant(table: pd.DataFrame
                             clip_iqa_model="openai/clip-vit-base-patch16",
                             clip_iqa_variant="ViT-B/16, short side bicubic to 224 + centre crop 224²")
     lines = table_markdown(recorded).splitlines()
-    assert len(lines) == 2 + len(table) + 2 and lines[-2] == ""
-    caption = lines[-1]
+    caption = lines[2 + len(table) + 1]
+    assert lines[2 + len(table)] == ""
     assert caption.startswith("Pairs: test split only (train 0.5 / val 0.16 / test 0.34 (salt 'split')), 9 test "
-                              "pairs, N = 40 per set (input half) vs 40 reference pairs.")
+                              "pairs, N = 64 per set (input half) vs 64 reference pairs.")
     assert "FID: fid-inception-abc, resize clean." in caption
     assert "CLIP-IQA: openai/clip-vit-base-patch16 (ViT-B/16, short side bicubic to 224 + centre crop 224²)" in caption
-    assert len(table_markdown(table).splitlines()) == 2 + len(table)  # a table without the record: no caption
+    assert table_markdown(table).splitlines()[2 + len(table) + 1].startswith("Paired comparisons")  # no caption
 
 
 def test_report_states_the_interval_methods(table: pd.DataFrame, tmp_path) -> None:
@@ -90,9 +168,18 @@ def test_report_states_the_interval_methods(table: pd.DataFrame, tmp_path) -> No
                                                      "n_reference": 4, "size": 64, "fid_resize": "clean"})
     report = run.read_bytes("evaluation/report.md").decode()
     assert "test split only (train 0.5 / val 0.16 / test 0.34 (salt 'split'); 9 test pairs): 4 input pairs" in report
-    assert "FID resize clean" in report
-    assert "half-sampling" in report and "targets FID at this N" in report and "√(m/(N−m) + 1/S)" in report
+    assert "FID resize clean" in report and "Paired comparisons with the baseline row `schnell`" in report
+    assert "joint resampling" in report and "standard error" in report and "t interval" in report
+    csv = pd.read_csv(io.BytesIO(run.read_bytes("evaluation/table.csv")))
+    assert {"d_fid_dev", "d_fid_dev_ci_low", "d_fid_dev_verdict", "d_kid_dev_verdict", "baseline"} <= set(csv.columns)
     assert "| 64² | 3 | 2.0000 [1.5000–3.0000] |" in report and "| 70.0 [46.7–83.3]% |" in report
+
+
+def test_mean_interval_is_a_t_interval() -> None:
+    m = mean_with_ci(np.linspace(0, 1, 101))
+    assert m.low < 0.5 < m.high and m.value == pytest.approx(0.5) and m.method == "t interval"
+    half = 1.984 * np.linspace(0, 1, 101).std(ddof=1) / np.sqrt(101)
+    assert m.high - m.value == pytest.approx(half, rel=1e-3)
 
 
 # -- timing -------------------------------------------------------------------------------------------------

@@ -153,6 +153,9 @@ class FakeSuite:
         return {"feature_network": self.extractor_id, "fid_resize": self.resize, "clip_iqa_model": "none",
                 "clip_iqa_variant": "none"}
 
+    def cache_suffix(self) -> str:
+        return f"-{self.resize}-cpu-fp32"
+
     def features(self, images: torch.Tensor) -> np.ndarray:
         self.calls.append(("features", len(images)))
         x = images.float()
@@ -234,7 +237,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     events = []
     monkeypatch.setattr(flow_mod, "emit_event", lambda **kw: events.append(kw))
     result = flow_mod.evaluate(
-        dataset.uri, heads, lora=str(lora_file), n_images=6, endpoint_url=s3_root.endpoint_url,
+        dataset.uri, heads, lora=str(lora_file), n_images=8, endpoint_url=s3_root.endpoint_url,
         run_id="eval-test", inception_weights=str(ensure_random_fid_weights(cache_dir)),
         clip_model=str(ensure_tiny_clip(cache_dir)), lpips_random_backbone=True, n_boot=4, device="cpu",
         batch_size=4, profile="tiny", timing_resolutions=[32, 64], timing_images=2)
@@ -243,7 +246,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     assert list(table["row"][:2]) == ["schnell", "dev"]
     assert list(table["kind"]) == ["reference", "reference", "head", "head", "lora"]
     assert table["row"][2].startswith("esa_cyclegan") and table["row"][3].startswith("unet_cbam")
-    assert (table["n"] == 6).all() and (table["n_reference"] == 6).all()
+    assert (table["n"] == 8).all() and (table["n_reference"] == 8).all()
     assert (table["split"] == "test").all() and (table["n_test"] == 17).all()
     assert (table["split_rule"] == "train 0.4 / val 0.1 / test 0.5 (salt 'split')").all()
     assert (table["fid_resize"] == "clean").all() and table["feature_network"][0].startswith("fid-inception-")
@@ -255,8 +258,16 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     for m in ("fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"):
         assert (table[f"{m}_ci_low"] <= table[m]).all() and (table[m] <= table[f"{m}_ci_high"]).all(), m
     assert eval_report.intervals_violated(table) == []
-    assert (table["fid_ci_method"] == "half-sampling ×4").all()
-    assert (table["kid_schnell_subset_size"] == 3).all() and (table["kid_dev_subsets"] == 100).all()  # n/2
+    assert (table["fid_ci_method"] == "joint halves+quarters ×4").all()
+    assert eval_report.fid_below_zero(table) == []
+    assert (table["kid_schnell_subset_size"] == 4).all() and (table["kid_dev_subsets"] == 100).all()  # n/2
+    # every row against the schnell row, from the same resampling, each Δ with an interval and a verdict
+    assert (table["baseline"] == "schnell").all() and table.loc[0, ["d_fid_dev", "d_kid_dev"]].isna().all()
+    for key in ("d_fid_dev", "d_fid_diff", "d_kid_dev", "d_clip_iqa", "d_lpips_dev"):
+        rest = table.loc[1:]
+        assert (rest[f"{key}_ci_low"] <= rest[key]).all() and (rest[key] <= rest[f"{key}_ci_high"]).all(), key
+        assert set(rest[f"{key}_verdict"]) <= {"better", "worse", "indistinguishable"}, key
+    assert table.loc[1, "d_lpips_dev_verdict"] == "better"  # dev vs its own pairs: LPIPS 0
     assert table["clip_iqa"].between(0, 1).all()
     assert table.loc[1, "lpips_dev"] == pytest.approx(0, abs=1e-6)  # dev row vs its own pairs
     assert (table.loc[[0, 2, 3, 4], "lpips_dev"] > 0).all()
@@ -279,8 +290,12 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     assert list(stored["row"]) == list(table["row"])
     report = run.read_bytes("report.md").decode()
     assert "FID_diff" in report and "schnell + LoRA" in report and "saved" in report
-    assert "half-sampling" in report and "KID subsets" in report and "| 100 × 3 |" in report
-    assert "test split only (train 0.4 / val 0.1 / test 0.5 (salt 'split'); 17 test pairs): 6 input pairs" in report
+    assert "joint resampling" in report and "KID subsets" in report and "| 100 × 4 |" in report
+    assert "Paired comparisons with the baseline row `schnell`" in report and "FID rankings at this N" in report
+    assert "test split only (train 0.4 / val 0.1 / test 0.5 (salt 'split'); 17 test pairs): 6 input pairs" not in report
+    assert "test split only (train 0.4 / val 0.1 / test 0.5 (salt 'split'); 17 test pairs): 8 input pairs" in report
+    csv = pd.read_csv(io.BytesIO(run.read_bytes("table.csv")))
+    assert {"d_fid_diff", "d_fid_diff_ci_low", "d_fid_diff_ci_high", "d_fid_diff_verdict"} <= set(csv.columns)
     assert "FID resize clean" in report and "CLIP-IQA: " in report
     from PIL import Image
 
@@ -314,8 +329,65 @@ def test_reference_features_reused_per_resize(dataset, cache_dir, tmp_path, monk
     torch_suite = ev.MetricSuite(metrics, "cpu", 2, resize="torch")
     legacy, _ = ev.score_rows(ev.reference_sources(), dataset, split, torch_suite, store, cfg)
     assert (legacy["fid_resize"] == "torch").all() and (first["fid_resize"] == "clean").all()
-    assert len(store.list(f"cache/features/{suite.extractor_id}")) == 4
+    keys = store.list(f"cache/features/{suite.extractor_id}")
+    assert len(keys) == 4 and all(k.endswith(("-clean-cpu-fp32.npy", "-torch-cpu-fp32.npy")) for k in keys), keys
     assert not np.allclose(legacy["fid_dev"], first["fid_dev"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--kid-subsets", "5"], "kid_subsets must be >= 10"),
+    (["--kid-subset-size", "3"], "kid_subset_size must be >= 4"),
+    (["--n-boot", "1"], "n_boot must be >= 2"),
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--n-images", "1"], "n_images must be >= 2"),
+    (["--baseline", " "], "baseline must name a row"),
+])
+def test_cli_checks_every_option_before_reading_anything(prefect_harness, tmp_path, args, message) -> None:
+    """A bad option is one clear line (exit 2) before the dataset is even opened: the dataset here does not
+    exist, and the error is about the option, not the dataset."""
+    from typer.testing import CliRunner
+
+    from facelift.cli.main import app
+
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "datasets" / "nope"), "--head", str(tmp_path), *args])
+    assert res.exit_code == 2 and message in res.output and "no dataset" not in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_an_unknown_baseline_row_fails_before_any_image_is_decoded(dataset, cache_dir, monkeypatch) -> None:
+    from facelift.models.metrics import MetricConfig
+
+    split = eval_data.select_test_split(dataset, n_images=3)
+    cfg = ev.EvalConfig(n_images=3, n_boot=2, device="cpu", batch_size=2, baseline="esa_cyclegan")
+    decoded = []
+    monkeypatch.setattr(ev, "iter_batches", lambda *a, **k: decoded.append(a) or iter(()))
+    metrics = MetricConfig(str(ensure_random_fid_weights(cache_dir)), str(ensure_tiny_clip(cache_dir)),
+                           lpips_random_backbone=True)
+    with pytest.raises(ValueError, match=r"baseline 'esa_cyclegan' names no single row; rows: schnell, dev"):
+        ev.score_rows(ev.reference_sources(), dataset, split, ev.MetricSuite(metrics, "cpu", 2), None, cfg)
+    assert decoded == []
+    assert ev.baseline_index(ev.reference_sources(), "dev") == 1
+
+
+def test_feature_network_runs_without_tf32_and_the_cache_key_names_device_and_precision(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    seen = []
+
+    def inception(x: torch.Tensor) -> torch.Tensor:
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return x.mean((2, 3))
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    fake = SimpleNamespace(inception=inception, batch_size=2, resize="torch", device=torch.device("cpu"),
+                           precision="fp32")
+    feats = ev.MetricSuite.features(fake, torch.zeros(3, 3, 8, 8, dtype=torch.uint8))  # type: ignore[arg-type]
+    assert feats.shape == (3, 3) and seen == [(False, False), (False, False)]
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored
+    assert ev.MetricSuite.cache_suffix(fake) == "-torch-cpu-fp32"  # type: ignore[arg-type]
+    assert ev.MetricSuite.cache_suffix(SimpleNamespace(resize="torch", device=torch.device("cuda", 0),
+                                                       precision="fp32")) == "-torch-cuda-fp32"  # type: ignore
 
 
 def test_cli_evaluate_bad_dataset(prefect_harness, tmp_path) -> None:

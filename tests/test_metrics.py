@@ -19,18 +19,16 @@ from facelift.models.metrics import (
 )
 from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
 from facelift.storage import Store
+from facelift.tasks.evaluate.joint import _fid_stack, _mmd_stack, fid_with_ci, kid
 from facelift.tasks.evaluate.metrics import (
     KID_MIN_SUBSETS,
     SampleSizeError,
     cached_features,
     feature_stats,
     fid_from_features,
-    fid_with_ci,
     frechet_distance,
     image_set_key,
-    kid,
     kid_values,
-    mean_with_ci,
     mmd2_unbiased,
 )
 
@@ -89,7 +87,7 @@ def test_kid_unbiased_and_sensitive() -> None:
     assert abs(np.mean(same)) < 3 * spread / np.sqrt(len(same))  # unbiased: centred on 0
     assert min(same) < 0 < max(same)  # individual estimates may be negative
     shifted = kid(rng.normal(size=(30, 16)), rng.normal(1.0, 1, size=(30, 16)), n_subsets=10, subset_size=15)
-    assert shifted.value > 5 * spread and shifted.std > 0
+    assert shifted.value > 5 * spread and shifted.se > 0 and shifted.subset_sd > 0
 
 
 def test_kid_subsets_at_the_evaluation_defaults() -> None:
@@ -97,7 +95,7 @@ def test_kid_subsets_at_the_evaluation_defaults() -> None:
     rng = np.random.default_rng(4)
     est = kid(rng.normal(size=(256, 32)), rng.normal(0.3, 1, size=(256, 32)), subset_size=1000)
     assert est.subset_size == 128 and est.n_subsets >= KID_MIN_SUBSETS and est.n == 256
-    assert est.std > 0 and est.low < est.value < est.high
+    assert est.se > 0 and est.low < est.value < est.high
     assert est.as_dict("kid")["kid_subsets"] == est.n_subsets
     small = kid(rng.normal(size=(10, 8)), rng.normal(size=(12, 8)))
     assert small.subset_size == 5 and small.n_subsets == 100  # defaults chosen from n
@@ -111,36 +109,6 @@ def test_kid_too_few_images_is_a_clear_error() -> None:
         kid(np.zeros((40, 8)), np.ones((40, 8)), n_subsets=5)
 
 
-def _gaussian_moments(mu: np.ndarray, s: np.ndarray) -> list[np.ndarray]:
-    """E[x], E[x⊗x], E[x⊗x⊗x] of N(mu, s)."""
-    third = (np.einsum("i,j,k->ijk", mu, mu, mu) + np.einsum("i,jk->ijk", mu, s) + np.einsum("j,ik->ijk", mu, s)
-             + np.einsum("k,ij->ijk", mu, s))
-    return [mu, s + np.outer(mu, mu), third]
-
-
-def true_kid(p: tuple[np.ndarray, np.ndarray], q: tuple[np.ndarray, np.ndarray]) -> float:
-    """Population MMD² of (xᵀy/d + 1)³ = Σ_k C(3,k) (xᵀy/d)^k: E (xᵀx'/d)^k = |E x^⊗k|² / d^k."""
-    d = len(p[0])
-    out = 0.0
-    for k, (mp, mq) in enumerate(zip(_gaussian_moments(*p), _gaussian_moments(*q), strict=True), start=1):
-        out += (3 if k < 3 else 1) * ((mp * mp).sum() + (mq * mq).sum() - 2 * (mp * mq).sum()) / d**k
-    return float(out)
-
-
-def test_kid_interval_covers_the_population_value() -> None:
-    rng = np.random.default_rng(5)
-    d, n, trials = 8, 80, 60
-    a = rng.normal(size=(d, d)) / np.sqrt(d)
-    p, q = (np.zeros(d), np.eye(d) + 0.5 * a @ a.T), (np.full(d, 0.15), np.eye(d))
-    truth = true_kid(p, q)
-    big = rng.multivariate_normal(*p, 3000), rng.multivariate_normal(*q, 3000)
-    assert mmd2_unbiased(*big) == pytest.approx(truth, rel=0.1)  # the closed form is the right target
-    hits = [(e.low <= truth <= e.high) for e in
-            (kid(rng.multivariate_normal(*p, n), rng.multivariate_normal(*q, n), n_subsets=20, seed=t)
-             for t in range(trials))]
-    assert np.mean(hits) >= 0.9, np.mean(hits)
-
-
 # -- FID intervals --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("d", [64, 2048])
 def test_fid_estimates_lie_inside_their_intervals(d: int) -> None:
@@ -151,75 +119,24 @@ def test_fid_estimates_lie_inside_their_intervals(d: int) -> None:
     assert set(est) == {"schnell", "dev", "diff", "schnell_bc", "dev_bc", "diff_bc"}
     for key, e in est.items():
         assert e.low < e.value < e.high, (key, e)
-        assert e.n == 256 and e.method.startswith("half-sampling")
+        assert e.n == 256 and e.method.startswith("joint halves+quarters")
     assert est["diff"].value == pytest.approx(est["schnell"].value - est["dev"].value)
 
 
-class _Gaussians:
-    """Three Gaussians (rows, schnell, dev) with a closed-form FID, and E[plug-in FID at n] by Monte Carlo."""
-
-    def __init__(self, d: int, n: int, rows_like_schnell: bool, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.d, self.n = d, n
-        a = self.rng.normal(size=(d, d)) / np.sqrt(d)
-        wide = (np.zeros(d), np.eye(d) + 0.5 * a @ a.T)
-        self.params = {"rows": wide, "schnell": wide if rows_like_schnell else (np.full(d, 0.15), np.eye(d)),
-                       "dev": (np.full(d, 0.05), np.eye(d) + 0.4 * a @ a.T)}
-        self.chol = {k: np.linalg.cholesky(s) for k, (_, s) in self.params.items()}
-        self.truth = {k: frechet_distance(*self.params["rows"], *self.params[k]) for k in ("schnell", "dev")}
-        self.truth["diff"] = self.truth["schnell"] - self.truth["dev"]
-
-    def draw(self, kind: str) -> np.ndarray:
-        return self.params[kind][0] + self.rng.normal(size=(self.n, self.d)) @ self.chol[kind].T
-
-    def fid_at_n(self, reps: int) -> dict[str, float]:
-        vals = np.array([[fid_from_features(r, self.draw(k)) for k in ("schnell", "dev")]
-                         for r in (self.draw("rows") for _ in range(reps))])
-        out = {"schnell": float(vals[:, 0].mean()), "dev": float(vals[:, 1].mean())}
-        return {**out, "diff": out["schnell"] - out["dev"]}
-
-
-def fid_coverage(g: _Gaussians, trials: int, rounds: int = 20, mc_reps: int = 800) -> dict[str, float]:
-    """Share of trials whose interval contains its target: ``<key>`` E[FID_N], ``<key>_bc`` the true FID."""
-    at_n = g.fid_at_n(mc_reps)
-    hits: dict[str, list[bool]] = {}
-    for t in range(trials):
-        est = fid_with_ci(g.draw("rows"), {"schnell": g.draw("schnell"), "dev": g.draw("dev")}, rounds, seed=t)
-        for k in ("schnell", "dev", "diff"):
-            hits.setdefault(k, []).append(est[k].low <= at_n[k] <= est[k].high)
-            hits.setdefault(f"{k}_bc", []).append(est[f"{k}_bc"].low <= g.truth[k] <= est[f"{k}_bc"].high)
-    return {k: float(np.mean(v)) for k, v in hits.items()}
-
-
-@pytest.mark.parametrize("rows_like_schnell", [False, True], ids=["distinct", "schnell-row"])
-def test_fid_interval_coverage_on_gaussians(rows_like_schnell: bool) -> None:
-    """95% intervals, 60 trials, d = 12, N = 160: FID, FID_diff and their bias-corrected forms cover.
-
-    ``schnell-row``: the rows come from the schnell distribution (true FID_schnell = 0, the schnell row).
-    """
-    g = _Gaussians(d=12, n=160, rows_like_schnell=rows_like_schnell, seed=7)
-    at_n = g.fid_at_n(400)
-    assert at_n["schnell"] > g.truth["schnell"] + 0.2  # plug-in bias is real here: targets differ
-    cover = fid_coverage(g, trials=60)
-    assert min(cover.values()) >= 0.9, cover
-
-
-def test_fid_at_n_interval_covers_below_the_feature_dimension() -> None:
-    """N < d (the table's regime with Inception's 2048): the plug-in interval still covers E[FID_N]."""
-    g = _Gaussians(d=48, n=32, rows_like_schnell=False, seed=8)
-    cover = fid_coverage(g, trials=50, rounds=10, mc_reps=300)
-    assert min(cover[k] for k in ("schnell", "dev", "diff")) >= 0.9, cover
-
-
-def test_fid_intervals_need_four_images() -> None:
+def test_fid_intervals_from_four_images() -> None:
+    """Quarters need two images each: from 8 images halves and quarters, from 4 halves only (the linear,
+    conservative variance), below 4 the FID has its value but no interval."""
     rng = np.random.default_rng(9)
-    est = fid_with_ci(rng.normal(size=(3, 4)), {"schnell": rng.normal(size=(3, 4)), "dev": rng.normal(size=(3, 4))})
+
+    def sets(n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return rng.normal(size=(n, 4)), {"schnell": rng.normal(size=(n, 4)), "dev": rng.normal(size=(n, 4))}
+
+    est = fid_with_ci(*sets(3))
     assert np.isfinite(est["schnell"].value) and np.isnan(est["schnell"].low) and np.isnan(est["schnell_bc"].value)
-
-
-def test_mean_interval() -> None:
-    m = mean_with_ci(np.linspace(0, 1, 101), n_boot=200)
-    assert m.low < 0.5 < m.high and m.value == pytest.approx(0.5)
+    for n, method in ((4, "joint halves ×20"), (7, "joint halves ×20"), (8, "joint halves+quarters ×20")):
+        est = fid_with_ci(*sets(n))
+        assert 0 <= est["schnell"].low < est["schnell"].value < est["schnell"].high, n
+        assert est["schnell"].method == method and est["diff"].low < est["diff"].value < est["diff"].high
 
 
 # -- the same numbers as torchmetrics -------------------------------------------------------------------
@@ -244,6 +161,8 @@ def test_fid_matches_torchmetrics(n: int, d: int) -> None:
     metric.update(torch.from_numpy(real), real=True)
     metric.update(torch.from_numpy(fake), real=False)
     assert fid_from_features(fake, real) == pytest.approx(float(metric.compute()), rel=1e-3)
+    stacked = _fid_stack([fake[None, :n]], [real[None]])  # the batched path the intervals use
+    assert stacked[0, 0, 0] == pytest.approx(fid_from_features(fake[:n], real), rel=1e-9)
 
 
 def test_kid_matches_torchmetrics() -> None:
@@ -259,6 +178,7 @@ def test_kid_matches_torchmetrics() -> None:
     torch.manual_seed(3)  # the same subsets: torchmetrics draws randperm(real)[:m], then randperm(fake)[:m]
     subsets = [(torch.randperm(60)[:20].numpy(), torch.randperm(50)[:20].numpy()) for _ in range(12)]
     ours = kid_values(real, fake, subsets)
+    np.testing.assert_allclose(_mmd_stack([real], fake, subsets)[0], ours, rtol=1e-12)  # the batched path
     assert ours.mean() == pytest.approx(tm_mean, rel=1e-3) and ours.std() == pytest.approx(tm_std, rel=1e-3)
     whole = KernelInceptionDistance(feature=_Precomputed(24), subsets=1, subset_size=50)
     whole.update(torch.from_numpy(real[:50]), real=True)

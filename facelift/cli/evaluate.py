@@ -44,7 +44,13 @@ def evaluate(
                                                                 help="time T2I + head at this size "
                                                                      "(repeatable)")] = None,
     profile: Annotated[str, typer.Option(help="FLUX profile for timing and the LoRA row: tiny or flux")] = "tiny",
-    n_boot: Annotated[int, typer.Option(help="half-sampling rounds for the FID confidence intervals")] = 20,
+    n_boot: Annotated[int, typer.Option(help="resampling rounds (halves + quarters) for the FID intervals, "
+                                             ">= 2")] = 20,
+    kid_subsets: Annotated[int, typer.Option(help="KID: random subsets (>= 10)")] = 100,
+    kid_subset_size: Annotated[int, typer.Option(help="KID: subset size cap (subsets are min(this, N/2), "
+                                                      ">= 4)")] = 1000,
+    baseline: Annotated[str, typer.Option(help="row every other row is compared with (paired differences): "
+                                               "schnell, dev, a head's name or URI, or 'schnell + LoRA'")] = "schnell",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     verbose: bool = False,
 ) -> None:
@@ -54,14 +60,17 @@ def evaluate(
     """
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL
-    from facelift.tasks.evaluate import table_markdown
+    from facelift.tasks.evaluate import EvalConfig, table_markdown
 
     setup_logging(verbose)
-    try:
+    try:  # every option checked before the flow starts (the flow checks them again, for deployments)
+        EvalConfig(n_images=n_images, resize=resize, batch_size=batch_size, n_boot=n_boot, kid_subsets=kid_subsets,
+                   kid_subset_size=kid_subset_size, baseline=baseline, device=device)
         result = evaluate_flow(dataset_uri, head or [], lora=lora, n_images=n_images, endpoint_url=endpoint_url,
                                run_id=run_id, inception_weights=inception_weights,
                                clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, resize=resize, batch_size=batch_size,
-                               n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution)
+                               n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution,
+                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, baseline=baseline)
     except _errors() as exc:
         raise fail(str(exc)) from None
     import pandas as pd
@@ -137,7 +146,7 @@ def demo_step(ctx: dict) -> dict:
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
     from facelift.tasks.enhance import run_enhance
-    from facelift.tasks.evaluate import intervals_violated, table_markdown, timing_markdown
+    from facelift.tasks.evaluate import fid_below_zero, intervals_violated, table_markdown, timing_markdown
 
     heads = list((ctx.get("head_runs") or {}).values())
     if not heads:
@@ -155,6 +164,8 @@ def demo_step(ctx: dict) -> dict:
     bad = intervals_violated(table)
     typer.echo("every point estimate lies inside its 95% interval" if not bad else
                f"estimates outside their intervals: {', '.join(bad)}")
+    negative = fid_below_zero(table)
+    typer.echo("no FID or FID interval below 0" if not negative else f"FIDs below 0: {', '.join(negative)}")
     section("timing (tiny random-weight FLUX and heads on this CPU: not FLUX or GPU speed)")
     typer.echo(timing_markdown(pd.DataFrame(result["timing"])))
 

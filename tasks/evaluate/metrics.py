@@ -5,8 +5,9 @@ symmetric PSD matrix (no complex ``sqrtm``): ``tr((S1 S2)^½) = Σ √λ(S1^½ S
 fewer images than feature dimensions, exactly from the singular values of ``X1c X2cᵀ`` (the covariances have
 rank < N there, so the N×N problem gives the same number, fast).
 KID is the unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (xᵀy / d + 1)³``, averaged over
-random subsets (Bińkowski et al. 2018), reported as mean, standard deviation and an interval.
-Intervals (``fid_with_ci``, ``kid``) and what each targets: docs/evaluate.md, "Statistics".
+random subsets (Bińkowski et al. 2018), reported with its standard error and an interval.
+Intervals (``joint.fid_with_ci``, ``joint.kid``, joint resampling across rows) and what each targets:
+docs/evaluate.md, "Statistics".
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from facelift.storage import Store
 
@@ -98,10 +98,11 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class KIDEstimate:
-    """KID: the mean of the unbiased MMD² over random subsets, their spread and a 95% interval."""
+    """KID: the mean of the unbiased MMD² over random subsets, its standard error and a 95% t interval."""
 
     value: float
-    std: float  # population std of the per-subset values (what KID tables print as ±, as torchmetrics)
+    se: float  # standard error of ``value`` (what ± means); not the spread of the subsets
+    subset_sd: float  # spread (sd) of the per-subset values, for reference
     low: float
     high: float
     n: int  # images in the smaller set
@@ -109,8 +110,9 @@ class KIDEstimate:
     n_subsets: int
 
     def as_dict(self, name: str) -> dict[str, float | int]:
-        return {name: self.value, f"{name}_std": self.std, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high,
-                f"{name}_subset_size": self.subset_size, f"{name}_subsets": self.n_subsets}
+        return {name: self.value, f"{name}_se": self.se, f"{name}_subset_sd": self.subset_sd,
+                f"{name}_ci_low": self.low, f"{name}_ci_high": self.high, f"{name}_subset_size": self.subset_size,
+                f"{name}_subsets": self.n_subsets}
 
 
 def kid_subset_size(n: int, cap: int | None = None) -> int:
@@ -126,35 +128,12 @@ def kid_values(a: np.ndarray, b: np.ndarray, subsets: Iterable[tuple[np.ndarray,
     return np.array([mmd2_unbiased(a[i], b[j]) for i, j in subsets], dtype=np.float64)
 
 
-def kid(f1: np.ndarray, f2: np.ndarray, n_subsets: int = 100, subset_size: int | None = None, seed: int = 0,
-        alpha: float = 0.05) -> KIDEstimate:
-    """Kernel Inception Distance over ``n_subsets`` (>= 10) random subsets of ``min(subset_size, n // 2)``.
-
-    Each subset is drawn without replacement. The MMD² is unbiased at any subset size, so the mean targets the
-    population MMD². Its interval is ``mean ± t·sd·√(m/(n − m) + 1/S)``: the delete-(n − m) jackknife rescaling
-    of the spread of size-m subsets to the whole-set statistic, plus the Monte Carlo error of S subsets
-    (conservative: covered the true MMD² in 98–100% of simulated trials, docs/evaluate.md).
-    """
-    a, b = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be 2-D with the same width, got {a.shape} and {b.shape}")
+def check_kid_subsets(n_subsets: int) -> None:
     if n_subsets < KID_MIN_SUBSETS:
         raise ValueError(f"KID needs >= {KID_MIN_SUBSETS} subsets for a spread, got n_subsets={n_subsets}")
-    n = min(len(a), len(b))
-    size = kid_subset_size(n, subset_size)
-    rng = np.random.default_rng(seed)
-    subsets = [(rng.choice(len(a), size, replace=False), rng.choice(len(b), size, replace=False))
-               for _ in range(n_subsets)]
-    vals = kid_values(a, b, subsets)
-    mean = float(vals.mean())
-    se = float(vals.std(ddof=1)) * np.sqrt(size / (n - size) + 1 / n_subsets)
-    half = float(stats.t.ppf(1 - alpha / 2, n_subsets - 1)) * se
-    return KIDEstimate(mean, float(vals.std()), mean - half, mean + half, n, size, n_subsets)
 
 
 # -- intervals --------------------------------------------------------------------------------------
-FID_CI_METHOD = "half-sampling"  # the table's label for the FID intervals (docs/evaluate.md, "Statistics")
-HALF_SAMPLE_MIN_N = 4  # each half needs two images for a covariance
 
 
 @dataclass(frozen=True)
@@ -169,100 +148,6 @@ class Estimate:
 
     def as_dict(self, name: str) -> dict[str, float | int]:
         return {name: self.value, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high}
-
-
-def _interval(samples: list[float], alpha: float) -> tuple[float, float]:
-    if not samples:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
-
-
-def mean_with_ci(values: Iterable[float], n_boot: int = 200, alpha: float = 0.05, seed: int = 0) -> Estimate:
-    """Mean of per-image values with a percentile bootstrap CI."""
-    v = np.asarray(list(values), np.float64)
-    if v.size == 0:
-        raise ValueError("no values")
-    rng = np.random.default_rng(seed)
-    boots = [float(v[rng.integers(0, v.size, v.size)].mean()) for _ in range(n_boot)]
-    return Estimate(float(v.mean()), *_interval(boots, alpha), int(v.size), "percentile bootstrap")
-
-
-def _halves(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    order = rng.permutation(len(x))
-    h = len(x) // 2
-    return x[order[:h]], x[order[h:2 * h]]
-
-
-def _fids(rows: np.ndarray, refs: list[np.ndarray]) -> list[float]:
-    """FID of ``rows`` to each reference set (the square root of the rows' covariance computed once)."""
-    if len(rows) <= rows.shape[1]:
-        return [fid_from_features(rows, r) for r in refs]
-    mu, sigma = feature_stats(rows)
-    root = _sqrt_psd(sigma)
-    return [fid_from_features(rows, r) if len(r) <= r.shape[1] else frechet_distance(mu, sigma, *feature_stats(r), root)
-            for r in refs]
-
-
-def fid_with_ci(rows: np.ndarray, refs: dict[str, np.ndarray], n_boot: int = 20, alpha: float = 0.05,
-                seed: int = 0) -> dict[str, Estimate]:
-    """FID of ``rows`` to each reference set, plus ``diff`` = first − second when there are two references,
-    each with a ``<key>_bc`` bias-corrected twin.
-
-    Half-sampling (the delete-n/2 jackknife), ``n_boot`` rounds: each round splits every set at random into
-    two disjoint halves A and B (the rows' split is shared by all references, so FID_diff keeps their
-    correlation) and computes the FIDs on A and on B. Then, with t the Student quantile on ``n_boot − 1``
-    degrees of freedom:
-
-    - ``se² = mean((F_A − F_B)²) / 4`` estimates Var(FID at this N): for a smooth statistic, half the
-      difference of complementary halves has the variance of the full-set statistic;
-    - ``<key>``: plug-in FID ± t·se. It targets FID_N = E[plug-in FID at these set sizes], the number the
-      table compares across rows (plug-in FID is biased upward, like 1/N, so FID_N > FID);
-    - ``<key>_bc``: ``2·FID − mean(F_A, F_B)`` ± t·se. A half has twice the 1/N bias, so this removes it
-      (Richardson extrapolation) and targets the population FID; valid when N >= 2 × feature dimension, and
-      not at N < d, where the bias is not ~1/N (the test split's N vs Inception's 2048).
-
-    Both cover their targets in >= 95% of simulated Gaussian trials (tests/test_metrics.py, docs/evaluate.md).
-    With fewer than 4 images in a set (halves need 2) or ``n_boot < 2`` the intervals are NaN.
-    """
-    names = list(refs)
-    if len(names) not in (1, 2):
-        raise ValueError(f"fid_with_ci takes one or two reference sets, got {len(names)}")
-    a = np.asarray(rows, np.float64)
-    ref = [np.asarray(refs[k], np.float64) for k in names]
-    point = dict(zip(names, _fids(a, ref), strict=True))
-    keys = [*names, "diff"] if len(names) == 2 else names
-    if len(names) == 2:
-        point["diff"] = point[names[0]] - point[names[1]]
-    n_min = min(len(a), *(len(r) for r in ref))
-    method = f"{FID_CI_METHOD} ×{n_boot}"
-    if n_min < HALF_SAMPLE_MIN_N or n_boot < 2:
-        log.warning("FID intervals need >= %d images per set and >= 2 rounds (got n=%d, rounds=%d): none given",
-                    HALF_SAMPLE_MIN_N, n_min, n_boot)
-        nan = float("nan")
-        return {**{k: Estimate(point[k], nan, nan, len(a), method) for k in keys},
-                **{f"{k}_bc": Estimate(nan, nan, nan, len(a), method) for k in keys}}
-    rng = np.random.default_rng(seed)
-    half_diff: dict[str, list[float]] = {k: [] for k in keys}
-    half_mean: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(n_boot):
-        ra, rb = _halves(a, rng)
-        split = [_halves(r, rng) for r in ref]
-        fa = dict(zip(names, _fids(ra, [s[0] for s in split]), strict=True))
-        fb = dict(zip(names, _fids(rb, [s[1] for s in split]), strict=True))
-        if len(names) == 2:
-            fa["diff"], fb["diff"] = fa[names[0]] - fa[names[1]], fb[names[0]] - fb[names[1]]
-        for k in keys:
-            half_diff[k].append((fa[k] - fb[k]) / 2)
-            half_mean[k].append((fa[k] + fb[k]) / 2)
-    t = float(stats.t.ppf(1 - alpha / 2, n_boot - 1))
-    out: dict[str, Estimate] = {}
-    for k in keys:
-        half = t * float(np.sqrt(np.mean(np.square(half_diff[k]))))
-        bc = 2 * point[k] - float(np.mean(half_mean[k]))
-        out[k] = Estimate(point[k], point[k] - half, point[k] + half, len(a), method)
-        out[f"{k}_bc"] = Estimate(bc, bc - half, bc + half, len(a), f"{method}, bias-corrected")
-    return out
 
 
 # -- feature caching --------------------------------------------------------------------------------

@@ -6,42 +6,18 @@ import io
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from facelift.storage import Store
-from facelift.tasks.evaluate.metrics import SampleSizeError, fid_with_ci, kid
+from facelift.tasks.evaluate.table import BC_MIN_N_PER_DIM, COMPARISONS
 
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "evaluation"
-BC_MIN_N_PER_DIM = 2  # the bias-corrected FID covered the true FID in simulation from N = 2·d on
-
-
-def fid_columns(feats: np.ndarray, refs: dict[str, np.ndarray], rounds: int, seed: int) -> dict[str, Any]:
-    """The table's FID columns: FID_schnell, FID_dev, FID_diff and their bias-corrected twins (``_bc``), each with
-    its interval (``_ci_low`` / ``_ci_high``), the interval method and the feature dimension."""
-    est = fid_with_ci(feats, refs, n_boot=rounds, seed=seed)
-    out: dict[str, Any] = {"fid_ci_method": est["schnell"].method, "feature_dim": int(np.shape(feats)[1])}
-    for key in ("schnell", "dev", "diff"):
-        out.update(est[key].as_dict(f"fid_{key}"))
-        out.update(est[f"{key}_bc"].as_dict(f"fid_{key}_bc"))
-    return out
-
-
-def kid_columns(name: str, feats: np.ndarray, ref: np.ndarray, n_subsets: int, subset_cap: int | None,
-                seed: int) -> dict[str, Any]:
-    """One KID's columns (value, std, interval, subset size, subsets, flag); too few images: NaN and a flag."""
-    try:
-        return {**kid(feats, ref, n_subsets, subset_cap, seed).as_dict(name), f"{name}_flag": ""}
-    except SampleSizeError as exc:
-        log.warning("%s not computed: %s", name, exc)
-        nan = float("nan")
-        return {name: nan, f"{name}_std": nan, f"{name}_ci_low": nan, f"{name}_ci_high": nan,
-                f"{name}_subset_size": 0, f"{name}_subsets": 0, f"{name}_flag": str(exc)}
 
 
 def intervals_violated(table: pd.DataFrame) -> list[str]:
@@ -52,6 +28,12 @@ def intervals_violated(table: pd.DataFrame) -> list[str]:
         outside = v.notna() & lo.notna() & ((v < lo) | (v > hi))
         bad += [f"{r}: {col}" for r in table.loc[outside, "row"]]
     return bad
+
+
+def fid_below_zero(table: pd.DataFrame) -> list[str]:
+    """``row: metric`` for every FID (not a difference) whose value or interval goes below 0 (should be none)."""
+    cols = [c for c in table.columns if c.startswith(("fid_schnell", "fid_dev")) and not c.endswith("method")]
+    return [f"{r['row']}: {c}" for _, r in table.iterrows() for c in cols if pd.notna(r[c]) and r[c] < 0]
 
 
 def _ci(r: pd.Series, name: str, digits: int = 3, scale: float = 1.0) -> str:
@@ -66,17 +48,58 @@ def _ci(r: pd.Series, name: str, digits: int = 3, scale: float = 1.0) -> str:
 def _kid(r: pd.Series, name: str) -> str:
     if pd.isna(r.get(name)):
         return f"n/a ({r.get(f'{name}_flag') or 'not computed'})"
-    return f"{_ci(r, name, 2, 1e3)} ± {1e3 * r[f'{name}_std']:.2f}"
+    return _ci(r, name, 2, 1e3)
 
 
-def _bc(r: pd.Series) -> str:
-    if r.get("n", 0) < BC_MIN_N_PER_DIM * r.get("feature_dim", math.inf):
-        return f"n/a (N < {BC_MIN_N_PER_DIM}·d)"
-    return _ci(r, "fid_diff_bc")
+def population_fid(table: pd.DataFrame) -> bool:
+    """N >= 2·d: the bias-corrected FIDs are valid and shown (else the table leads with KID)."""
+    if table.empty:
+        return False
+    r = table.iloc[0]
+    return bool(r.get("n", 0) >= BC_MIN_N_PER_DIM * r.get("feature_dim", math.inf))
+
+
+Column = tuple[str, Callable[[pd.Series], str]]
+
+
+def _subsets(r: pd.Series) -> str:
+    return (f"{int(r['kid_schnell_subsets'])} × {int(r['kid_schnell_subset_size'])}"
+            if r.get("kid_schnell_subsets") else "none")
+
+
+def _seconds(r: pd.Series) -> str:
+    return "" if pd.isna(r.get("seconds_per_image")) else f"{r['seconds_per_image']:.4f}"
+
+
+def table_columns(table: pd.DataFrame) -> list[Column]:
+    """The main table's columns, (header, cell of a row): with N >= 2·d the bias-corrected FIDs beside the FIDs at
+    N; below that KID first and the FIDs marked * (not population rankings). Append to extend."""
+    kid = [("KID_schnell ×10³", lambda r: _kid(r, "kid_schnell")), ("KID_dev ×10³ ↓", lambda r: _kid(r, "kid_dev")),
+           ("KID subsets", _subsets)]
+    if population_fid(table):
+        fid = [("FID_schnell", lambda r: _ci(r, "fid_schnell")), ("FID_dev ↓", lambda r: _ci(r, "fid_dev")),
+               ("FID_diff ↑", lambda r: _ci(r, "fid_diff")),
+               ("FID_schnell bias-corr.", lambda r: _ci(r, "fid_schnell_bc")),
+               ("FID_dev bias-corr. ↓", lambda r: _ci(r, "fid_dev_bc")),
+               ("FID_diff bias-corr. ↑", lambda r: _ci(r, "fid_diff_bc"))]
+        lead = fid + [("FID CI", lambda r: str(r.get("fid_ci_method", "")))] + kid
+    else:
+        fid = [("FID_schnell*", lambda r: _ci(r, "fid_schnell")), ("FID_dev* ↓", lambda r: _ci(r, "fid_dev")),
+               ("FID_diff* ↑", lambda r: _ci(r, "fid_diff"))]
+        lead = kid + fid + [("FID CI", lambda r: str(r.get("fid_ci_method", "")))]
+    return [("row", lambda r: str(r["row"])), ("N", lambda r: str(r["n"])), *lead,
+            ("CLIP-IQA ↑", lambda r: _ci(r, "clip_iqa")), ("LPIPS→dev ↓", lambda r: _ci(r, "lpips_dev")),
+            ("s/img", _seconds)]
+
+
+def _markdown(columns: list[Column], rows: Iterable[pd.Series]) -> list[str]:
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
 
 
 def table_caption(table: pd.DataFrame) -> str:
-    """One line under the table: the split, N, the FID resize and feature network, the CLIP-IQA variant."""
+    """Lines under the table: the split, N, the FID resize and feature network, the CLIP-IQA variant; below
+    N = 2·d, that FID rankings at this N are not population rankings."""
     if table.empty or "split" not in table.columns:
         return ""
     r = table.iloc[0]
@@ -89,32 +112,64 @@ def table_caption(table: pd.DataFrame) -> str:
     return ". ".join(parts) + "."
 
 
+def fid_note(table: pd.DataFrame) -> str:
+    if table.empty or population_fid(table) or "feature_dim" not in table.columns:
+        return ""
+    r = table.iloc[0]
+    return (f"\\* FID at N = {r['n']} < {BC_MIN_N_PER_DIM}·d = {BC_MIN_N_PER_DIM * int(r['feature_dim'])}: plug-in "
+            "FID is biased upward by an amount that depends on each row, so FID rankings at this N are not "
+            "population rankings. Rank by KID (unbiased at any N) and the paired comparisons.")
+
+
+def _delta(r: pd.Series, key: str, scale: float = 1.0) -> str:
+    word = r.get(f"{key}_verdict") or ""
+    digits = 2 if scale != 1.0 else 4
+    return f"{_ci(r, key, digits, scale)} {word}".strip()
+
+
+def comparison_markdown(table: pd.DataFrame) -> str:
+    """Each row minus the baseline row: paired 95% intervals, each ending with better / worse /
+    indistinguishable (the interval excludes 0 or not); empty without a ``baseline`` column."""
+    if table.empty or "baseline" not in table.columns:
+        return ""
+    base = table.iloc[0]["baseline"]
+    target = table.iloc[0].get("d_fid_target", "")
+    cols: list[Column] = [("row", lambda r: str(r["row"]))]
+    for c in COMPARISONS:
+        scale = 1e3 if c.key == "d_kid_dev" else 1.0
+        cols.append((c.label, lambda r, k=c.key, s=scale: _delta(r, k, s)))
+    rows = [r for _, r in table.iterrows() if r["row"] != base]
+    head = (f"Paired comparisons with the baseline row `{base}` (Δ = row − {base}; the same inputs, halves, "
+            f"subsets and images for every row; Δ FID: {target}; verdict at 95%):")
+    return "\n".join([head, "", *_markdown(cols, rows)])
+
+
+def comparison_columns(table: pd.DataFrame) -> list[str]:
+    """The table's paired-comparison columns (baseline, each Δ with its interval and verdict)."""
+    keys = [f"{c.key}{s}" for c in COMPARISONS for s in ("", "_ci_low", "_ci_high", "_verdict")]
+    return [c for c in ["baseline", *keys] if c in table.columns]
+
+
 def table_markdown(table: pd.DataFrame) -> str:
-    """Paper Table 4 (FID_schnell, FID_dev, FID_diff, CLIP-IQA) plus KID, LPIPS-to-dev and 95% intervals,
-    with N, the FID interval method and the KID subsets (size × count) on every row; under it the split, the
-    FID resize and the CLIP-IQA variant when the table records them."""
-    head = ("| row | N | FID_schnell | FID_dev | FID_diff ↑ | FID_diff bias-corr. | FID CI | KID_schnell ×10³ "
-            "| KID_dev ×10³ | KID subsets | CLIP-IQA ↑ | LPIPS→dev ↓ | s/img |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for _, r in table.iterrows():
-        sec = "" if pd.isna(r.get("seconds_per_image")) else f"{r['seconds_per_image']:.4f}"
-        subsets = (f"{int(r['kid_schnell_subsets'])} × {int(r['kid_schnell_subset_size'])}"
-                   if r.get("kid_schnell_subsets") else "none")
-        lines.append(
-            f"| {r['row']} | {r['n']} | {_ci(r, 'fid_schnell')} | {_ci(r, 'fid_dev')} | {_ci(r, 'fid_diff')} "
-            f"| {_bc(r)} | {r.get('fid_ci_method', '')} | {_kid(r, 'kid_schnell')} | {_kid(r, 'kid_dev')} "
-            f"| {subsets} | {_ci(r, 'clip_iqa')} | {_ci(r, 'lpips_dev')} | {sec} |"
-        )
-    caption = table_caption(table)
-    return "\n".join(lines + (["", caption] if caption else []))
+    """Paper Table 4 (FID_schnell, FID_dev, FID_diff, CLIP-IQA) plus KID, LPIPS-to-dev and 95% intervals, with
+    N, the FID interval method and the KID subsets (count × size) on every row; under it the split, the FID
+    resize and the CLIP-IQA variant when the table records them; then the paired comparisons with the baseline."""
+    lines = _markdown(table_columns(table), (r for _, r in table.iterrows()))
+    notes = [n for n in (fid_note(table), table_caption(table)) if n]
+    if notes:
+        lines += ["", *notes]
+    paired = comparison_markdown(table)
+    return "\n".join(lines + (["", paired] if paired else []))
 
 
-TABLE_NOTE = ("Brackets: 95% intervals. FID: half-sampling (delete-N/2 jackknife, t interval) around the plug-in "
-              "FID; it targets FID at this N (plug-in FID is biased upward like 1/N, so compare rows at one N). "
-              "FID_diff bias-corr.: 2·FID − mean over halves, targeting the population value, shown when "
+TABLE_NOTE = ("Brackets: 95% intervals. FID: every row from the same halves and quarters of the input and reference "
+              "sets (joint resampling, variance a/N + b/N² fitted from the halves and quarters, t interval); the FID "
+              "at N is biased upward like 1/N, its interval is on the log scale (never below 0). Bias-corrected "
+              "FID (2·FID − FID on halves, truncated at 0) targets the population FID and is shown when "
               f"N >= {BC_MIN_N_PER_DIM} × the feature dimension. KID: mean over S random subsets of size m "
-              "(m <= N/2) ± std over subsets, interval mean ± t·sd·√(m/(N−m) + 1/S). CLIP-IQA, LPIPS: percentile "
-              "bootstrap of the mean. See docs/evaluate.md, Statistics.")
+              "(m <= N/2), with its standard error from the spread of subsets of m and m/2. CLIP-IQA, LPIPS: mean "
+              "with a t interval. Paired comparisons: the same resampling for both rows, per-image differences for "
+              "CLIP-IQA and LPIPS. See docs/evaluate.md, Statistics.")
 
 
 def _spread(r: pd.Series, col: str, digits: int) -> str:

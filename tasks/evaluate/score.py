@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,8 +39,8 @@ from facelift.models.metrics import (
 )
 from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
 from facelift.tasks.evaluate.data import Batch, TestSplit, iter_batches
-from facelift.tasks.evaluate.metrics import cached_features, mean_with_ci
-from facelift.tasks.evaluate.report import fid_columns, kid_columns
+from facelift.tasks.evaluate.metrics import KID_MIN_SUBSETS, cached_features
+from facelift.tasks.evaluate.table import metric_columns
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,10 @@ class EvalConfig:
     resolution: int | None = None  # square size images are read at (heads run at it); None: the dataset's
     resize: str = DEFAULT_FID_RESIZE  # to the Inception's 299²: clean (clean-fid, PIL bicubic) or torch (pytorch-fid)
     batch_size: int = 16
-    n_boot: int = 20  # FID half-sampling rounds (and the bootstrap floor of 100 for CLIP-IQA / LPIPS)
+    n_boot: int = 20  # FID resampling rounds (halves + quarters), shared by every row
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # cap: KID subsets are min(this, n // 2)
+    baseline: str = "schnell"  # the row every other row is compared with (a row name, a head's name or its URI)
     device: str = "auto"
     seed: int = 0
     grid_images: int = 6
@@ -64,6 +67,29 @@ class EvalConfig:
             raise ValueError(f"unknown resize {self.resize!r}; valid: {', '.join(FID_RESIZES)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.n_boot < 2:
+            raise ValueError(f"n_boot must be >= 2 (resampling rounds for the FID intervals), got {self.n_boot}")
+        if self.kid_subsets < KID_MIN_SUBSETS:
+            raise ValueError(f"kid_subsets must be >= {KID_MIN_SUBSETS} (KID's standard error needs a spread), got "
+                             f"{self.kid_subsets}")
+        if self.kid_subset_size < 4:
+            raise ValueError(f"kid_subset_size must be >= 4 (subsets of m and m/2 >= 2 images), got "
+                             f"{self.kid_subset_size}")
+        if self.grid_images < 0 or (self.workers is not None and self.workers < 1):
+            raise ValueError(f"grid_images must be >= 0 and workers >= 1, got {self.grid_images} and {self.workers}")
+        if not self.baseline.strip():
+            raise ValueError("baseline must name a row (schnell, dev, a head or the LoRA row)")
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """TF32 off for CUDA matmuls and cuDNN convolutions inside the block (restored after)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 class MetricSuite:
@@ -78,18 +104,26 @@ class MetricSuite:
         self.clip = ClipIQA.from_pretrained(metrics.clip_model).to(self.device)
         self.lpips = build_lpips(metrics.lpips_net, metrics.lpips_random_backbone).to(self.device)
         self.extractor_id = f"fid-inception-{self.inception.weights_sha256[:16]}"
+        self.precision = "fp32"  # TF32 off for the feature network (see features)
 
     def describe(self) -> dict[str, str]:
         """The table's record of the networks and the resize (the same on every row)."""
-        return {"feature_network": self.extractor_id, "fid_resize": self.resize, **self.clip.variant()}
+        return {"feature_network": self.extractor_id, "fid_resize": self.resize, "feature_device": self.device.type,
+                "feature_precision": self.precision, **self.clip.variant()}
+
+    def cache_suffix(self) -> str:
+        """What the reference-feature cache key adds to the image set: resize, device type and precision."""
+        return f"-{self.resize}-{self.device.type}-{self.precision}"
 
     def _float(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.device).float().div(127.5).sub(1.0)
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> np.ndarray:
-        parts = [self.inception(fid_input(images[s], self.resize, self.device)).float().cpu()
-                 for s in chunked(len(images), self.batch_size)]
+        """Inception pool3 features in full float32: TF32 matmuls and convolutions are off while it runs."""
+        with full_fp32():
+            parts = [self.inception(fid_input(images[s], self.resize, self.device)).float().cpu()
+                     for s in chunked(len(images), self.batch_size)]
         return torch.cat(parts).numpy()
 
     @torch.inference_mode()
@@ -216,40 +250,44 @@ def reference_features(ds: Dataset, split: TestSplit, suite: MetricSuite, cache_
     """The reference half's schnell and dev features, from the feature cache or streamed (then cached)."""
     refs = {}
     for kind in ("schnell", "dev"):
-        key = split.reference_key(kind, f"-{suite.resize}")
+        key = split.reference_key(kind, suite.cache_suffix())
         refs[kind], hit = cached_features(cache_store, suite.extractor_id, key,
                                           lambda kind=kind: stream_features(ds, split, kind, suite, cfg))
         log.info("reference %s features: %d (%s)", kind, len(refs[kind]), "cached" if hit else "computed")
     return refs
 
 
+def baseline_index(sources: list[RowSource], baseline: str) -> int:
+    """The row ``baseline`` names: a row name, a head's name (when one head has it) or a head's URI."""
+    for how in (lambda s: s.name, lambda s: s.source, lambda s: s.notes.get("head")):
+        hits = [i for i, src in enumerate(sources) if how(src) == baseline]
+        if len(hits) == 1:
+            return hits[0]
+    raise ValueError(f"baseline {baseline!r} names no single row; rows: {', '.join(s.name for s in sources)}")
+
+
 def score_rows(sources: list[RowSource], ds: Dataset, split: TestSplit, suite: MetricSuite, cache_store: Any,
                cfg: EvalConfig) -> tuple[pd.DataFrame, list[tuple[str, torch.Tensor]]]:
-    """The evaluation table (one line per row, every metric with N and a 95% interval; docs/evaluate.md) and
-    the grid's columns (label, the first ``grid_images`` images of the row)."""
+    """The evaluation table (one line per row, every metric with N and a 95% interval, and the paired comparison
+    with the baseline row; docs/evaluate.md) and the grid's columns (label, the row's first ``grid_images``)."""
+    base = baseline_index(sources, cfg.baseline)  # before any image is decoded
     refs = reference_features(ds, split, suite, cache_store, cfg)
     scores = [RowScores() for _ in sources]
     for batch in iter_batches(ds, split.input, split.size, cfg.batch_size, ("schnell", "dev"), cfg.workers):
         for src, acc in zip(sources, scores, strict=True):
             acc.add(src.make(batch), batch.images["dev"], suite, cfg.grid_images)
     meta = {**suite.describe(), "split": "test", "split_rule": split.spec.describe(), "n_test": split.n_test}
+    columns = metric_columns([np.concatenate(a.features) for a in scores], refs,
+                             [np.concatenate(a.clip_iqa) for a in scores], [np.concatenate(a.lpips) for a in scores],
+                             base, cfg.n_boot, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
     records = []
-    for i, (src, acc) in enumerate(zip(sources, scores, strict=True)):
-        feats = np.concatenate(acc.features)
-        iqa = mean_with_ci(np.concatenate(acc.clip_iqa), n_boot=max(cfg.n_boot, 100), seed=cfg.seed + i)
-        lp = mean_with_ci(np.concatenate(acc.lpips), n_boot=max(cfg.n_boot, 100), seed=cfg.seed + i)
-        rec = {
-            "row": src.name, "kind": src.kind, "source": src.source, "n": len(feats),
-            "n_reference": len(refs["schnell"]),
-            **fid_columns(feats, refs, cfg.n_boot, cfg.seed + i),
-            **kid_columns("kid_schnell", feats, refs["schnell"], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed),
-            **kid_columns("kid_dev", feats, refs["dev"], cfg.kid_subsets, cfg.kid_subset_size, cfg.seed),
-            **iqa.as_dict("clip_iqa"), **lp.as_dict("lpips_dev"),
-            "seconds_per_image": src.seconds_per_image(), **meta,
-        }
+    for src, acc, cols in zip(sources, scores, columns, strict=True):
+        rec = {"row": src.name, "kind": src.kind, "source": src.source, "n": sum(len(f) for f in acc.features),
+               "n_reference": len(refs["schnell"]), **cols, "baseline": sources[base].name,
+               "seconds_per_image": src.seconds_per_image(), **meta}
         records.append(rec)
         log.info("%s: FID_schnell %.3f FID_dev %.3f FID_diff %.3f CLIP-IQA %.3f LPIPS %.3f", src.name,
-                 rec["fid_schnell"], rec["fid_dev"], rec["fid_diff"], iqa.value, lp.value)
+                 rec["fid_schnell"], rec["fid_dev"], rec["fid_diff"], rec["clip_iqa"], rec["lpips_dev"])
     grid = [(src.name.split(" (")[0], torch.cat(acc.grid)) for src, acc in zip(sources, scores, strict=True)]
     return pd.DataFrame.from_records(records), grid
 
