@@ -28,10 +28,12 @@ def _pods() -> dict[str, dict[str, Any]]:
         name = doc["metadata"]["name"]
         if doc["kind"] == "Deployment":
             pods[name] = doc["spec"]["template"]
-        elif doc["kind"] == "RayCluster":
-            pods["ray-head"] = doc["spec"]["headGroupSpec"]["template"]
-            for group in doc["spec"]["workerGroupSpecs"]:
-                pods[f"ray-{group['groupName']}"] = group["template"]
+        elif doc["kind"] in ("RayCluster", "RayService"):  # the service's cluster: facelift serve
+            spec, prefix = ((doc["spec"], "ray") if doc["kind"] == "RayCluster"
+                            else (doc["spec"]["rayClusterConfig"], "serve"))
+            pods[f"{prefix}-head"] = spec["headGroupSpec"]["template"]
+            for group in spec["workerGroupSpecs"]:
+                pods[f"{prefix}-{group['groupName']}"] = group["template"]
     template = json.loads((K8S / "base-job-template.json").read_text())
     pods["flow-run"] = template["job_configuration"]["job_manifest"]["spec"]["template"]
     return pods
@@ -49,14 +51,15 @@ def _secret_ref(value: Any, secret: str) -> bool:
 
 
 PODS = _pods()
-TOUCH_S3 = {"prefect-worker", "flow-run", "ray-head", "ray-gpu"}   # read or write the bucket
-TOUCH_RAY = {"prefect-worker", "flow-run", "ray-head", "ray-gpu"}  # Ray clients or nodes
+RAY_NODES = {"ray-head", "ray-gpu", "serve-head", "serve-gpu"}  # RayCluster (build, train) and RayService (serve)
+TOUCH_S3 = {"prefect-worker", "flow-run"} | RAY_NODES   # read or write the bucket
+TOUCH_RAY = {"prefect-worker", "flow-run"} | RAY_NODES  # Ray clients or nodes
 PREFECT_CLIENTS = {"prefect-worker", "flow-run"}
 CONFIG_USERS = {"prefect-worker", "flow-run"}                      # PREFECT_API_URL, RAY_ADDRESS, storage root
 
 
 def test_every_pod_is_known_and_labelled_for_the_network_policy():
-    assert set(PODS) == {"prefect-server", "prefect-worker", "ray-head", "ray-gpu", "flow-run"}
+    assert set(PODS) == {"prefect-server", "prefect-worker", "flow-run"} | RAY_NODES
     for name, pod in PODS.items():
         assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "facelift", name
 
@@ -97,14 +100,23 @@ def test_no_secret_in_plain_text_and_no_auth_switched_off():
 
 
 def test_ray_dashboard_is_bound_to_the_pod_and_a_network_policy_guards_the_namespace():
-    [cluster] = [d for d in _docs() if d["kind"] == "RayCluster"]
-    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    clusters = [d["spec"] if d["kind"] == "RayCluster" else d["spec"]["rayClusterConfig"]
+                for d in _docs() if d["kind"] in ("RayCluster", "RayService")]
+    assert len(clusters) == 2
+    for cluster in clusters:
+        assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     policies = [d for d in _docs() if d["kind"] == "NetworkPolicy"]
     deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
     assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"]  # default: no ingress
     allow = [p for p in policies if p["spec"].get("ingress")]
-    assert allow and all(src["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "facelift"}
-                         for p in allow for rule in p["spec"]["ingress"] for src in rule["from"])
+    for policy in allow:
+        for rule in policy["spec"]["ingress"]:
+            if "from" in rule:  # from facelift pods only
+                assert all(src["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "facelift"}
+                           for src in rule["from"]), policy["metadata"]["name"]
+            else:  # from anywhere: only the Serve HTTP port of the serve head (applications call it)
+                assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "serve-head"
+                assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}], policy["metadata"]["name"]
 
 
 def test_ray_vm_cluster_uses_token_auth_and_least_privilege_profiles():
