@@ -2,7 +2,7 @@
 pictures made from them, so what a head should learn is known exactly.
 
 - ``cast``: schnell = dev blurred (radius 1), with a warm cast (+25 R, -25 B) and a little noise (sigma 3);
-- ``tone``: schnell = dev at lower contrast (0.6 around mid-grey) with a cool tint (per-channel gains) and a
+- ``tone``: schnell = dev at lower contrast (0.75 around mid-grey) with a cool tint (per-channel gains) and a
   little noise: a change of tone and colour, not an added offset;
 - ``grain``: dev = the picture with film grain (sigma 14, fresh per image); schnell = the clean picture. The
   grain cannot be predicted from schnell, so the identity is the L1-best answer and a head that adds grain (what
@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw, ImageFilter
 CAST = np.array([25.0, 0.0, -25.0])  # added to R, G, B (0-255): a warm cast
 BLUR = 1.0  # Gaussian radius, pixels
 NOISE = 3.0  # Gaussian, 0-255
-CONTRAST = 0.6  # tone: schnell = 128 + CONTRAST * (dev - 128), then the tint gains
-TINT = np.array([0.88, 0.97, 1.12])  # tone: per-channel gains (a cool tint)
+CONTRAST = 0.75  # tone: schnell = 128 + CONTRAST * (dev - 128), then the tint gains
+TINT = np.array([0.92, 0.98, 1.08])  # tone: per-channel gains (a cool tint)
 GRAIN = 14.0  # grain: sigma of dev's film grain, 0-255
 
 

@@ -39,7 +39,7 @@ SIZES = (32, 64)
 SEEDS = (0, 1)
 STEPS = {("unet_cbam", 32): 300, ("unet_cbam", 64): 300, ("cyclegan", 32): 200, ("cyclegan", 64): 300,
          ("esa_cyclegan", 32): 200, ("esa_cyclegan", 64): 300}
-FAST = {("unet_cbam", "tone", 32, 0), ("cyclegan", "tone", 32, 1), ("esa_cyclegan", "cast", 32, 1)}
+FAST = {("unet_cbam", "cast", 32, 0), ("cyclegan", "cast", 32, 1), ("esa_cyclegan", "cast", 32, 1)}
 GRID = [(h, m, s, seed) for h in HEADS for m in ("cast", "tone") for s in SIZES for seed in SEEDS]
 
 
