@@ -142,7 +142,8 @@ def collective_modules() -> list[str]:
     import facelift.tasks
 
     folder = Path(facelift.tasks.__path__[0])
-    return [f"facelift.tasks.{p.stem}" for p in sorted(folder.glob("*.py")) if "torch.distributed" in p.read_text()]
+    return [".".join(("facelift.tasks", *p.relative_to(folder).with_suffix("").parts))  # one package per stage
+            for p in sorted(folder.rglob("*.py")) if "torch.distributed" in p.read_text()]
 
 
 @pytest.mark.parametrize("head", ["unet_cbam", "cyclegan"])
