@@ -51,22 +51,27 @@ def sweep_heads(
     run_id: str | None = None,
     ray_address: str | None = None,
     head_overrides: dict[str, Any] | None = None,
+    selection: str = "auto",
+    inception_weights: str | None = None,
 ) -> dict[str, Any]:
     """Sweep lambda_cyc x lr (default: the paper's {10, 5, 2} x {1e-4, 2e-4, 3e-4}) and pick the best by
     ``select``: ``l1`` (validation L1(G(x), dev), min) or ``ssim`` (SSIM(x, F(G(x))), max); both independent
-    of lambda_cyc. ``early_stopping`` None: the head's default (CycleGANs: the fixed schedule)."""
+    of lambda_cyc; or ``kid`` (validation KID, min; with ``selection="kid"``). ``selection``: which weights each
+    trial exports (tasks/train/select.py; auto = the head's default). ``early_stopping`` None: the head's default
+    (CycleGANs: the fixed schedule)."""
     logger = get_run_logger()
     cfg = TrainConfig(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps,
                       batch_size=batch_size, resolution=resolution, patience=patience,
                       early_stopping=early_stopping, endpoint_url=endpoint_url,
-                      run_id=run_id, use_gpu=gpus_per_trial > 0, head_overrides=head_overrides or {})
+                      run_id=run_id, use_gpu=gpus_per_trial > 0, head_overrides=head_overrides or {},
+                      selection=selection, inception_weights=inception_weights)
     result = sweep_task(cfg, list(PAPER_LAMBDA_CYC if lambda_cycs is None else lambda_cycs),
                         list(PAPER_LR if lrs is None else lrs), select, cpus_per_trial, gpus_per_trial,
                         ray_address)
     key = artifact_key("sweep", result["sweep_id"])
     best = result["best"]
     create_table_artifact(result["rows"], key=key,
-                          description=sweep_caption(head, flavor, best["selected_by"]))
+                          description=sweep_caption(head, flavor, best["selected_by"], best.get("exported_by")))
     create_markdown_artifact(best_markdown(best), key=f"{key}-best"[:64])
     logger.info("sweep %s best: %s", result["sweep_id"], best)
     emit_event(event="facelift.sweep.completed",

@@ -27,9 +27,13 @@ def report_task(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Metric tables, loss curve and sample grid as artifacts (and PNGs in the run folder)."""
     rep = write_reports(run["run_uri"], cfg.dataset_uri, cfg.endpoint_url, cfg.resolution)
     key = artifact_key("train", run["run_id"])
-    create_table_artifact(rep["summary"], key=key, description=f"Run {run['run_uri']}")
+    near = any(r["metric"] == "NEAR-IDENTITY head" for r in rep["summary"])
+    create_table_artifact(rep["summary"], key=key, description=f"Run {run['run_uri']}" + (
+        " - WARNING: the exported head is near the identity (it barely changes its input)" if near else ""))
     if rep["epochs"]:
-        create_table_artifact(rep["epochs"], key=f"{key}-val"[:64], description="validation per epoch")
+        create_table_artifact(rep["epochs"], key=f"{key}-val"[:64],
+                              description="validation per epoch (GANs: D_*_acc_real / _fake = discriminator "
+                                          "accuracy on real and generated val images, 0.5 = chance)")
     create_markdown_artifact(
         png_markdown("Loss curves", rep["loss_curve"], rep["loss_curve_uri"])
         + png_markdown("Samples: input | output | target", rep["samples"], rep["samples_uri"]),
@@ -60,6 +64,8 @@ def train_head(
     head_overrides: dict[str, Any] | None = None,
     max_failures: int = 0,
     skip_completed: bool = False,
+    selection: str = "auto",
+    inception_weights: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, given the same run_id) one head; returns the run URI and the exported head.
 
@@ -73,7 +79,8 @@ def train_head(
                       resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
                       checkpoint_every=checkpoint_every,
                       compile=compile, endpoint_url=endpoint_url, run_id=run_id,
-                      head_overrides=head_overrides or {})
+                      head_overrides=head_overrides or {}, selection=selection,
+                      inception_weights=inception_weights)
     Dataset.open(dataset_uri, endpoint_url).require_real("training")
     root, key = done.train_key(cfg)
     record = done.find_completed(root, key) if skip_completed and run_id is None else None

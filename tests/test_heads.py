@@ -136,7 +136,16 @@ def test_cyclegan_total_is_the_papers_objective(lambda_cyc: float):
     assert torch.allclose(losses["total"], total)
     assert torch.allclose(losses["loss"], total + 0.5 * lambda_cyc * losses["identity"])
     metrics = head.metrics({"schnell": images(seed=12), "dev": images(seed=13)})
-    assert set(metrics) == {"ssim", "l1"} and metrics["l1"].shape == (2,)
+    acc = {f"D_{d}_acc_{k}" for d in ("dev", "schnell") for k in ("real", "fake")}
+    assert set(metrics) == {"ssim", "l1", "change"} | acc and metrics["l1"].shape == (2,)
+    assert float(metrics["change"].max()) < 1e-3  # residual debug generators start as the identity
+    assert all(((metrics[k] >= 0) & (metrics[k] <= 1)).all() for k in acc)
+    with torch.no_grad():  # a discriminator that scores everything 1 is right on every real patch, no fake one
+        head.D_dev.model[-1].weight.zero_()
+        head.D_dev.model[-1].bias.fill_(1.0)
+    metrics = head.metrics({"schnell": images(seed=12), "dev": images(seed=13)})
+    assert torch.equal(metrics["D_dev_acc_real"], torch.ones(2)) and torch.equal(metrics["D_dev_acc_fake"],
+                                                                                 torch.zeros(2))
 
 
 def test_gan_losses_and_ssim():

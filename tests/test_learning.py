@@ -1,18 +1,21 @@
 """Training learns: each head's debug flavour, trained through the product's path (``tasks.train.loop.train`` on
 Ray Train, as ``facelift train`` runs it), maps fresh held-out schnell pictures toward their dev pictures.
 
-The data is a known mapping made here and written as a real dataset (``make_synthetic_dataset``):
-- dev: synthetic pictures, a vertical gradient and a few ellipses and rectangles in photo-like colours
-  (a luminance and a little chroma, so the channels correlate as in real pictures);
-- schnell: the same picture blurred, with a colour cast (a per-channel offset) and a little noise.
+The grid: 3 heads x 2 sizes (32², 64²) x 2 seeds x 2 known mappings (``tests/learning_data.py``: ``cast`` =
+blur + warm cast + noise; ``tone`` = lower contrast + a cool tint + noise), each written as a real dataset.
 Scores on 32 fresh pairs, relative to the identity (the schnell picture itself):
-- U-Net (paired): L1 to dev <= 0.6x identity;
-- CycleGAN and ESA-CycleGAN (unpaired): colour-cast residual (per-image channel means against dev's)
-  <= 0.5x identity, and L1 to dev <= 1.1x identity.
+- U-Net (paired): L1 to dev <= 0.6x identity; on ``tone`` colour residual <= 0.5x and L1 <= 0.85x (its
+  GRAD(x, z) loss term keeps the input's gradients by design, the paper's loss, so it cannot restore contrast);
+- CycleGAN and ESA-CycleGAN (unpaired): colour residual <= 0.5x identity and L1 <= 1.0x identity;
+- every exported head: not flagged near-identity in ``run.json``.
+``make test`` runs three cells (``FAST``: every head, at 32² on ``cast``, seeds 0 and 1; about 2.5 CPU-minutes with
+Ray's processes); the rest of the grid and the selection test are ``@pytest.mark.slow`` (``make test-slow``). The
+``tone`` cells are ``xfail``: no debug head reaches the colour limit there (docs/train_heads.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,108 +23,155 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from learning_data import CAST, CONTRAST, MAPPINGS, TINT, grain_level, held_out_pairs, scores
 
 from facelift.dataset import Dataset
 from facelift.models.heads import load_head
 from facelift.models.losses import save_random_lpips_backbone
 from facelift.storage import Store
 from facelift.tasks.train.loop import TrainConfig, train
+from facelift.tasks.train.select import NEAR_IDENTITY_RATIO
 from facelift.testing import make_synthetic_dataset
 
 log = logging.getLogger(__name__)
 
-SIZE = 32
-CAST = np.array([25.0, 0.0, -25.0])  # added to R, G, B (0-255): a warm cast
-BLUR = 1.0  # Gaussian radius, pixels
-NOISE = 3.0  # Gaussian, 0-255
-# head -> (steps, limit on L1 / identity L1, limit on cast residual / identity's); batch 4 at 32x32
-PLAN = {"unet_cbam": (300, 0.6, None), "cyclegan": (200, 1.1, 0.5), "esa_cyclegan": (200, 1.1, 0.5)}
+HEADS = ("unet_cbam", "cyclegan", "esa_cyclegan")
+SIZES = (32, 64)
+SEEDS = (0, 1)
+STEPS = {("unet_cbam", 32): 300, ("unet_cbam", 64): 300, ("cyclegan", 32): 200, ("cyclegan", 64): 300,
+         ("esa_cyclegan", 32): 200, ("esa_cyclegan", 64): 300}
+FAST = {("unet_cbam", "cast", 32, 0), ("cyclegan", "cast", 32, 1), ("esa_cyclegan", "cast", 32, 1)}
+GRID = [(h, m, s, seed) for h in HEADS for m in ("cast", "tone") for s in SIZES for seed in SEEDS]
 
 
-def colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A photo-like colour: a luminance and a little chroma."""
-    r, g, b = np.clip(rng.uniform(30, 225) + rng.normal(0, 12, 3), 0, 255).astype(int)
-    return int(r), int(g), int(b)
-
-
-def picture(rng: np.random.Generator, size: int) -> Image.Image:
-    img = Image.new("RGB", (size, size))
-    draw = ImageDraw.Draw(img)
-    top, bottom = np.array(colour(rng)), np.array(colour(rng))
-    for y in range(size):
-        t = y / (size - 1)
-        draw.line([(0, y), (size, y)], fill=tuple(int(v) for v in (1 - t) * top + t * bottom))
-    for _ in range(int(rng.integers(2, 5))):
-        x0, y0 = rng.integers(-size // 4, size, 2)
-        w, h = rng.integers(size // 6, size // 2, 2)
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=colour(rng))
-    return img
-
-
-def make_pair(rng: np.random.Generator, size: int) -> tuple[Image.Image, Image.Image]:
-    """(schnell, dev): dev is the picture; schnell is it blurred, colour-cast and a little noisy."""
-    dev = picture(rng, size)
-    blurred = np.asarray(dev.filter(ImageFilter.GaussianBlur(BLUR)), dtype=np.float64)
-    schnell = blurred + CAST + rng.normal(0, NOISE, blurred.shape)
-    return Image.fromarray(np.clip(schnell, 0, 255).round().astype(np.uint8)), dev
-
-
-def as_tensor(images: list[Image.Image]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(i, dtype=np.float32)).permute(2, 0, 1) for i in images]) / 127.5 - 1
-
-
-def scores(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, float]:
-    """L1 to dev and the colour-cast residual, each as a multiple of the identity's (z = x)."""
-    l1 = lambda a: float((a - y).abs().mean())  # noqa: E731
-    cast = lambda a: float((a.mean((2, 3)) - y.mean((2, 3))).abs().mean())  # noqa: E731
-    return {"l1": l1(z) / l1(x), "cast": cast(z) / cast(x)}
+def limits(head: str, mapping: str) -> tuple[float, float | None]:
+    """(L1 / identity's, colour residual / identity's or None) that a cell must reach."""
+    if head == "unet_cbam":
+        return (0.85, 0.5) if mapping == "tone" else (0.6, None)
+    return 1.0, 0.5
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    root = Store(str(tmp_path_factory.mktemp("learning")))
-    return make_synthetic_dataset(root, "learning", n_pairs=64, size=SIZE, shard_size=16, seed=1,
-                                  splits={"val": 0.125, "test": 0.0}, make_pair=make_pair)
+def datasets(tmp_path_factory: pytest.TempPathFactory):
+    """One dataset per (mapping, size, seed), made on first use."""
+    made: dict[tuple[str, int, int], Dataset] = {}
+
+    def get(mapping: str, size: int, seed: int) -> Dataset:
+        key = (mapping, size, seed)
+        if key not in made:
+            root = Store(str(tmp_path_factory.mktemp(f"learning-{mapping}-{size}-{seed}")))
+            made[key] = make_synthetic_dataset(root, "learning", n_pairs=64, size=size, shard_size=16, seed=1 + seed,
+                                               splits={"val": 0.125, "test": 0.0}, make_pair=MAPPINGS[mapping])
+        return made[key]
+
+    return get
 
 
-@pytest.fixture(scope="module")
-def held_out() -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh pairs, never in the dataset."""
-    rng = np.random.default_rng(20261201)
-    pairs = [make_pair(rng, SIZE) for _ in range(32)]
-    return as_tensor([a for a, _ in pairs]), as_tensor([b for _, b in pairs])
-
-
-def test_the_mapping_is_there_to_learn(dataset: Dataset, held_out: tuple[torch.Tensor, torch.Tensor]):
-    """The identity is far from dev (cast, blur and noise), and removing the cast alone halves the distance."""
-    x, y = held_out
-    assert float((x - y).abs().mean()) > 0.1
-    uncast = (x - torch.tensor(CAST / 127.5, dtype=torch.float32).view(1, 3, 1, 1)).clamp(-1, 1)
-    assert scores(x, y, uncast)["l1"] < 0.5 and scores(x, y, uncast)["cast"] < 0.05
-    assert len(dataset.manifest()) == 64
-
-
-@pytest.mark.parametrize("head", list(PLAN))
-def test_debug_head_learns_the_mapping(head: str, dataset: Dataset, held_out: tuple[torch.Tensor, torch.Tensor],
-                                       tmp_path: Path, ray_local):
-    steps, max_l1, max_cast = PLAN[head]
+def train_cell(head: str, ds: Dataset, size: int, seed: int, steps: int, tmp_path: Path, **extra):
     overrides = {}
     if head == "unet_cbam":  # LPIPS needs a backbone file (nothing is downloaded): a random one, as the demo
         overrides["lpips_backbone"] = str(save_random_lpips_backbone(tmp_path / "alexnet-random.pth"))
-    cfg = TrainConfig(dataset_uri=dataset.uri, head=head, flavor="debug", head_overrides=overrides,
-                      run_uri=str(tmp_path / "run"), max_steps=steps, batch_size=4, resolution=SIZE,
-                      shuffle_buffer=32, max_val_pairs=8, steps_per_epoch=50, log_every=50, checkpoint_every=10**6)
+    values = dict(dataset_uri=ds.uri, head=head, flavor="debug", head_overrides=overrides,
+                  run_uri=str(tmp_path / "run"), max_steps=steps, batch_size=4, resolution=size, seed=seed,
+                  shuffle_buffer=32, max_val_pairs=8, steps_per_epoch=50, log_every=50, checkpoint_every=10**6)
+    cfg = TrainConfig(**{**values, **extra})
+    return train(cfg)
+
+
+def test_the_mappings_are_there_to_learn():
+    """Each mapping is far from the identity, and undoing its colour part alone brings the picture much closer."""
+    x, y = held_out_pairs("cast", 32)
+    assert float((x - y).abs().mean()) > 0.1
+    uncast = (x - torch.tensor(CAST / 127.5, dtype=torch.float32).view(1, 3, 1, 1)).clamp(-1, 1)
+    assert scores(x, y, uncast)["l1"] < 0.5 and scores(x, y, uncast)["cast"] < 0.05
+    x, y = held_out_pairs("tone", 32)
+    assert float((x - y).abs().mean()) > 0.1
+    tint = torch.tensor(TINT, dtype=torch.float32).view(1, 3, 1, 1)
+    inverse = (((x + 1) * 127.5 / tint - 128) / CONTRAST + 128) / 127.5 - 1  # the mapping undone, noise aside
+    assert scores(x, y, inverse.clamp(-1, 1))["l1"] < 0.3 and scores(x, y, inverse.clamp(-1, 1))["cast"] < 0.1
+    x, y = held_out_pairs("grain", 32)
+    assert grain_level(y) > 3 * grain_level(x)
+
+
+def check_cell(head: str, mapping: str, size: int, seed: int, datasets, tmp_path: Path) -> None:
     t0 = time.perf_counter()
-    result = train(cfg)
+    result = train_cell(head, datasets(mapping, size, seed), size, seed, STEPS[head, size], tmp_path)
     seconds = time.perf_counter() - t0
-    assert result.metrics["step"] == steps or result.metrics["stopped_early"]
-    x, y = held_out
-    z = load_head(result.head_uri).translate(x)
-    got = scores(x, y, z)
-    log.info("%s debug, %d steps in %.1f s: L1 %.3fx identity, cast residual %.3fx identity", head,
-             result.metrics["step"], seconds, got["l1"], got["cast"])
+    assert result.metrics["step"] == STEPS[head, size] or result.metrics["stopped_early"]
+    x, y = held_out_pairs(mapping, size)
+    got = scores(x, y, load_head(result.head_uri).translate(x))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    log.info("%s %s %d² seed %d: %d steps in %.1f s (exported step %s by %s): L1 %.3fx identity, colour "
+             "residual %.3fx identity, change %.1f%% of dev's", head, mapping, size, seed, result.metrics["step"],
+             seconds, run["selected_step"], run["selection"], got["l1"], got["cast"], 100 * run["identity"]["ratio"])
+    max_l1, max_colour = limits(head, mapping)
     assert got["l1"] <= max_l1, got
-    if max_cast is not None:
-        assert got["cast"] <= max_cast, got
+    if max_colour is not None:
+        assert got["cast"] <= max_colour, got
+    assert run["identity"]["near_identity"] is False, run["identity"]
+    if head != "unet_cbam":  # the per-epoch discriminator diagnostic is in the history
+        assert {"val_D_dev_acc_real", "val_D_dev_acc_fake", "val_D_schnell_acc_real",
+                "val_D_schnell_acc_fake"} <= set(result.metrics["epochs"][-1])
+
+
+@pytest.mark.parametrize("head, mapping, size, seed", sorted(FAST))
+def test_debug_head_learns(head: str, mapping: str, size: int, seed: int, datasets, tmp_path: Path, ray_local):
+    check_cell(head, mapping, size, seed, datasets, tmp_path)
+
+
+TONE = {"unet_cbam": pytest.mark.xfail(reason="the debug U-Net (the paper's GRAD + LPIPS loss, LPIPS on a random "
+                                              "AlexNet here) ends at a colour residual of 0.75x, over 0.5x "
+                                              "(docs/train_heads.md, 'What does not learn')", strict=False)}
+TONE_GAN = pytest.mark.xfail(reason="the debug GANs learn the tint but not the contrast: the colour residual "
+                                    "stays at 0.64-0.80x (docs/train_heads.md, 'What does not learn')", strict=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head, mapping, size, seed", [
+    pytest.param(*c, marks=TONE.get(c[0], TONE_GAN)) if c[1] == "tone" else c for c in GRID if c not in FAST])
+def test_debug_head_learns_grid(head: str, mapping: str, size: int, seed: int, datasets, tmp_path: Path,
+                                ray_local):
+    check_cell(head, mapping, size, seed, datasets, tmp_path)
+
+
+@pytest.mark.slow
+def test_gan_selection_does_not_export_an_early_identity(datasets, tmp_path: Path, ray_local):
+    """A GAN run on ``grain`` (dev = the picture plus unpredictable film grain): L1 to dev is lowest for the
+    identity, so the old criterion (lowest val L1) picks an early near-identity checkpoint; the head's default
+    (the last weights) exports one that changes its input and adds grain, toward dev."""
+    from facelift.tasks.train.tune import summarize_trial
+
+    result = train_cell("cyclegan", datasets("grain", 32, 0), 32, 0, 200, tmp_path, steps_per_epoch=25)
+    epochs = result.metrics["epochs"]
+    check = result.metrics["identity"]
+    old = min(epochs, key=lambda e: e["val_l1"])  # the old criterion
+    assert old["step"] <= 100 and old["val_change"] / check["dev_l1"] < NEAR_IDENTITY_RATIO, (old, check)
+    assert result.metrics["selection"] == "last" and result.metrics["selected_step"] == 200
+    assert check["near_identity"] is False and check["ratio"] >= NEAR_IDENTITY_RATIO, check
+    import pandas as pd
+    assert summarize_trial(pd.DataFrame(epochs), "l1", "val")["best_step"] == old["step"]
+    assert summarize_trial(pd.DataFrame(epochs), "l1", "last")["best_step"] == 200
+    x, y = held_out_pairs("grain", 32)
+    z = load_head(result.head_uri).translate(x)
+    assert grain_level(x) < grain_level(z) < grain_level(y) + 0.02
+    assert scores(x, y, z)["l1"] > 1.0  # what the old criterion penalises
+    log.info("grain: old criterion step %d (change %.1f%% of dev's), exported step 200 (change %.1f%%), grain "
+             "%.3f -> %.3f (dev %.3f)", old["step"], 100 * old["val_change"] / check["dev_l1"], 100 * check["ratio"],
+             grain_level(x), grain_level(z), grain_level(y))
+
+
+def test_near_identity_is_flagged():
+    """The identity check flags a head that returns its input and passes one that moves it halfway to dev."""
+    from facelift.models.heads import build_head
+    from facelift.tasks.train.select import identity_check
+
+    x, y = held_out_pairs("cast", 32, n=8)
+    val = {"schnell": ((x + 1) * 127.5).round().to(torch.uint8), "dev": ((y + 1) * 127.5).round().to(torch.uint8)}
+    head = build_head("cyclegan", "debug")  # residual generators start as the identity
+    check = identity_check(head, val, torch.device("cpu"))
+    assert check["near_identity"] is True and check["ratio"] < 0.02, check
+    with torch.no_grad():  # G's last conv bias: the cast, undone halfway, in the pre-tanh domain
+        head.G.model[-1].bias.copy_(torch.tensor(-CAST / 127.5 / 2, dtype=torch.float32))
+    check = identity_check(head, val, torch.device("cpu"))
+    assert check["near_identity"] is False and 0.2 < check["ratio"] < 0.9, check
+    assert np.isclose(check["dev_l1"], float((x - y).abs().mean()), rtol=0.02)

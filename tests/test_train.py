@@ -232,3 +232,19 @@ def test_train_head_flow_publishes_reports_and_event(dataset: Dataset, ray_local
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"train-{run_id}")))}
     assert {f"train-{run_id}", f"train-{run_id}-plots"} <= keys
+
+
+def test_near_identity_head_is_flagged_in_evaluation_rows(tmp_path):
+    """``facelift evaluate``'s row name carries the training run's near-identity flag (run.json ``identity``)."""
+    from facelift.models.heads import build_head
+    from facelift.tasks.evaluate.score import EvalConfig, HeadSource
+
+    names = {}
+    for flag in (True, False, None):
+        run = tmp_path / f"run-{flag}"
+        build_head("cyclegan", "debug").save(str(run / "head"))
+        info = {"status": "completed", "identity": {"near_identity": flag}} if flag is not None else {}
+        (run / "run.json").write_text(json.dumps(info))
+        names[flag] = HeadSource(str(run / "head"), EvalConfig(device="cpu")).name
+    assert names[True].endswith("⚠ near-identity")
+    assert "near-identity" not in names[False] and "near-identity" not in names[None]

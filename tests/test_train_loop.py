@@ -7,6 +7,7 @@ The loop runs in-process (``run_loop`` with a ``LoopEnv``) on a local dataset; n
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -141,7 +142,8 @@ def collective_modules() -> list[str]:
     import facelift.tasks
 
     folder = Path(facelift.tasks.__path__[0])
-    return [f"facelift.tasks.{p.stem}" for p in sorted(folder.glob("*.py")) if "torch.distributed" in p.read_text()]
+    return [".".join(("facelift.tasks", *p.relative_to(folder).with_suffix("").parts))  # one package per stage
+            for p in sorted(folder.rglob("*.py")) if "torch.distributed" in p.read_text()]
 
 
 @pytest.mark.parametrize("head", ["unet_cbam", "cyclegan"])
@@ -372,3 +374,65 @@ def test_sweep_selects_by_a_lambda_independent_criterion():
         assert shown[1]["selected"] == ""
     with pytest.raises(ValueError, match="lambda-independent"):
         mark_best(table, "loss")
+
+
+# -- 8. which weights head/ holds: U-Net its best val loss, CycleGANs the last, or the lowest val KID -----------
+def _saved_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "head" / "model.safetensors"))
+
+
+@pytest.mark.parametrize(("head", "selection", "expected"), [
+    ("cyclegan", "auto", "last"), ("esa_cyclegan", "auto", "last"), ("unet_cbam", "auto", "val"),
+    ("cyclegan", "val", "val")])
+def test_selection_per_head(dataset: Dataset, head: str, selection: str, expected: str, tmp_path: Path):
+    """``auto`` is the head's own rule; ``last`` exports the final weights (the same as the last checkpoint's),
+    ``val`` the step with the lowest val loss of the head's monitor; metrics.json records both and the check."""
+    from facelift.tasks.train.checkpoint import restore_checkpoint
+
+    cfg = loop_config(dataset, head, tmp_path / "run", max_steps=6, selection=selection, checkpoint_every=6)
+    folders: list[Path] = []
+
+    def report(metrics: dict, folder: str | None) -> None:
+        if folder:
+            dst = tmp_path / f"ckpt{metrics['step']}"
+            shutil.copytree(folder, dst)
+            folders.append(dst)
+
+    run_loop(cfg, LoopEnv(report=report))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["selection"] == expected
+    epochs = metrics["epochs"]
+    monitor = f"val_{HEADS[head].monitor}"
+    want = epochs[-1]["step"] if expected == "last" else min(epochs, key=lambda e: e[monitor])["step"]
+    assert metrics["selected_step"] == want
+    assert set(metrics["identity"]) >= {"change_l1", "dev_l1", "ratio", "near_identity"}
+    chosen = build_head(head, "debug", **TEST_OVERRIDES.get(head, {}))
+    restore_checkpoint(str(folders[[int(f.name[4:]) for f in folders].index(want)]), chosen, [], cfg.run_uri)
+    saved = _saved_weights(tmp_path / "run")
+    assert all(torch.equal(saved[k], v) for k, v in chosen.state_dict().items())
+
+
+def test_kid_selection_exports_the_lowest_val_kid(dataset: Dataset, tmp_path: Path):
+    """selection=kid: KID(G(val schnell), val dev) on the FID Inception features (random weights here) each
+    validation, ``val_kid`` in the history, head/ from the lowest; a missing weights file fails before training."""
+    from facelift.models.metrics import MetricWeightsError
+    from facelift.models.tiny_metrics import ensure_random_fid_weights
+    from facelift.tasks.train.loop import check_config
+
+    weights = str(ensure_random_fid_weights(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="selection=kid needs >= 4 validation pairs"):  # this one has 3
+        check_config(loop_config(dataset, "cyclegan", tmp_path / "r", selection="kid", inception_weights=weights))
+    wide = make_synthetic_dataset(Store(str(tmp_path / "data")), "kid", n_pairs=16, size=SIZE, shard_size=8, seed=4,
+                                  splits={"val": 0.5, "test": 0.0})
+    cfg = loop_config(wide, "cyclegan", tmp_path / "run", max_steps=6, selection="kid", inception_weights=weights,
+                      max_val_pairs=6)
+    check_config(cfg)
+    run_loop(cfg, LoopEnv(report=lambda m, f: None))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    kids = [e["val_kid"] for e in metrics["epochs"]]
+    assert len(kids) == 3 and all(isinstance(k, float) for k in kids) and len(set(kids)) == 3
+    assert metrics["selected_step"] == metrics["epochs"][kids.index(min(kids))]["step"]
+    with pytest.raises(MetricWeightsError, match="FID Inception-v3 weights not found"):
+        check_config(cfg.model_copy(update={"inception_weights": str(tmp_path / "nope.pth")}))

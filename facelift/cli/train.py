@@ -33,6 +33,10 @@ def _overrides(items: list[str] | None) -> dict:
 Head = Annotated[str, typer.Option(help="unet_cbam, cyclegan or esa_cyclegan")]
 Flavor = Annotated[str, typer.Option(help="full, or debug (tiny, CPU-fast)")]
 Endpoint = Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")]
+Selection = Annotated[str, typer.Option(help="which weights head/ holds: auto (the head's default: U-Net val, "
+                                           "CycleGANs last), val (lowest validation loss), last (end of the "
+                                           "schedule) or kid (lowest val KID; needs --inception-weights)")]
+Inception = Annotated[str | None, typer.Option(help="FID Inception weights for --selection kid")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="head config field=value (repeatable), "
                                                                 "e.g. --set lambda_cyc=2")]
 
@@ -60,6 +64,8 @@ def train(
     run_id: Annotated[str | None, typer.Option(help="run id; an existing one resumes")] = None,
     endpoint_url: Endpoint = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local)")] = None,
+    selection: Selection = "auto",
+    inception_weights: Inception = None,
     set_: SetOpt = None,
     verbose: bool = False,
 ) -> None:
@@ -77,7 +83,7 @@ def train(
                          resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
                          checkpoint_every=checkpoint_every,
                          compile=compile_mode or compile, endpoint_url=endpoint_url, run_id=run_id,
-                         ray_address=ray_address,
+                         ray_address=ray_address, selection=selection, inception_weights=inception_weights,
                          head_overrides=_overrides(set_))
     except _errors() as exc:
         raise fail(str(exc)) from None
@@ -93,8 +99,9 @@ def sweep(
                                                                              "default 10, 5, 2)")] = None,
     lr: Annotated[list[float] | None, typer.Option("--lr", help="grid values (repeatable; default 1e-4, "
                                                                "2e-4, 3e-4)")] = None,
-    select: Annotated[str, typer.Option(help="pick the best by l1 (validation L1(G(x), dev), min) or ssim "
-                                             "(SSIM(x, F(G(x))), max); neither depends on lambda_cyc")] = "l1",
+    select: Annotated[str, typer.Option(help="pick the best by l1 (validation L1(G(x), dev), min), ssim "
+                                             "(SSIM(x, F(G(x))), max) or kid (with --selection kid); none "
+                                             "depends on lambda_cyc")] = "l1",
     max_steps: Annotated[int, typer.Option(help="steps per trial")] = 1000,
     batch_size: int = 4,
     resolution: int = 512,
@@ -103,6 +110,8 @@ def sweep(
     run_id: Annotated[str | None, typer.Option(help="sweep id")] = None,
     endpoint_url: Endpoint = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local)")] = None,
+    selection: Selection = "auto",
+    inception_weights: Inception = None,
     set_: SetOpt = None,
     verbose: bool = False,
 ) -> None:
@@ -119,7 +128,8 @@ def sweep(
         out = sweep_heads(dataset_uri=dataset_uri, head=head, flavor=flavor, lambda_cycs=lambda_cyc, lrs=lr,
                           select=select, max_steps=max_steps, batch_size=batch_size, resolution=resolution,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, endpoint_url=endpoint_url,
-                          run_id=run_id, ray_address=ray_address, head_overrides=_overrides(set_))
+                          run_id=run_id, ray_address=ray_address, head_overrides=_overrides(set_),
+                          selection=selection, inception_weights=inception_weights)
     except _errors() as exc:
         raise fail(str(exc)) from None
     table = pd.DataFrame(out["rows"])[[c for c in SWEEP_COLUMNS if c in out["rows"][0]]]

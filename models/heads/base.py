@@ -83,6 +83,7 @@ class Head(nn.Module):
     paired: ClassVar[bool]
     monitor: ClassVar[str] = "loss"  # the validation value (minimised) for early stopping / the exported head
     early_stopping: ClassVar[bool] = True  # the training loop's default stopping rule for this head
+    selection: ClassVar[str] = "val"  # which weights training exports by default (tasks/train/select.py)
 
     def __init__(self, config: Any, flavor: str = "full") -> None:
         super().__init__()

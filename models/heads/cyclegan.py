@@ -43,6 +43,13 @@ class CycleGANConfig:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
 
 
+def discriminator_accuracy(name: str, d: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image, the fraction of ``d``'s patches on the right side of 0.5 (LSGAN targets: real 1, fake 0):
+    ``<name>_acc_real`` on real images, ``<name>_acc_fake`` on generated ones. 0.5 on both is chance."""
+    return {f"{name}_acc_real": (d(real) > 0.5).float().flatten(1).mean(1),
+            f"{name}_acc_fake": (d(fake) < 0.5).float().flatten(1).mean(1)}
+
+
 def linear_decay(total_steps: int | None, decay_fraction: float):
     """lr multiplier: 1 for the first (1 - decay_fraction) of the steps, then linear down to ~0."""
     if not total_steps or decay_fraction == 0:
@@ -59,6 +66,8 @@ class CycleGANHead(Head):
     # lambda-independent (sweep-comparable) and closer to the goal than the adversarial generator loss
     monitor: ClassVar[str] = "l1"
     early_stopping: ClassVar[bool] = False  # the reference trains a fixed schedule (linear lr decay to 0)
+    # export the end of that schedule: L1 to the paired dev image rewards doing nothing (docs/train_heads.md)
+    selection: ClassVar[str] = "last"
     flavors: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
         # tiny and CPU-fast; residual generators and a higher lr so a few hundred steps learn (tests/test_learning.py)
@@ -110,9 +119,12 @@ class CycleGANHead(Head):
     def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """SSIM(x, F(G(x))): how much of the schnell image survives the round trip (paper Tables 2-3);
         l1: mean |G(x) - y| against the paired dev image (validation pairs are paired even here)."""
-        a = batch["schnell"]
-        fake = self.G(a)
-        return {"ssim": ssim(a, self.F(fake)), "l1": (fake - batch["dev"]).abs().flatten(1).mean(1)}
+        a, b = batch["schnell"], batch["dev"]
+        fake, fake_a = self.G(a), self.F(b)
+        return {"ssim": ssim(a, self.F(fake)), "l1": (fake - b).abs().flatten(1).mean(1),
+                "change": (fake - a).abs().flatten(1).mean(1),
+                **discriminator_accuracy("D_dev", self.D_dev, b, fake),
+                **discriminator_accuracy("D_schnell", self.D_schnell, a, fake_a)}
 
     def inference_module(self) -> nn.Module:
         return self.G

@@ -38,7 +38,7 @@ from facelift.models.metrics import (
     fid_input,
 )
 from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
-from facelift.tasks.evaluate.data import Batch, TestSplit, iter_batches
+from facelift.tasks.evaluate.data import Batch, TestSplit, iter_batches, training_run
 from facelift.tasks.evaluate.metrics import KID_MIN_SUBSETS, cached_features
 from facelift.tasks.evaluate.table import metric_columns
 
@@ -209,6 +209,8 @@ class HeadSource:
         self.name = f"{head.name} ({head_uri.rstrip('/').rsplit('/', 1)[-1]})"
         self.source = head_uri
         self.notes = {"head": head.name, "flavor": head.flavor}
+        if (training_run(head_uri, endpoint_url).get("identity") or {}).get("near_identity"):  # issue 21
+            self.name += " ⚠ near-identity"
         self.timer = Timed()
 
     def make(self, batch: Batch) -> torch.Tensor:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from facelift.dataset import Dataset
 from facelift.ids import check_id
 from facelift.lease import Lease
-from facelift.models.heads import Head, HeadError, build_head, compile_mode, train_step
+from facelift.models.heads import Head, HeadError, build_head, compile_mode, load_head, train_step
 from facelift.splits import SplitSpec
 from facelift.storage import Store
 from facelift.tasks.train.checkpoint import restore_checkpoint, save_checkpoint, worker_data_state
@@ -45,6 +45,7 @@ from facelift.tasks.train.data import (
     to_model,
 )
 from facelift.tasks.train.dist import all_reduce_sums, average_buffers, broadcast_state, gather_bytes, sync_grads
+from facelift.tasks.train.select import KIDSelector, identity_check, identity_message
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,13 @@ class TrainConfig(BaseModel):
                           "linear LR decay, as the reference does)")
     patience: int | None = Field(10, ge=1, description="epochs without val improvement before stopping")
     min_delta: float = 0.0
+    selection: Literal["auto", "val", "last", "kid"] = Field(
+        "auto", description="which weights head/ holds (tasks/train/select.py): val = lowest validation loss of "
+                            "the head's monitor, last = the end of the fixed schedule, kid = lowest KID of the "
+                            "head's val outputs against val dev (needs inception_weights); auto = the head's "
+                            "default (U-Net: val, the paper's early stopping; CycleGANs: last, as the reference)")
+    inception_weights: str | None = Field(None, description="FID Inception weights for selection=kid "
+                                                            "(default: evaluation's search path)")
     log_every: int = Field(10, ge=1)
     compile: Literal["none", "regional", "full"] = Field(
         "none", description="torch.compile the networks: regional = each generator's stem, residual block "
@@ -193,13 +201,15 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest conv algorithms once
     head.to(env.device, memory_format=mem).train()
     optimizers = head.configure_optimizers(max_steps, cfg.lr)
+    selection = head.selection if cfg.selection == "auto" else cfg.selection
     state: dict[str, Any] = {"step": 0, "epoch": 0, "best": math.inf, "best_step": None, "bad_epochs": 0,
+                             "selected": math.inf, "selected_step": None,
                              "history": {"steps": [], "epochs": [], "resumed_from": []}}
     data_state = None
     if env.checkpoint is not None:
         with env.checkpoint.as_directory() as folder:
             restored = restore_checkpoint(folder, head, optimizers, cfg.run_uri)
-        state.update({k: restored[k] for k in state})
+        state.update({k: restored.get(k, state[k]) for k in state})
         state["history"]["resumed_from"].append(state["step"])
         data_state = worker_data_state(restored.get("data"), env.rank, env.world)
         log.info("resumed %s at step %d", cfg.run_id, state["step"])
@@ -214,6 +224,7 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
     run_store = Store(cfg.run_uri, cfg.endpoint_url)
     restored_run = env.checkpoint is not None
     early_stopping = head.early_stopping if cfg.early_stopping is None else cfg.early_stopping
+    kid = KIDSelector(cfg.inception_weights, env.device, env.world, seed=cfg.seed) if selection == "kid" else None
     t0, done_pairs, stop = time.perf_counter(), 0, False
     while state["step"] < max_steps and not stop:
         step = state["step"] + 1
@@ -238,18 +249,24 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
         if validating:
             state["epoch"] = step // steps_per_epoch
             metrics = validate(head, val, env, cfg.batch_size)
+            if kid is not None:
+                metrics["val_kid"] = kid(head, val)
             current = metrics.get(f"val_{head.monitor}")
             improved = current is not None and current < state["best"] - cfg.min_delta
             if improved:
                 state.update(best=current, best_step=step, bad_epochs=0)
-                if env.rank == 0:
-                    head.save(run_store.child("head").url(), cfg.endpoint_url)
             elif current is not None and epoch_end:
                 state["bad_epochs"] += 1
             state["history"]["epochs"].append({"epoch": state["epoch"], "step": step, **metrics})
             if early_stopping and cfg.patience and state["bad_epochs"] >= cfg.patience:
                 log.info("early stopping at step %d: no improvement for %d epochs", step, cfg.patience)
                 stop = True
+            chosen = {"val": current, "kid": metrics.get("val_kid")}.get(selection)
+            if (chosen is not None and chosen < state["selected"] - cfg.min_delta) if selection != "last" else \
+                    (step == max_steps or stop):
+                state.update(selected=chosen if chosen is not None else current, selected_step=step)
+                if env.rank == 0:
+                    head.save(run_store.child("head").url(), cfg.endpoint_url)
         if validating or step % cfg.checkpoint_every == 0:
             report = {"step": step, "epoch": state["epoch"], **{k: float(v) for k, v in losses.items()},
                       **metrics, "best_val": state["best"], "stopped_early": stop}
@@ -263,12 +280,17 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
         stream.close()
     pairs.close()
     if env.rank == 0:
-        if state["best_step"] is None:  # no validation pairs: export the last weights
+        if state["selected_step"] is None:  # no validation pairs: export the last weights
             head.save(run_store.child("head").url(), cfg.endpoint_url)
+        check = identity_check(load_head(run_store.child("head").url(), cfg.endpoint_url).to(env.device),
+                               load_validation(ds, shards, data_cfg, 0, 1), env.device, cfg.batch_size)
+        (log.warning if check.get("near_identity") else log.info)(identity_message(check, cfg.head))
         summary = {"run_id": cfg.run_id, "run_uri": cfg.run_uri, "head": cfg.head, "flavor": cfg.flavor,
                    "dataset_uri": cfg.dataset_uri, "step": state["step"], "max_steps": max_steps,
                    "steps_per_epoch": steps_per_epoch, "split": counts, "best_val": state["best"],
-                   "best_step": state["best_step"], "stopped_early": stop, **state["history"]}
+                   "best_step": state["best_step"], "stopped_early": stop, "selection": selection,
+                   "selected_step": state["selected_step"] or state["step"], "identity": check,
+                   **state["history"]}
         run_store.write_bytes("metrics.json", json.dumps(summary, indent=2, default=float).encode())
     return state
 
@@ -311,9 +333,16 @@ def ray_session(address: str | None = None):
 
 def check_config(cfg: TrainConfig) -> None:
     """Fail fast, before Ray starts: unknown head/flavor/field, missing or empty dataset, no train split."""
-    build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
+    head = build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
     ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
-    split_counts(ds, shards, ds.splits())
+    counts = split_counts(ds, shards, ds.splits())
+    if (head.selection if cfg.selection == "auto" else cfg.selection) == "kid":
+        from facelift.models.metrics import resolve_fid_weights
+
+        resolve_fid_weights(cfg.inception_weights)  # MetricWeightsError (FileNotFoundError): one clear line
+        if min(counts.get("val", 0), cfg.max_val_pairs) < 4:
+            raise ValueError(f"selection=kid needs >= 4 validation pairs, the dataset's val split has "
+                             f"{counts.get('val', 0)} (max_val_pairs {cfg.max_val_pairs})")
     if cfg.run_uri:  # resuming: the run must be of the same head
         try:
             previous = json.loads(Store(cfg.run_uri, cfg.endpoint_url).read_bytes("run.json"))["config"]
@@ -371,8 +400,13 @@ def _fit(cfg: TrainConfig, max_failures: int) -> TrainResult:
                                                       "splits": splits}, indent=2).encode())
         raise
     metrics = json.loads(run_store.read_bytes("metrics.json"))
+    check = metrics.get("identity") or {}
+    (log.warning if check.get("near_identity") else log.info)(identity_message(check, cfg.head))
     run_store.write_bytes("run.json", json.dumps({"status": "completed", "config": cfg.model_dump(mode="json"),
                                                   "splits": splits, "head_uri": run_store.child("head").url(),
-                                                  "best_val": metrics["best_val"], "step": metrics["step"]},
+                                                  "best_val": metrics["best_val"], "step": metrics["step"],
+                                                  "selection": metrics["selection"],
+                                                  "selected_step": metrics["selected_step"],
+                                                  "identity": metrics["identity"]},
                                                  indent=2, default=float).encode())
     return TrainResult(cfg.run_id, run_store.url(), run_store.child("head").url(), metrics)

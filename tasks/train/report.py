@@ -35,8 +35,13 @@ def epoch_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     keys = ["run_id", "head", "flavor", "dataset_uri", "step", "max_steps", "steps_per_epoch", "best_val",
-            "best_step", "stopped_early", "resumed_from"]
+            "best_step", "stopped_early", "resumed_from", "selection", "selected_step"]
     rows = [{"metric": k, "value": metrics.get(k)} for k in keys]
+    check = metrics.get("identity") or {}
+    if check.get("ratio") is not None:
+        rows += [{"metric": "NEAR-IDENTITY head" if check["near_identity"] else "identity check",
+                  "value": f"mean |head(x) - x| = {check['ratio']:.1%} of mean |dev - x| (flag below "
+                           f"{check['threshold']:.0%})"}]
     rows += [{"metric": f"pairs ({k})", "value": v} for k, v in metrics.get("split", {}).items()]
     if metrics.get("steps"):
         rows.append({"metric": "pairs/s (last logged)", "value": round(metrics["steps"][-1]["pairs_per_s"], 3)})
@@ -120,7 +125,8 @@ def png_markdown(title: str, png: bytes | None, uri: str | None) -> str:
     return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\nStored at `{uri}`\n"
 
 
-SWEEP_COLUMNS = ["lambda_cyc", "lr", "l_total", "ssim", "l1", "best_step", "steps", "selected", "error"]
+SWEEP_COLUMNS = ["lambda_cyc", "lr", "l_total", "ssim", "l1", "kid", "best_step", "steps", "exported", "near_identity",
+                 "selected", "error"]
 
 
 def sweep_rows(table: Any) -> list[dict[str, Any]]:
@@ -131,14 +137,19 @@ def sweep_rows(table: Any) -> list[dict[str, Any]]:
             for row in table[columns].to_dict("records")]
 
 
-def sweep_caption(head: str, flavor: str, selected_by: str) -> str:
-    """What the sweep table's columns are and how the best row was chosen."""
+def sweep_caption(head: str, flavor: str, selected_by: str, exported_by: str | None = None) -> str:
+    """What the sweep table's columns are, which weights each trial exported and how the best row was chosen."""
+    from facelift.tasks.train.select import SELECTIONS
     from facelift.tasks.train.tune import SELECT
+
+    exported = f" Each trial's head: its {SELECTIONS[exported_by]}." if exported_by in SELECTIONS else ""
 
     return (f"{head} ({flavor}), per configuration, at each trial's exported head: l_total = the paper's "
             f"GAN(G, D_dev) + GAN(F, D_schnell) + lambda_cyc * cycle (it grows with lambda_cyc, so it is not "
             f"compared across rows), ssim = fp32 SSIM(x, F(G(x))) (U-Net: SSIM(z, dev)), l1 = L1(G(x), dev) on "
-            f"the validation pairs. Selected by {SELECT[selected_by][2]}.")
+            f"the validation pairs, kid = KID(G(x), dev) when trained with selection=kid; near_identity: the "
+            f"head changes its input by under a tenth of what dev does.{exported} "
+            f"Best configuration selected by {SELECT[selected_by][2]}.")
 
 
 def best_markdown(best: dict[str, Any]) -> str:

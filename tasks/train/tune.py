@@ -41,6 +41,7 @@ PAPER_LR = (1e-4, 2e-4, 3e-4)
 SELECT: dict[str, tuple[str, str, str]] = {
     "l1": ("l1", "min", "validation L1(G(x), dev), lowest"),
     "ssim": ("ssim", "max", "validation SSIM(x, F(G(x))) (U-Net: SSIM(z, dev)), highest"),
+    "kid": ("kid", "min", "validation KID(G(x), dev) on the FID Inception features, lowest"),
 }
 
 
@@ -91,20 +92,34 @@ class SweepResult:
     best: dict[str, Any]
 
 
-def summarize_trial(history: pd.DataFrame | None, monitor: str = "loss") -> dict[str, float]:
-    """A trial's row: the validation values of its exported head, the validation with the lowest
-    ``val_<monitor>`` (NaN when never validated). ``l_total``: ``val_total`` (the paper's L_total) where the
-    head reports it, else its ``val_loss``."""
-    empty = {"l_total": math.nan, "ssim": math.nan, "l1": math.nan, "best_step": math.nan, "steps": math.nan}
-    key = f"val_{monitor}"
+def summarize_trial(history: pd.DataFrame | None, monitor: str = "loss", selection: str = "val") -> dict[str, float]:
+    """A trial's row: the validation values of its exported head (NaN when never validated), the validation
+    chosen by the run's ``selection`` (tasks/train/select.py): ``val`` the lowest ``val_<monitor>``, ``kid`` the
+    lowest ``val_kid``, ``last`` the last one. ``l_total``: ``val_total`` (the paper's L_total) where the head
+    reports it, else its ``val_loss``."""
+    empty = {"l_total": math.nan, "ssim": math.nan, "l1": math.nan, "kid": math.nan, "best_step": math.nan,
+             "steps": math.nan}
+    key = {"val": f"val_{monitor}", "kid": "val_kid", "last": f"val_{monitor}"}[selection]
     if history is None or history.empty or key not in history:
         return empty
     rows = history.dropna(subset=[key])
-    best = rows.loc[rows[key].idxmin()]
+    if rows.empty:
+        return empty
+    best = rows.loc[rows["step"].idxmax()] if selection == "last" else rows.loc[rows[key].idxmin()]
     total = best.get("val_total", math.nan)
     return {"l_total": float(best["val_loss"] if pd.isna(total) else total),
             "ssim": float(best.get("val_ssim", math.nan)), "l1": float(best.get("val_l1", math.nan)),
-            "best_step": float(best["step"]), "steps": float(history["step"].max())}
+            "kid": float(best.get("val_kid", math.nan)), "best_step": float(best["step"]),
+            "steps": float(history["step"].max())}
+
+
+def trial_identity(sweep_uri: str, trial: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """The trial's identity check (``metrics.json``), {} when the trial wrote none."""
+    try:
+        return json.loads(Store(f"{sweep_uri}/trials/{trial}", endpoint_url).read_bytes("metrics.json")).get(
+            "identity") or {}
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def check_select(select: str) -> None:
@@ -129,10 +144,15 @@ def mark_best(table: pd.DataFrame, select: str) -> pd.Series:
 def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
           lrs: tuple[float, ...] = PAPER_LR, select: str = "l1", cpus_per_trial: float = 1.0,
           gpus_per_trial: float = 0.0, sweep_id: str | None = None) -> SweepResult:
-    """Grid-search lambda_cyc x lr with Ray Tune; ``select``: ``l1`` (min) or ``ssim`` (max), see ``SELECT``."""
+    """Grid-search lambda_cyc x lr with Ray Tune; ``select``: ``l1`` (min), ``ssim`` (max) or ``kid`` (min, needs
+    ``base.selection == "kid"``), see ``SELECT``. Each trial exports its head by ``base.selection``."""
     import ray.tune as tune
 
     check_select(select)  # before any trial runs
+    selection = head_class(base.head).selection if base.selection == "auto" else base.selection
+    if select == "kid" and selection != "kid":
+        raise ValueError("select=kid compares the trials' validation KID: train them with selection=kid "
+                         "(and inception_weights)")
     if not lrs:
         raise ValueError("the sweep needs at least one learning rate")
     cls = head_class(base.head)
@@ -158,16 +178,18 @@ def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
     for result in grid:
         cfg = result.config or {}
         row = {"lambda_cyc": cfg.get("lambda_cyc"), "lr": cfg.get("lr"),
-               **summarize_trial(result.metrics_dataframe, cls.monitor),
+               **summarize_trial(result.metrics_dataframe, cls.monitor, selection),
                "error": None if result.error is None else first_line(result.error, 200) or type(result.error).__name__}
         row["trial"] = trial_name(row["lambda_cyc"], row["lr"])
+        row["exported"] = selection
+        row["near_identity"] = trial_identity(sweep_store.url(), row["trial"], base.endpoint_url).get("near_identity")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["lambda_cyc", "lr"], ascending=[False, True], na_position="last")
     if table[SELECT[select][0]].isna().all():
         raise RuntimeError(f"every trial of sweep {sweep_id} failed: {table['error'].tolist()}")
     best = mark_best(table, select)
     best_dict = {**best.to_dict(), "head_uri": f"{sweep_store.url()}/trials/{best['trial']}/head",
-                 "selected_by": select}
+                 "selected_by": select, "exported_by": selection}
     sweep_store.write_bytes("sweep.csv", table.to_csv(index=False).encode())
     sweep_store.write_bytes("sweep.json", json.dumps(
         {"sweep_id": sweep_id, "head": base.head, "flavor": base.flavor, "dataset_uri": base.dataset_uri,
