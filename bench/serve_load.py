@@ -43,18 +43,24 @@ async def one(client: httpx.AsyncClient, i: int) -> tuple[int, float, httpx.Resp
     return res.status_code, time.perf_counter() - t0, res
 
 
+def closed_loop(c: httpx.AsyncClient, clients: int, n: int, out: list) -> asyncio.Future:
+    """``n`` requests from ``clients`` concurrent clients, each sending its next request when the last returns;
+    results are appended to ``out``."""
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            out.append(await one(c, i))
+
+    return asyncio.gather(*(worker() for _ in range(clients)))
+
+
 async def level(url: str, clients: int, n: int) -> dict:
     """``n`` requests from ``clients`` concurrent clients (each sends its next request when the last returns)."""
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as c:
-        counter = iter(range(n))
         out: list[tuple[int, float, httpx.Response]] = []
-
-        async def worker() -> None:
-            for i in counter:
-                out.append(await one(c, i))
-
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        await closed_loop(c, clients, n, out)
         wall = time.perf_counter() - t0
     ok = [lat for code, lat, _ in out if code == 200]
     batches = [int(r.headers.get("x-batch-size", 0)) for code, _, r in out if code == 200]
@@ -87,14 +93,8 @@ def kill_model_replica() -> str:
 
 async def kill_under_load(url: str, clients: int, n: int, kill_after_s: float) -> dict:
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as c:
-        counter = iter(range(n))
         out: list[tuple[int, float, httpx.Response]] = []
-
-        async def worker() -> None:
-            for i in counter:
-                out.append(await one(c, i))
-
-        load = asyncio.gather(*(worker() for _ in range(clients)))
+        load = closed_loop(c, clients, n, out)
         await asyncio.sleep(kill_after_s)
         killed = await asyncio.to_thread(kill_model_replica)
         t_kill = time.perf_counter()
