@@ -15,7 +15,7 @@ other compiled rows, each started only while ``--budget-s`` allows (later rows: 
 ``--compile-modes regional full`` (default: regional, the product default); ``--cold`` disables the
 compile caches (honest compile times on a machine that compiled before; a fresh GPU machine is cold).
 ``--real-input N``: the timed steps take their batches from N portrait-like PNG pairs (~460 KB each at
-512²) through the product's input pipeline (``tasks.train.prefetch``: decode on ``--decode-workers`` threads
+512²) through the product's input pipeline (``tasks.feed``: decode on ``--decode-workers`` threads
 ahead, batches built and pinned on a background thread, then copied to the GPU), so a row measures
 end-to-end pairs/s with the decode overlapped, not the step alone (the Parquet shard read is not included).
 Writes ``train_heads.json`` to ``--out``; prints a markdown table.
@@ -57,7 +57,7 @@ def png_batches(n_pairs: int, size: int, batch: int, workers: int, pin: bool):
     """Endless training batches decoded from in-memory PNG pairs by the product's input pipeline."""
     import numpy as np
 
-    from facelift.tasks.train.prefetch import BackgroundBatches, DecodeAhead, decode_rgb
+    from facelift.tasks.feed import BackgroundBatches, DecodeAhead, decode_rgb
     from facelift.testing import portrait_png
 
     rng = np.random.default_rng(0)

@@ -111,7 +111,7 @@ def ceiling(ds, size: int, batch: int, batches: int, warmup: int) -> dict:
 
 
 def _decode_columns(table) -> dict[str, np.ndarray]:
-    from facelift.tasks.train.prefetch import decode_rgb
+    from facelift.tasks.feed import decode_rgb
 
     return {key.split("_")[0]: np.stack([decode_rgb(cell["bytes"]).numpy() for cell in table[key].to_pylist()])
             for key in ("schnell_image", "dev_image")}

@@ -13,9 +13,9 @@ import torch
 from facelift.dataset import Dataset, DatasetError
 from facelift.models.heads import HeadError, load_head
 from facelift.storage import Store
+from facelift.tasks.feed import BackgroundBatches
 from facelift.tasks.train.data import DataConfig, PairStream, load_validation, open_training_dataset, to_model
 from facelift.tasks.train.loop import LoopEnv, TrainConfig, resolve_run, run_loop, train
-from facelift.tasks.train.prefetch import BackgroundBatches
 from facelift.testing import make_synthetic_dataset
 
 SIZE = 32

@@ -33,8 +33,7 @@ from facelift.dataset import Dataset, DatasetError, shard_key
 from facelift.splits import SplitError, SplitSpec, check_same, pair_hash
 from facelift.storage import StorageError
 from facelift.tasks.evaluate.metrics import image_set_key
-from facelift.tasks.train.data import to_uint8
-from facelift.tasks.train.prefetch import BackgroundBatches
+from facelift.tasks.feed import BackgroundBatches, to_uint8
 
 log = logging.getLogger(__name__)
 

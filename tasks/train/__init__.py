@@ -2,8 +2,8 @@
 
 Reads ``datasets/<id>`` (manifest, shards, ``dataset.json`` splits); writes ``runs/<run_id>/`` (Ray checkpoints,
 ``head/``, ``metrics.json``, ``run.json``, report PNGs). Open :mod:`.loop` first (config, Ray Train, the
-loop); then :mod:`.data` and :mod:`.prefetch` (input), :mod:`.dist` (collectives), :mod:`.checkpoint`,
-:mod:`.report` and :mod:`.tune` (the paper's lambda_cyc x lr sweep).
+loop); then :mod:`.data` (input; decode threads in :mod:`facelift.tasks.feed`), :mod:`.select` (which weights
+are exported), :mod:`.dist` (collectives), :mod:`.checkpoint`, :mod:`.report` and :mod:`.tune` (the sweep).
 """
 
 from facelift.tasks.train.loop import TrainConfig, ray_session, train

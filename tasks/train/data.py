@@ -11,7 +11,7 @@
 Images are kept as uint8 CHW tensors, and batches are uint8 NCHW: :func:`to_model` copies them to the
 device (a quarter of the bytes of float, pinned when the stream pins) and converts them there to float
 in [-1, 1], so the input threads never spend CPU on the conversion.
-- Off the training thread (:mod:`facelift.tasks.train.prefetch`): PNGs decode on ``decode_workers`` threads
+- Off the training thread (:mod:`facelift.tasks.feed`): PNGs decode on ``decode_workers`` threads
   ahead of the stream (in order, so the data order does not depend on them), and batches are built on a
   background thread ``prefetch_batches`` ahead (pinned for a CUDA copy); ``decode_workers=0`` is the old
   inline path.
@@ -26,12 +26,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from facelift.dataset import Dataset, DatasetError, decode_image
+from facelift.dataset import Dataset, DatasetError
 from facelift.splits import SplitSpec, pair_hash
-from facelift.tasks.train.prefetch import BackgroundBatches, DecodeAhead, decode_rgb
+from facelift.tasks.feed import BackgroundBatches, DecodeAhead, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +80,6 @@ def split_counts(ds: Dataset, shards: list[int], spec: SplitSpec) -> dict[str, i
     if counts["train"] == 0:
         raise DatasetError(f"dataset {ds.uri}: no training pairs in its splits ({spec.describe()})")
     return counts
-
-
-def to_uint8(cell: dict, resolution: int) -> torch.Tensor:
-    """uint8 CHW at ``resolution``: libpng straight into a tensor when no resize is needed (the common case:
-    training at the dataset's size), else PIL bicubic as before (the same pixels either way)."""
-    data = cell.get("bytes") if isinstance(cell, dict) else None
-    if data:
-        try:
-            img = decode_rgb(data)
-        except Exception:  # noqa: BLE001 - corrupt bytes: decode_image names the problem
-            img = None
-        if img is not None and img.shape[-2:] == (resolution, resolution):
-            return img
-    img = decode_image(cell)
-    if img.size != (resolution, resolution):
-        from PIL import Image
-
-        img = img.resize((resolution, resolution), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ class KIDSelector:
 
     @torch.no_grad()
     def __call__(self, head: Head, val: dict[str, torch.Tensor]) -> float:
-        from facelift.tasks.evaluate.metrics import kid
+        from facelift.tasks.evaluate.joint import kid
 
         if self._ref is None:  # the val dev images' features, once per run
             self._ref = self.features(to_model({"dev": val["dev"]}, self.device)["dev"])

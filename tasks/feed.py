@@ -1,5 +1,7 @@
 """Keeping the GPU fed: parallel PNG decode ahead of the stream, batches built off the training thread.
 
+Shared by the train and evaluate stages (a stage-neutral module, so neither stage imports the other for it).
+
 Two pieces, both threads (the decoders release the GIL, and a thread shares the stream's state, so a resumed
 run continues exactly where the consumer stopped, not where the prefetcher had got to):
 
@@ -24,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from facelift.dataset import decode_image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -153,3 +157,22 @@ class BackgroundBatches:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def to_uint8(cell: dict, resolution: int) -> torch.Tensor:
+    """uint8 CHW at ``resolution``: libpng straight into a tensor when no resize is needed (the common case:
+    training at the dataset's size), else PIL bicubic as before (the same pixels either way)."""
+    data = cell.get("bytes") if isinstance(cell, dict) else None
+    if data:
+        try:
+            img = decode_rgb(data)
+        except Exception:  # noqa: BLE001 - corrupt bytes: decode_image names the problem
+            img = None
+        if img is not None and img.shape[-2:] == (resolution, resolution):
+            return img
+    img = decode_image(cell)
+    if img.size != (resolution, resolution):
+        from PIL import Image
+
+        img = img.resize((resolution, resolution), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
