@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +42,8 @@ def server(tmp_path_factory, cache_dir):
     torch.manual_seed(0)
     build_head("esa_cyclegan", "debug").save(str(root / "runs" / "run-serve1" / "head"))
     port = _free_port()
-    env = {**os.environ, "RAY_TMPDIR": str(root / "ray"), "RAY_AUTH_MODE": "disabled",
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's AF_UNIX socket paths must fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled",
            "FACELIFT_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     log = open(root / "serve.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen([sys.executable, "-m", "facelift.cli.main", "serve", "--head",
@@ -68,6 +71,7 @@ def server(tmp_path_factory, cache_dir):
             proc.kill()
             proc.wait()
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_config_refuses_a_batch_cap() -> None:
