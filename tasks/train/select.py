@@ -37,7 +37,7 @@ NEAR_IDENTITY_RATIO = 0.1
 KID_SUBSETS = 50
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
+def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float NCHW -> uint8 NCHW (what evaluation feeds the feature network)."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
@@ -62,7 +62,7 @@ class KIDSelector:
         parts = [np.zeros((0, 2048), np.float32)]
         with torch.autocast(self.device.type, enabled=False):
             for i in range(0, len(images), self.batch_size):
-                x = fid_input(to_uint8(images[i:i + self.batch_size]).cpu(), self.resize, self.device)
+                x = fid_input(float_to_uint8(images[i:i + self.batch_size]).cpu(), self.resize, self.device)
                 parts.append(self.net(x).float().cpu().numpy())
         buf = io.BytesIO()
         np.save(buf, np.concatenate(parts))
