@@ -93,7 +93,7 @@ class Lease:
                             "taking it over", self.what, self.ttl_s)
                 got = self.store.replace_if(LEASE_FILE, self._record(), tag)
             else:
-                got = False
+                got = None  # held and live: no attempt, and ``current`` is fresh
             if got:
                 time.sleep(self.settle_s)  # a store that ignores the condition: the last write wins, so check
                 if self._mine():
@@ -101,7 +101,8 @@ class Lease:
                     self._start_heartbeat()
                     log.info("%s: lease taken by %s", self.what, self.holder)
                     return self
-            current, _ = self._read()
+            if got is not None:  # lost a race to take it: read who won
+                current, _ = self._read()
             holder = describe(current) if current else "another writer"
             if time.monotonic() >= deadline:
                 raise LeaseHeld(f"{self.what} is being written by {holder}"

@@ -292,8 +292,16 @@ class Store:
 
 def _precondition_failed(exc: BaseException) -> bool:
     """S3's 412 (``PreconditionFailed``), however s3fs/botocore wrap it."""
-    text = f"{exc} {exc.__cause__ or ''}"
-    return "PreconditionFailed" in text or "pre-condition" in text
+    return error_code(exc) in ("PreconditionFailed", "412")
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a local path (plain or ``file://``) made absolute against this process's working directory;
+    object-store URIs unchanged. Resolve at the door: Ray workers (Ray Train changes their working directory),
+    Serve replicas and Prefect flow-run processes do not share the caller's."""
+    if "://" in uri and not uri.startswith(("file://", "local://")):
+        return uri
+    return Store(uri).root
 
 
 def open_uri(uri: str, endpoint_url: str | None = None, mode: str = "rb") -> Any:

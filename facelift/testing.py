@@ -34,10 +34,10 @@ def weed_binary() -> str:
     return found
 
 
-def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process (group if it leads one), wait up to ``timeout_s``, then SIGKILL."""
+def stop_pid(pid: int, timeout_s: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` (SIGTERM) to the process, wait up to ``timeout_s`` for it to exit, then SIGKILL."""
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s

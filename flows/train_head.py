@@ -32,8 +32,10 @@ def report_task(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
         " - WARNING: the exported head is near the identity (it barely changes its input)" if near else ""))
     if rep["epochs"]:
         create_table_artifact(rep["epochs"], key=f"{key}-val"[:64],
-                              description="validation per epoch (GANs: D_*_acc_real / _fake = discriminator "
-                                          "accuracy on real and generated val images, 0.5 = chance)")
+                              description="validation per epoch: val_change_ratio = what the exported head changes "
+                                          "in its input, as a share of dev's change (near 0: it returns its input); "
+                                          "GANs: D_*_acc_real / _fake = discriminator accuracy on real and generated "
+                                          "val images, 0.5 = chance")
     create_markdown_artifact(
         png_markdown("Loss curves", rep["loss_curve"], rep["loss_curve_uri"])
         + png_markdown("Samples: input | output | target", rep["samples"], rep["samples_uri"]),

@@ -83,3 +83,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in stack:
         item.add_marker(pytest.mark.xdist_group("deploy_stack"))
     items[:] = stack + [item for item in items if item not in stack]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: on a shared 2-core machine OpenMP's spinning threads (and compiled
+    CPU kernels' own pool) make tiny steps ~10x slower and stall some for seconds; numerics are unaffected."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import SIZE, FolderCheckpoint, loop_config
+from test_train_loop import SIZE, folder_checkpoint, loop_config
 
 from facelift.dataset import Dataset
 from facelift.models.heads import HeadError
@@ -51,7 +51,7 @@ def _saved_checkpoint(dataset: Dataset, tmp_path: Path) -> tuple[Path, object]:
 def test_crafted_train_state_is_refused_and_an_honest_one_resumes(dataset: Dataset, tmp_path: Path):
     saved, cfg = _saved_checkpoint(dataset, tmp_path)
     honest = run_loop(cfg.model_copy(update={"max_steps": 4}),
-                      LoopEnv(checkpoint=FolderCheckpoint(saved), report=lambda m, f: None))
+                      LoopEnv(checkpoint=folder_checkpoint(saved), report=lambda m, f: None))
     assert honest["step"] == 4 and honest["history"]["resumed_from"] == [2]
 
     marker = tmp_path / "pwned"
@@ -59,7 +59,7 @@ def test_crafted_train_state_is_refused_and_an_honest_one_resumes(dataset: Datas
     torch.save({**state, "history": Payload(marker)}, saved / STATE_FILE)  # still a valid torch file
     with pytest.raises(HeadError, match=r"refusing .*train_state\.pt.*weights_only"):
         run_loop(cfg.model_copy(update={"max_steps": 4}),
-                 LoopEnv(checkpoint=FolderCheckpoint(saved), report=lambda m, f: None))
+                 LoopEnv(checkpoint=folder_checkpoint(saved), report=lambda m, f: None))
     assert not marker.exists()
     # the old loader would have run it: the payload is real
     torch.load(saved / STATE_FILE, weights_only=False)

@@ -15,7 +15,7 @@ import pytest
 
 from facelift.storage import Store
 from facelift.tasks.evaluate import flux as eval_flux
-from facelift.tasks.evaluate.joint import VERDICTS, fid_with_ci, mean_with_ci, verdict
+from facelift.tasks.evaluate.joint import VERDICTS, fid_with_ci, mean_t, verdict
 from facelift.tasks.evaluate.metrics import Estimate
 from facelift.tasks.evaluate.report import (
     comparison_columns,
@@ -176,7 +176,7 @@ def test_report_states_the_interval_methods(table: pd.DataFrame, tmp_path) -> No
 
 
 def test_mean_interval_is_a_t_interval() -> None:
-    m = mean_with_ci(np.linspace(0, 1, 101))
+    m = mean_t(np.linspace(0, 1, 101))
     assert m.low < 0.5 < m.high and m.value == pytest.approx(0.5) and m.method == "t interval"
     half = 1.984 * np.linspace(0, 1, 101).std(ddof=1) / np.sqrt(101)
     assert m.high - m.value == pytest.approx(half, rel=1e-3)

@@ -4,13 +4,17 @@ Ray Train, as ``facelift train`` runs it), maps fresh held-out schnell pictures 
 The grid: 3 heads x 2 sizes (32², 64²) x 2 seeds x 2 known mappings (``tests/learning_data.py``: ``cast`` =
 blur + warm cast + noise; ``tone`` = lower contrast + a cool tint + noise), each written as a real dataset.
 Scores on 32 fresh pairs, relative to the identity (the schnell picture itself):
-- U-Net (paired): L1 to dev <= 0.6x identity; on ``tone`` colour residual <= 0.5x and L1 <= 0.85x (its
-  GRAD(x, z) loss term keeps the input's gradients by design, the paper's loss, so it cannot restore contrast);
+- U-Net (paired): L1 to dev <= 0.6x identity; on ``tone`` colour residual <= 0.6x and L1 <= 0.85x: the
+  paper's loss GRAD(x, z) + LPIPS(y, z) itself asks for 0.42-0.44x there on the tests' random LPIPS backbone
+  (``bench/tone_heads.py --configs oracle``: a free per-image gain and bias optimised against that loss on each
+  held-out pair), and trained U-Nets land within +-0.05 of that optimum, so 0.5x would test where a run stops;
 - CycleGAN and ESA-CycleGAN (unpaired): colour residual <= 0.5x identity and L1 <= 1.0x identity;
 - every exported head: not flagged near-identity in ``run.json``.
 ``make test`` runs three cells (``FAST``: every head, at 32² on ``cast``, seeds 0 and 1; about 2.5 CPU-minutes with
-Ray's processes); the rest of the grid and the selection test are ``@pytest.mark.slow`` (``make test-slow``). The
-``tone`` cells are ``xfail``: no debug head reaches the colour limit there (docs/train_heads.md).
+Ray's processes); the rest of the grid and the selection test are ``@pytest.mark.slow`` (``make test-slow``). Every
+cell runs the head's debug flavour as it is (``tone`` datasets have 256 pairs: an unpaired head learns a tone curve
+from the distribution of pictures). No cell is xfail. tests/test_product_learning.py runs the same bounds through
+the commands users run (``facelift build``, ``train``, ``enhance``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from learning_data import CAST, CONTRAST, MAPPINGS, TINT, grain_level, held_out_pairs, scores
+from learning_data import CAST, CONTRAST, MAPPINGS, TINT, grain_level, held_out_pairs, limits, scores
 
 from facelift.dataset import Dataset
 from facelift.models.heads import load_head
@@ -40,15 +44,10 @@ SIZES = (32, 64)
 SEEDS = (0, 1)
 STEPS = {("unet_cbam", 32): 300, ("unet_cbam", 64): 300, ("cyclegan", 32): 200, ("cyclegan", 64): 300,
          ("esa_cyclegan", 32): 200, ("esa_cyclegan", 64): 300}
+# an unpaired head learns a change of tone from its distribution, which 56 training pictures pin too loosely
+PAIRS = {"tone": 256}
 FAST = {("unet_cbam", "cast", 32, 0), ("cyclegan", "cast", 32, 1), ("esa_cyclegan", "cast", 32, 1)}
 GRID = [(h, m, s, seed) for h in HEADS for m in ("cast", "tone") for s in SIZES for seed in SEEDS]
-
-
-def limits(head: str, mapping: str) -> tuple[float, float | None]:
-    """(L1 / identity's, colour residual / identity's or None) that a cell must reach."""
-    if head == "unet_cbam":
-        return (0.85, 0.5) if mapping == "tone" else (0.6, None)
-    return 1.0, 0.5
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +59,18 @@ def datasets(tmp_path_factory: pytest.TempPathFactory):
         key = (mapping, size, seed)
         if key not in made:
             root = Store(str(tmp_path_factory.mktemp(f"learning-{mapping}-{size}-{seed}")))
-            made[key] = make_synthetic_dataset(root, "learning", n_pairs=64, size=size, shard_size=16, seed=1 + seed,
-                                               splits={"val": 0.125, "test": 0.0}, make_pair=MAPPINGS[mapping])
+            n = PAIRS.get(mapping, 64)
+            made[key] = make_synthetic_dataset(root, "learning", n_pairs=n, size=size, shard_size=n // 4,
+                                               seed=1 + seed, splits={"val": 0.125, "test": 0.0},
+                                               make_pair=MAPPINGS[mapping])
         return made[key]
 
     return get
 
 
-def train_cell(head: str, ds: Dataset, size: int, seed: int, steps: int, tmp_path: Path, **extra):
-    overrides = {}
+def train_cell(head: str, ds: Dataset, size: int, seed: int, steps: int, tmp_path: Path,
+               head_overrides: dict | None = None, **extra):
+    overrides = dict(head_overrides or {})
     if head == "unet_cbam":  # LPIPS needs a backbone file (nothing is downloaded): a random one, as the demo
         overrides["lpips_backbone"] = str(save_random_lpips_backbone(tmp_path / "alexnet-random.pth"))
     values = dict(dataset_uri=ds.uri, head=head, flavor="debug", head_overrides=overrides,
@@ -119,16 +121,8 @@ def test_debug_head_learns(head: str, mapping: str, size: int, seed: int, datase
     check_cell(head, mapping, size, seed, datasets, tmp_path)
 
 
-TONE = {"unet_cbam": pytest.mark.xfail(reason="the debug U-Net (the paper's GRAD + LPIPS loss, LPIPS on a random "
-                                              "AlexNet here) ends at a colour residual of 0.75x, over 0.5x "
-                                              "(docs/train_heads.md, 'What does not learn')", strict=False)}
-TONE_GAN = pytest.mark.xfail(reason="the debug GANs learn the tint but not the contrast: the colour residual "
-                                    "stays at 0.64-0.80x (docs/train_heads.md, 'What does not learn')", strict=False)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("head, mapping, size, seed", [
-    pytest.param(*c, marks=TONE.get(c[0], TONE_GAN)) if c[1] == "tone" else c for c in GRID if c not in FAST])
+@pytest.mark.parametrize("head, mapping, size, seed", [c for c in GRID if c not in FAST])
 def test_debug_head_learns_grid(head: str, mapping: str, size: int, seed: int, datasets, tmp_path: Path,
                                 ray_local):
     check_cell(head, mapping, size, seed, datasets, tmp_path)
@@ -141,7 +135,7 @@ def test_gan_selection_does_not_export_an_early_identity(datasets, tmp_path: Pat
     (the last weights) exports one that changes its input and adds grain, toward dev."""
     from facelift.tasks.train.tune import summarize_trial
 
-    result = train_cell("cyclegan", datasets("grain", 32, 0), 32, 0, 200, tmp_path, steps_per_epoch=25)
+    result = train_cell("cyclegan", datasets("grain", 32, 0), 32, 0, 200, tmp_path, steps_per_epoch=10)
     epochs = result.metrics["epochs"]
     check = result.metrics["identity"]
     old = min(epochs, key=lambda e: e["val_l1"])  # the old criterion
@@ -170,8 +164,8 @@ def test_near_identity_is_flagged():
     head = build_head("cyclegan", "debug")  # residual generators start as the identity
     check = identity_check(head, val, torch.device("cpu"))
     assert check["near_identity"] is True and check["ratio"] < 0.02, check
-    with torch.no_grad():  # G's last conv bias: the cast, undone halfway, in the pre-tanh domain
-        head.G.model[-1].bias.copy_(torch.tensor(-CAST / 127.5 / 2, dtype=torch.float32))
+    with torch.no_grad():  # the exported generator's last conv bias: the cast, undone halfway, in the pre-tanh domain
+        head.inference_module().model[-1].bias.copy_(torch.tensor(-CAST / 127.5 / 2, dtype=torch.float32))
     check = identity_check(head, val, torch.device("cpu"))
     assert check["near_identity"] is False and 0.2 < check["ratio"] < 0.9, check
     assert np.isclose(check["dev_l1"], float((x - y).abs().mean()), rtol=0.02)

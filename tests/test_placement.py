@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from facelift.tasks.build.placement import LeastBusy, ShardRows
-from facelift.tasks.build.steps import shard_rows
 
 
 def test_picks_fill_every_worker_before_any_gets_a_second_shard():
@@ -103,6 +102,12 @@ def test_heap_stays_bounded_under_churn():
         lb.release(i % 100)
         lb.pick()
     assert len(lb._heap) <= 2 * 100 + 16
+
+
+def shard_rows(plan: pd.DataFrame, shard: int) -> list[dict]:
+    """The plain scan that ShardRows' index replaces."""
+    part = plan[plan["shard"] == shard]
+    return [{**r, "seed": int(r["seed"]), "shard": int(r["shard"])} for r in part.to_dict("records")]
 
 
 def test_shard_rows_index_matches_the_plan_scan():

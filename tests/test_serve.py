@@ -27,7 +27,7 @@ from facelift.tasks.generate import read_provenance
 from facelift.tasks.serve import ServeConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
-BATCH, QUEUE = 8, 6
+BATCH, QUEUE = 8, 12  # the queue holds a batch of simultaneous arrivals (ServeConfig refuses less)
 
 
 def _free_port() -> int:
@@ -80,6 +80,34 @@ def test_config_refuses_a_batch_cap() -> None:
     assert ServeConfig(head="x", max_batch_size=8).max_ongoing_requests == 16
 
 
+def test_config_refuses_a_queue_smaller_than_a_batch() -> None:
+    """Ray Serve counts every request as queued until a replica takes it, so requests that arrive together all
+    count at once: with a queue smaller than a batch, one batch of arrivals at an idle server got 503s (CI)."""
+    with pytest.raises(ValueError, match="max_queued_requests \\(6\\) < max_batch_size \\(8\\)"):
+        ServeConfig(head="x", max_batch_size=8, max_queued_requests=6)
+    assert ServeConfig(head="x", max_batch_size=8, max_queued_requests=8).max_queued_requests == 8
+
+
+def test_flux_replicas_hold_a_gpu_by_default() -> None:
+    """The RayService's app_builder builds ServeConfig from its args alone: a flux profile without num_gpus must
+    still ask Ray for a GPU per replica (the CLI once set the default on its own)."""
+    assert ServeConfig(head="h", profile="flux").num_gpus == 1
+    assert ServeConfig(head="h").num_gpus == 0
+    assert ServeConfig(head="h", profile="flux", num_gpus=0.5).num_gpus == 0.5
+
+
+def test_request_needs_a_prompt_with_a_word() -> None:
+    """An empty or blank prompt is a 422 of its own request: batched, the generator would fail its neighbours."""
+    from pydantic import ValidationError
+
+    from facelift.tasks.serve.app import GenerateRequest
+
+    assert GenerateRequest(prompt=" Ada Lovelace ", seed=1).prompt == " Ada Lovelace "
+    for prompt in ("", " ", "\t\n", "\u3000"):
+        with pytest.raises(ValidationError, match="prompt"):
+            GenerateRequest(prompt=prompt, seed=1)
+
+
 def test_cli_bad_head_is_one_line(tmp_path: Path) -> None:
     from facelift.cli.main import app
 
@@ -104,8 +132,9 @@ def test_health_generate_and_provenance(server: str) -> None:
     a = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(res.content))).astype("int16"))
     b = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(again.content))).astype("int16"))
     assert (a - b).abs().max() <= 1  # same prompt and seed, same image
-    bad = httpx.post(f"{server}/generate", json={"prompt": "", "seed": 1})
-    assert bad.status_code == 422
+    for prompt in ("", "  \t\n"):  # refused before it joins a batch (the generator would fail the whole batch)
+        bad = httpx.post(f"{server}/generate", json={"prompt": prompt, "seed": 1})
+        assert bad.status_code == 422, (prompt, bad.text)
 
 
 @pytest.mark.slow  # starts Ray + facelift serve (~2 min on 2 cores): make test-slow
@@ -115,10 +144,10 @@ def test_batches_beyond_five_and_burst_beyond_queue(server: str) -> None:
 
     with ThreadPoolExecutor(BATCH) as pool:  # a full batch at once: Ray's default max_ongoing_requests=5 caps at 5
         first = list(pool.map(call, range(BATCH)))
-    assert all(r.status_code == 200 for r in first)
+    assert all(r.status_code == 200 for r in first), [(r.status_code, r.text[:200]) for r in first]
     assert max(int(r.headers["x-batch-size"]) for r in first) > 5, [r.headers["x-batch-size"] for r in first]
 
-    n = 60  # far more than max_ongoing_requests (16) + the queue (6)
+    n = 60  # far more than max_ongoing_requests (16) + the queue (12)
     with ThreadPoolExecutor(n) as pool:
         burst = list(pool.map(call, range(n)))
     codes = [r.status_code for r in burst]

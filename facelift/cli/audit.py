@@ -35,11 +35,13 @@ def audit(
     from facelift.dataset import DatasetError
     from facelift.flows.audit_diversity import audit_diversity
     from facelift.models.deepface_weights import MissingWeightsError
-    from facelift.storage import StorageError
+    from facelift.storage import StorageError, absolute_uri
     from facelift.tasks.audit import AuditError
 
     setup_logging(verbose)
     try:
+        dataset_uris = [absolute_uri(u) for u in dataset_uris]  # flow-run processes run elsewhere
+        output_root = None if output_root is None else absolute_uri(output_root)
         result = audit_diversity(dataset_uris=dataset_uris, detector=detector, include_dev=include_dev,
                                  tsne=tsne, endpoint_url=endpoint_url, run_id=run_id, output_root=output_root,
                                  enforce_detection=enforce_detection, perplexity=perplexity,

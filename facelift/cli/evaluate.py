@@ -60,13 +60,16 @@ def evaluate(
     """
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.metrics import DEFAULT_CLIP_IQA_MODEL
+    from facelift.storage import absolute_uri
     from facelift.tasks.evaluate import EvalConfig, table_markdown
 
     setup_logging(verbose)
     try:  # every option checked before the flow starts (the flow checks them again, for deployments)
         EvalConfig(n_images=n_images, resize=resize, batch_size=batch_size, n_boot=n_boot, kid_subsets=kid_subsets,
                    kid_subset_size=kid_subset_size, baseline=baseline, device=device)
-        result = evaluate_flow(dataset_uri, head or [], lora=lora, n_images=n_images, endpoint_url=endpoint_url,
+        dataset_uri = absolute_uri(dataset_uri)
+        head = [absolute_uri(h) for h in head or []]
+        result = evaluate_flow(dataset_uri, head, lora=lora, n_images=n_images, endpoint_url=endpoint_url,
                                run_id=run_id, inception_weights=inception_weights,
                                clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, resize=resize, batch_size=batch_size,
                                n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution,

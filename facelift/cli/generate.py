@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from facelift.cli.common import fail, setup_logging
+from facelift.errors import first_line
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -51,7 +52,7 @@ def generate(
                               options=GenerateOptions(profile=profile, size=size, batch_size=batch_size,
                                                       device=device, endpoint_url=endpoint_url))
     except _errors() as exc:
-        raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise fail(first_line(exc) or type(exc).__name__) from None
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -56,10 +56,6 @@ class StackError(RuntimeError):
     """A stack service failed to start, or a Prefect CLI call failed."""
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO) -> subprocess.Popen:
-    return spawn(cmd, env, log_path, cwd)
-
-
 @dataclass
 class PrefectServer:
     """``prefect server start`` on 127.0.0.1 with SQLite under ``home`` (PREFECT_HOME); with ``auth_string``
@@ -109,7 +105,7 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        proc = _spawn(cmd, self.env(), self.home / "server.log")
+        proc = spawn(cmd, self.env(), self.home / "server.log", REPO)
         self.pid = proc.pid
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -221,7 +217,7 @@ def start_worker(env: dict[str, str], log_path: Path, pool: str = POOL, name: st
     """A process worker for ``pool`` (all queues); flow runs inherit ``env``."""
     env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds)}
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", name, "--type", "process"]
-    return _spawn(cmd, env, log_path)
+    return spawn(cmd, env, log_path, REPO)
 
 
 # -- the stack (pid files under .stack/) ----------------------------------------------------------------------
@@ -357,7 +353,7 @@ class Stack:
         ray = Path(sys.executable).parent / "ray"
         cmd = [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.ray_port}",
                "--include-dashboard=false", f"--temp-dir={self.ray_tmp}", "--disable-usage-stats"]
-        proc = _spawn(cmd, env, self.dir / "ray.log")
+        proc = spawn(cmd, env, self.dir / "ray.log", REPO)
         self._write_pid("ray", proc.pid)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

@@ -14,10 +14,13 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from facelift.cli.stack_procs import spawn
 
 log = logging.getLogger(__name__)
 DATABASE = "prefect"
@@ -85,9 +88,7 @@ class Postgres:
             self._run("initdb", "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
         cmd = _as_owner([str(bindir() / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
                          "-k", str(self.dir), "-c", "max_connections=200", "-c", "fsync=on"])
-        with open(self.dir / "postgres.log", "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+        proc = spawn(cmd, dict(os.environ), self.dir / "postgres.log", self.dir)
         self.pid = proc.pid
         deadline = time.monotonic() + timeout_s
         while not self.ready():
@@ -109,24 +110,7 @@ class Postgres:
         from facelift.testing import stop_pid
 
         if self.pid:
-            try:
-                os.kill(self.pid, 2)
-            except ProcessLookupError:
-                self.pid = None
-                return
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(self.pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:  # not our child: poll the pid
-                    try:
-                        os.kill(self.pid, 0)
-                    except ProcessLookupError:
-                        break
-                time.sleep(0.2)
-            else:
-                stop_pid(self.pid, timeout_s=2)
+            stop_pid(self.pid, timeout_s, sig=signal.SIGINT)
         self.pid = None
 
 

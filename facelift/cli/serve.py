@@ -33,16 +33,18 @@ def serve(
     from pydantic import ValidationError
 
     from facelift.models.heads import HeadError, read_head_config
+    from facelift.storage import absolute_uri
     from facelift.tasks.serve import ServeConfig, serve_app
 
     setup_logging(verbose)
     try:
+        head = absolute_uri(head)  # the Serve replica runs in another process and directory
         read_head_config(head, endpoint_url)  # one clear line for a bad head, before Ray starts
         cfg = ServeConfig(head=head, port=port, host=host, profile=profile, size=size, device=device,
                           max_batch_size=max_batch_size, batch_wait_s=batch_wait_s,
                           max_queued_requests=max_queued_requests, timeout_s=timeout_s, min_replicas=min_replicas,
                           max_replicas=max_replicas, endpoint_url=endpoint_url,
-                          num_gpus=(1 if profile == "flux" else 0) if num_gpus is None else num_gpus)
+                          num_gpus=num_gpus)
     except HeadError as exc:
         raise fail(str(exc)) from None
     except ValidationError as exc:

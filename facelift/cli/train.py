@@ -30,6 +30,17 @@ def _overrides(items: list[str] | None) -> dict:
     return parse_set_options(items or [])
 
 
+def _dataset_at_the_door(uri: str, endpoint_url: str | None) -> str:
+    """The dataset's absolute URI (Ray Train workers run in another directory), checked to exist and to be
+    trainable before Prefect and Ray start."""
+    from facelift.dataset import Dataset
+    from facelift.storage import absolute_uri
+
+    uri = absolute_uri(uri)
+    Dataset.open(uri, endpoint_url).require_real("training")
+    return uri
+
+
 Head = Annotated[str, typer.Option(help="unet_cbam, cyclegan or esa_cyclegan")]
 Flavor = Annotated[str, typer.Option(help="full, or debug (tiny, CPU-fast)")]
 Endpoint = Annotated[str | None, typer.Option(help="S3 endpoint for s3:// URIs")]
@@ -75,16 +86,18 @@ def train(
 
     setup_logging(verbose)
     try:
-        head_class(head)  # before starting Prefect and Ray
+        overrides = _overrides(set_)
+        head_class(head).make_config(flavor, **overrides)  # head, flavor and --set: before Prefect and Ray
         if run_id:
             check_id(run_id, "run id")
+        dataset_uri = _dataset_at_the_door(dataset_uri, endpoint_url)
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                          batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
                          resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
                          checkpoint_every=checkpoint_every,
                          compile=compile_mode or compile, endpoint_url=endpoint_url, run_id=run_id,
                          ray_address=ray_address, selection=selection, inception_weights=inception_weights,
-                         head_overrides=_overrides(set_))
+                         head_overrides=overrides)
     except _errors() as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(out, indent=2))
@@ -124,11 +137,13 @@ def sweep(
 
     setup_logging(verbose)
     try:
-        head_class(head)
+        overrides = _overrides(set_)
+        head_class(head).make_config(flavor, **overrides)
+        dataset_uri = _dataset_at_the_door(dataset_uri, endpoint_url)
         out = sweep_heads(dataset_uri=dataset_uri, head=head, flavor=flavor, lambda_cycs=lambda_cyc, lrs=lr,
                           select=select, max_steps=max_steps, batch_size=batch_size, resolution=resolution,
                           cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, endpoint_url=endpoint_url,
-                          run_id=run_id, ray_address=ray_address, head_overrides=_overrides(set_),
+                          run_id=run_id, ray_address=ray_address, head_overrides=overrides,
                           selection=selection, inception_weights=inception_weights)
     except _errors() as exc:
         raise fail(str(exc)) from None

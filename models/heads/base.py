@@ -93,10 +93,15 @@ class Head(nn.Module):
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def build(cls, flavor: str = "full", **overrides: Any) -> Head:
+    def make_config(cls, flavor: str = "full", **overrides: Any) -> Any:
+        """The flavor's config with ``overrides``, checked (no networks built): unknown flavor or field, bad value."""
         if flavor not in cls.flavors:
             raise HeadError(f"unknown flavor {flavor!r} for head {cls.name!r}; valid: {', '.join(cls.flavors)}")
-        return cls(config_from_dict(cls.config_cls, {**cls.flavors[flavor], **overrides}), flavor)
+        return config_from_dict(cls.config_cls, {**cls.flavors[flavor], **overrides})
+
+    @classmethod
+    def build(cls, flavor: str = "full", **overrides: Any) -> Head:
+        return cls(cls.make_config(flavor, **overrides), flavor)
 
     # -- the contract -----------------------------------------------------------------------------
     @property
@@ -110,6 +115,9 @@ class Head(nn.Module):
     def inference_module(self) -> nn.Module:
         """The schnell -> dev generator alone."""
         raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called by :func:`train_step` after every optimizer has stepped (a weight average, say)."""
 
     def configure_optimizers(self, total_steps: int | None = None, lr: float | None = None) -> list[OptimizerSpec]:
         raise NotImplementedError
@@ -233,4 +241,5 @@ def train_step(head: Head, optimizers: list[OptimizerSpec], batch: dict[str, tor
         spec.optimizer.step()
         if spec.scheduler is not None:
             spec.scheduler.step()
+    head.after_step()
     return {k: v.detach() for k, v in losses.items()}

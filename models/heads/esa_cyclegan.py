@@ -27,6 +27,7 @@ class ESACycleGANHead(CycleGANHead):
     config_cls: ClassVar[type] = ESACycleGANConfig
     flavors: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
-        # tiny and CPU-fast; residual generators so a few hundred steps learn (tests/test_learning.py)
-        "debug": {"ngf": 8, "n_blocks": 2, "ndf": 8, "n_layers_d": 2, "pool_size": 4, "residual": True},
+        # as the CycleGAN's debug flavour (docs/train_heads.md)
+        "debug": {"ngf": 8, "n_blocks": 2, "ndf": 8, "n_layers_d": 2, "pool_size": 4, "residual": True, "lr": 1e-3,
+                  "tone": True, "tone_gan": 4.0, "ema": 0.98},
     }

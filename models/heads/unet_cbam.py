@@ -25,6 +25,7 @@ class UNetCBAMConfig:
     lpips_net: str = "alex"
     lpips_backbone: str | None = None  # torchvision backbone file; None: $FACELIFT_LPIPS_BACKBONE / torch cache
     lpips_pnet_rand: bool = False  # random backbone: tests only
+    tone: bool = False  # a GlobalTone on the input: per-image colour and level (docs/train_heads.md)
     seed: int = 0  # unused (weights come from the torch RNG, seeded per rank by the loop); saved heads have it
 
     def __post_init__(self) -> None:
@@ -42,14 +43,15 @@ class UNetCBAMHead(Head):
     paired: ClassVar[bool] = True
     flavors: ClassVar[dict[str, dict[str, Any]]] = {
         "full": {},
-        "debug": {"channels": (8, 16, 16), "lr": 5e-4},  # tiny; 10x the lr so a few hundred steps learn
+        # tiny; 40x the lr so a few hundred steps learn; the tone branch (docs/train_heads.md, "A change of tone")
+        "debug": {"channels": (8, 16, 16), "lr": 2e-3, "tone": True},
     }
 
     def __init__(self, config: UNetCBAMConfig, flavor: str = "full") -> None:
         super().__init__(config, flavor)
-        self.net = UNetCBAM(tuple(config.channels))
+        self.net = UNetCBAM(tuple(config.channels), config.tone)
         init_weights(self.net)
-        nn.init.zeros_(self.net.out.weight)  # start as the identity mapping
+        self.net.start_as_identity()
         self._perceptual: nn.Module | None = None  # frozen loss network: not part of the saved state
 
     @property
@@ -65,18 +67,22 @@ class UNetCBAMHead(Head):
             self._perceptual.to(device)
         return self._perceptual
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch["schnell"], batch["dev"]
-        z = self.net(x)
+    def objective(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The paper's loss of an output ``z`` for input ``x`` and target ``y``: GRAD(x, z) + LPIPS(y, z)."""
         grad = gradient_loss(x, z)
         lp = self.perceptual(x.device)(y, z)
         c = self.config
         return {"loss": c.grad_weight * grad + c.lpips_weight * lp, "grad": grad, "lpips": lp}
 
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["schnell"], batch["dev"]
+        return self.objective(x, y, self.net(x))
+
     def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.net(batch["schnell"])
         return {"ssim": ssim(z, batch["dev"]), "ssim_input": ssim(z, batch["schnell"]),
-                "l1": (z - batch["dev"]).abs().flatten(1).mean(1)}
+                "l1": (z - batch["dev"]).abs().flatten(1).mean(1),
+                "change": (z - batch["schnell"]).abs().flatten(1).mean(1)}
 
     def inference_module(self) -> nn.Module:
         return self.net

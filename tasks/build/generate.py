@@ -255,15 +255,19 @@ def _start_pool(cfg: BuildConfig, dataset_uri: str, role: str, n: int) -> list[A
     if slots == 1:
         return [start_worker(cfg, dataset_uri, role) for _ in range(n)]
     hosts = [start_worker(cfg, dataset_uri, role, min(slots, n - i)) for i in range(0, n, slots)]
-    return [sim.Slot(hosts[i // slots], i % slots) for i in range(n)]
+    return [sim.Slot(hosts[i // slots]) for i in range(n)]
+
+
+def _actors(pools: dict[str, list[Any]]) -> list[Any]:
+    """Every actor of the pools, once (several simulated slots share one)."""
+    return list({id(a): a for pool in pools.values() for a in map(sim.actor_of, pool)}.values())
 
 
 def stop_workers(pools: dict[str, list[Any]]) -> None:
-    """Kill every actor of the pools (once each, also when several slots share one)."""
+    """Kill every actor of the pools."""
     import ray
 
-    actors = {id(a): a for pool in pools.values() for a in map(sim.actor_of, pool)}
-    for actor in actors.values():
+    for actor in _actors(pools):
         ray.kill(actor)
 
 
@@ -285,8 +289,7 @@ def start_workers(cfg: BuildConfig, dataset_uri: str) -> dict[str, list[Any]]:
     import ray
 
     pools = {role: _start_pool(cfg, dataset_uri, role, n) for role, n in pool_sizes(cfg).items()}
-    actors = list({id(a): a for pool in pools.values() for a in map(sim.actor_of, pool)}.values())
-    for info in ray.get([a.info.remote() for a in actors]):
+    for info in ray.get([a.info.remote() for a in _actors(pools)]):
         log.info("worker ready: %s %s (load %.1fs, shared text encoders: %s)", info["role"], info["worker"],
                  info["load_s"], info["shared_text_encoders"])
     return pools

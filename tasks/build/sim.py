@@ -74,8 +74,8 @@ class Slot:
     """One simulated worker on a threaded actor that hosts several: the scheduler sees one worker per slot,
     the calls go to the shared actor (it runs up to ``sim_slots_per_actor`` shards at once)."""
 
-    def __init__(self, actor: Any, index: int):
-        self.actor, self.index = actor, index
+    def __init__(self, actor: Any):
+        self.actor = actor
 
     @property
     def info(self) -> Any:

@@ -192,11 +192,6 @@ def missing_shards(ds: Dataset, plan: pd.DataFrame) -> list[int]:
     return missing
 
 
-def shard_rows(plan: pd.DataFrame, shard: int) -> list[dict[str, Any]]:
-    part = plan[plan["shard"] == shard]
-    return [{**r, "seed": int(r["seed"]), "shard": int(r["shard"])} for r in part.to_dict("records")]
-
-
 def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new: bool = False) -> dict[str, Any]:
     """Write manifest.parquet and the final dataset.json once every planned shard is committed.
 

@@ -20,7 +20,7 @@ its coverage because the population FID is >= 0). Differences keep their sign.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -338,9 +338,6 @@ def kid(f1: np.ndarray, f2: np.ndarray, n_subsets: int = 100, subset_size: int |
     return kid_estimate(kid_draws([a], b, n_subsets, subset_size, seed), np.ones(1), alpha)
 
 
-def mean_with_ci(values: Iterable[float], alpha: float = 0.05) -> Estimate:
-    """Mean of per-image values with a Student t interval."""
-    return mean_t(np.asarray(list(values), np.float64), alpha)
 
 
 def fid_with_ci(rows: np.ndarray, refs: dict[str, np.ndarray], n_boot: int = 20, alpha: float = 0.05,

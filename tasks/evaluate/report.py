@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from facelift.storage import Store
-from facelift.tasks.evaluate.table import BC_MIN_N_PER_DIM, COMPARISONS
+from facelift.tasks.evaluate.table import BC_MIN_N_PER_DIM, COMPARISONS, bias_corrected_valid
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def population_fid(table: pd.DataFrame) -> bool:
     if table.empty:
         return False
     r = table.iloc[0]
-    return bool(r.get("n", 0) >= BC_MIN_N_PER_DIM * r.get("feature_dim", math.inf))
+    return bool(bias_corrected_valid(r.get("n", 0), r.get("feature_dim", math.inf)))
 
 
 Column = tuple[str, Callable[[pd.Series], str]]

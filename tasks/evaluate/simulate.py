@@ -159,26 +159,27 @@ def simulate(sc: Scenario, trials: int, rounds: int = 20, kid_subsets: int = 50,
     shape = (len(ROWS), len(REFS))
     fids = {"fid_dev": (a, 1, None), "fid_diff": (a, None, None), "d_fid_dev": (a, 1, s),
             "d_fid_diff": (a, None, s), "d_fid_dev_heads": (a, 1, b)}
+    weights = {key: fid_weights(shape, row, ref, base) for key, (row, ref, base) in fids.items()}
     out: dict[str, Intervals] = {}
-    for key, (row, ref, base) in fids.items():
-        w = fid_weights(shape, row, ref, base)
+    for key, w in weights.items():
         out[key] = Intervals(target=float((at_n * w).sum()))
         out[f"{key}_bc"] = Intervals(target=float((truth * w).sum()))
     out["kid_dev"] = Intervals(target=kid_true[("head_a", "dev")])
     out["d_kid_dev"] = Intervals(target=kid_true[("head_a", "dev")] - kid_true[("schnell", "dev")])
     out["d_kid_dev_heads"] = Intervals(target=kid_true[("head_a", "dev")] - kid_true[("head_b", "dev")])
     out["fid_dev_b"] = Intervals(target=float(at_n[b, 1]))
+    one = np.eye(len(ROWS))
+    kid_weights = {"kid_dev": one[a], "d_kid_dev": one[a] - one[s], "d_kid_dev_heads": one[a] - one[b]}
     rng = np.random.default_rng(seed)
     for t in range(trials):
         rows, refs = sc.draw(rng)
         draws = fid_draws([rows[k] for k in ROWS], [refs[k] for k in REFS], rounds, seed=t)
-        for key, (row, ref, base) in fids.items():
-            est, bc = combine(draws, fid_weights(shape, row, ref, base), nonnegative=base is None and ref is not None)
+        for key, (_, ref, base) in fids.items():
+            est, bc = combine(draws, weights[key], nonnegative=base is None and ref is not None)
             out[key].add(est)
             out[f"{key}_bc"].add(bc)
         out["fid_dev_b"].add(combine(draws, fid_weights(shape, b, 1))[0])
         kd = kid_draws([rows[k] for k in ROWS], refs["dev"], kid_subsets, kid_cap, seed=t)
-        out["kid_dev"].add(kid_estimate(kd, np.eye(len(ROWS))[a]))
-        out["d_kid_dev"].add(kid_estimate(kd, np.eye(len(ROWS))[a] - np.eye(len(ROWS))[s]))
-        out["d_kid_dev_heads"].add(kid_estimate(kd, np.eye(len(ROWS))[a] - np.eye(len(ROWS))[b]))
+        for key, w in kid_weights.items():
+            out[key].add(kid_estimate(kd, w))
     return out

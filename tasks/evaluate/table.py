@@ -52,10 +52,6 @@ def bias_corrected_valid(n: int, d: int) -> bool:
     return n >= BC_MIN_N_PER_DIM * d
 
 
-def _ci(est: Estimate, name: str) -> dict[str, float]:
-    return {name: est.value, f"{name}_ci_low": est.low, f"{name}_ci_high": est.high}
-
-
 def _fid(feats: Sequence[np.ndarray], refs: dict[str, np.ndarray], rounds: int, seed: int,
          baseline: int) -> list[dict[str, Any]]:
     draws = fid_draws(feats, [refs[k] for k in REFS], rounds, seed)
@@ -67,11 +63,11 @@ def _fid(feats: Sequence[np.ndarray], refs: dict[str, np.ndarray], rounds: int, 
         rec: dict[str, Any] = {"feature_dim": d}
         for key, ref in (("schnell", 0), ("dev", 1), ("diff", None)):
             at_n, bc = combine(draws, fid_weights(shape, row, ref), nonnegative=ref is not None)
-            rec.update(_ci(at_n, f"fid_{key}") | _ci(bc, f"fid_{key}_bc"))
+            rec.update(at_n.as_dict(f"fid_{key}") | bc.as_dict(f"fid_{key}_bc"))
             rec["fid_ci_method"] = at_n.method
             if row != baseline and key != "schnell":
                 d_at_n, d_bc = combine(draws, fid_weights(shape, row, ref, baseline), nonnegative=False)
-                rec.update(_ci(d_bc if population else d_at_n, f"d_fid_{key}"))
+                rec.update((d_bc if population else d_at_n).as_dict(f"d_fid_{key}"))
         rec["d_fid_target"] = "population (bias-corrected)" if population else "FID at this N"
         out.append(rec)
     return out
@@ -110,9 +106,9 @@ def _kids(feats: Sequence[np.ndarray], refs: dict[str, np.ndarray], n_subsets: i
 def _per_image(name: str, values: Sequence[np.ndarray], baseline: int) -> list[dict[str, Any]]:
     out = []
     for row, v in enumerate(values):
-        rec = _ci(mean_t(v), name)
+        rec = mean_t(v).as_dict(name)
         if row != baseline:
-            rec |= _ci(mean_t(np.asarray(v) - np.asarray(values[baseline])), f"d_{name}")
+            rec |= mean_t(np.asarray(v) - np.asarray(values[baseline])).as_dict(f"d_{name}")
         out.append(rec)
     return out
 

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from ray import serve
 
+from facelift.errors import first_line
 from facelift.tasks.generate import GenerateOptions, Generator, png_bytes
 from facelift.tasks.serve.config import ServeConfig
 from facelift.tasks.serve.page import PAGE
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class GenerateRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=1000)
+    prompt: str = Field(min_length=1, max_length=1000, pattern=r"\S")  # a word, not only blanks
     seed: int = Field(0, ge=0, lt=2**63)
 
 
@@ -43,24 +44,24 @@ class ModelServer:
         self.generator = Generator(head, GenerateOptions(**options))
         self.generate_batch.set_max_batch_size(max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
-        self.batches: list[int] = []
 
     def ready(self) -> dict[str, Any]:
         return self.generator.base_provenance
 
-    def batch_sizes(self) -> list[int]:
-        return list(self.batches)
-
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate_batch(self, prompts: list[str], seeds: list[int]) -> list[dict[str, Any]]:
-        self.batches.append(len(prompts))
-        results = await asyncio.to_thread(self.generator, prompts, seeds)
-        return [{"schnell": png_bytes(g.schnell, {**g.provenance, "image": "schnell"}, compress_level=1),
-                 "enhanced": png_bytes(g.enhanced, {**g.provenance, "image": "schnell+head"}, compress_level=1),
-                 "seconds": g.seconds, "batch": len(prompts)} for g in results]
+    async def generate_batch(self, prompts: list[str], seeds: list[int], schnell: list[bool]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._generate, prompts, seeds, schnell)  # the event loop keeps serving
 
-    async def generate(self, prompt: str, seed: int) -> dict[str, Any]:
-        return await self.generate_batch(prompt, seed)
+    def _generate(self, prompts: list[str], seeds: list[int], schnell: list[bool]) -> list[dict[str, Any]]:
+        """The batch's images as PNG; schnell's own only for the requests that asked for it (``/compare``)."""
+        results = self.generator(prompts, seeds)
+        return [{"schnell": png_bytes(g.schnell, {**g.provenance, "image": "schnell"}, compress_level=1)
+                 if want else None,
+                 "enhanced": png_bytes(g.enhanced, {**g.provenance, "image": "schnell+head"}, compress_level=1),
+                 "seconds": g.seconds, "batch": len(prompts)} for g, want in zip(results, schnell, strict=True)]
+
+    async def generate(self, prompt: str, seed: int, schnell: bool = False) -> dict[str, Any]:
+        return await self.generate_batch(prompt, seed, schnell)
 
 
 api = FastAPI(title="facelift", description="FLUX.1-schnell + a trained head")
@@ -72,12 +73,12 @@ class Gateway:
     def __init__(self, model: Any, timeout_s: float, retry_after_s: int) -> None:
         self.model, self.timeout_s, self.retry_after_s = model, timeout_s, retry_after_s
 
-    async def _generate(self, req: GenerateRequest) -> dict[str, Any] | Response:
+    async def _generate(self, req: GenerateRequest, schnell: bool = False) -> dict[str, Any] | Response:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         busy = {"Retry-After": str(self.retry_after_s)}
-        response = self.model.generate.remote(req.prompt, req.seed)
+        response = self.model.generate.remote(req.prompt, req.seed, schnell)
         try:
             return await asyncio.wait_for(response, self.timeout_s)
         except BackPressureError:
@@ -86,9 +87,9 @@ class Gateway:
             response.cancel()
             return JSONResponse({"error": f"timeout: no image within {self.timeout_s:g} s"}, 504)
         except (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 200) or type(exc).__name__
             return JSONResponse({"error": f"model replica failed during the request ({type(exc).__name__}: "
-                                          f"{first[:200]}); retry"}, 503, headers=busy)
+                                          f"{first}); retry"}, 503, headers=busy)
 
     async def page(self) -> HTMLResponse:
         return HTMLResponse(PAGE)
@@ -113,7 +114,7 @@ class Gateway:
                                   "X-Seconds-Head": f"{out['seconds']['head_s']:.4f}"})
 
     async def compare(self, req: GenerateRequest) -> Response:
-        out = await self._generate(req)
+        out = await self._generate(req, schnell=True)
         if isinstance(out, Response):
             return out
 

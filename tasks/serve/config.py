@@ -28,18 +28,25 @@ class ServeConfig(BaseModel):
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float | None = Field(None, gt=0, description="autoscaling target per replica; "
                                                                           "default: max_batch_size")
-    num_gpus: float = Field(0, ge=0, description="GPUs per model replica (1 for flux)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per model replica (default: 1 for flux, else 0)")
     num_cpus: float = Field(1, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
+        if self.num_gpus is None:  # FLUX on a CPU replica would take hours per image
+            self.num_gpus = 1.0 if self.profile == "flux" else 0.0
         if self.max_ongoing_requests is None:
             self.max_ongoing_requests = 2 * self.max_batch_size
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) < max_batch_size "
                              f"({self.max_batch_size}): every batch would be capped at {self.max_ongoing_requests}")
+        if self.max_queued_requests < self.max_batch_size:  # Ray counts a request as queued until it is assigned
+            raise ValueError(f"max_queued_requests ({self.max_queued_requests}) < max_batch_size "
+                             f"({self.max_batch_size}): a batch of requests that arrive together would be refused "
+                             f"with 503 while the replica is idle (Serve counts each as queued until it is "
+                             f"assigned)")
         if self.target_ongoing_requests is None:
             self.target_ongoing_requests = float(self.max_batch_size)
         if self.max_replicas < self.min_replicas:

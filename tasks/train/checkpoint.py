@@ -4,16 +4,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
-from typing import Any
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from facelift.errors import first_line
 from facelift.models.heads import CONFIG_FILE, WEIGHTS_FILE, Head, HeadError, OptimizerSpec
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -68,3 +75,24 @@ def worker_data_state(saved: list[dict] | None, rank: int, world: int) -> dict |
                     len(saved), world)
         return None
     return saved[rank]
+
+
+@contextlib.contextmanager
+def checkpoint_folder(checkpoint: Checkpoint) -> Iterator[str]:
+    """``checkpoint`` as a local folder that only this process reads.
+
+    Ray's ``Checkpoint.as_directory`` downloads a remote checkpoint into one temporary folder per checkpoint,
+    shared by the node's processes; a worker that opens it after another's download has finished downloads it
+    again over the files the other is still reading (a truncated ``train_state.pt`` on resume). Each worker
+    downloads to a folder of its own instead, removed when the block ends; a local checkpoint is read in place.
+    """
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield checkpoint.path
+        return
+    folder = tempfile.mkdtemp(prefix="facelift-checkpoint-")
+    try:
+        yield checkpoint.to_directory(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

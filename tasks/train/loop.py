@@ -34,8 +34,13 @@ from facelift.ids import check_id
 from facelift.lease import Lease
 from facelift.models.heads import Head, HeadError, build_head, compile_mode, load_head, train_step
 from facelift.splits import SplitSpec
-from facelift.storage import Store
-from facelift.tasks.train.checkpoint import restore_checkpoint, save_checkpoint, worker_data_state
+from facelift.storage import Store, absolute_uri
+from facelift.tasks.train.checkpoint import (
+    checkpoint_folder,
+    restore_checkpoint,
+    save_checkpoint,
+    worker_data_state,
+)
 from facelift.tasks.train.data import (
     DataConfig,
     PairStream,
@@ -45,7 +50,7 @@ from facelift.tasks.train.data import (
     to_model,
 )
 from facelift.tasks.train.dist import all_reduce_sums, average_buffers, broadcast_state, gather_bytes, sync_grads
-from facelift.tasks.train.select import KIDSelector, identity_check, identity_message
+from facelift.tasks.train.select import KIDSelector, epoch_line, identity_check, identity_message
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,11 @@ class TrainConfig(BaseModel):
     def _compile_bool(cls, v: Any) -> Any:
         return compile_mode(v) if isinstance(v, bool) or v is None else v
 
+    @field_validator("dataset_uri", "run_uri")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return None if v is None else absolute_uri(v)  # the Ray Train workers run in another directory
+
     @field_validator("run_id")
     @classmethod
     def _valid_run_id(cls, v: str | None) -> str | None:
@@ -123,7 +133,7 @@ class LoopEnv:
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    checkpoint: Any = None  # a ray Checkpoint (or anything with as_directory()) to resume from
+    checkpoint: Any = None  # the ray.train Checkpoint to resume from
     report: Any = None  # report(metrics: dict, checkpoint_dir: str | None)
 
 
@@ -176,11 +186,18 @@ def validate(head: Head, val: dict[str, torch.Tensor], env: LoopEnv, batch_size:
             sums[key] = sums.get(key, 0.0) + float(value) * k
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value.float().sum())
+        sums["dev_change"] = sums.get("dev_change", 0.0) + float((batch["dev"] - batch["schnell"]).abs().mean((1, 2, 3))
+                                                                 .float().sum())
         sums["n"] += k
     head.train()
     sums = all_reduce_sums(sums, env.world, env.device)
     total = sums.pop("n")
-    return {f"val_{k}": v / total for k, v in sums.items()} if total else {}
+    if not total:
+        return {}
+    out = {f"val_{k}": v / total for k, v in sums.items()}
+    if "val_change" in out and out["val_dev_change"] > 0:  # what the exported head does, as a share of dev's change
+        out["val_change_ratio"] = out["val_change"] / out["val_dev_change"]
+    return out
 
 
 def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
@@ -207,7 +224,7 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
                              "history": {"steps": [], "epochs": [], "resumed_from": []}}
     data_state = None
     if env.checkpoint is not None:
-        with env.checkpoint.as_directory() as folder:
+        with checkpoint_folder(env.checkpoint) as folder:
             restored = restore_checkpoint(folder, head, optimizers, cfg.run_uri)
         state.update({k: restored.get(k, state[k]) for k in state})
         state["history"]["resumed_from"].append(state["step"])
@@ -258,6 +275,8 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
             elif current is not None and epoch_end:
                 state["bad_epochs"] += 1
             state["history"]["epochs"].append({"epoch": state["epoch"], "step": step, **metrics})
+            if env.rank == 0:
+                log.info(epoch_line(state["epoch"], step, metrics))
             if early_stopping and cfg.patience and state["bad_epochs"] >= cfg.patience:
                 log.info("early stopping at step %d: no improvement for %d epochs", step, cfg.patience)
                 stop = True

@@ -27,10 +27,34 @@ def read_metrics(run_uri: str, endpoint_url: str | None = None) -> dict[str, Any
     return json.loads(Store(run_uri, endpoint_url).read_bytes("metrics.json"))
 
 
+def _epoch_order(key: str) -> tuple[int, str]:
+    """Step first, then the head's movement (change ratio) and the discriminators' accuracies, then the rest."""
+    if key in ("epoch", "step"):
+        return (0, "" if key == "epoch" else "~")
+    if key == "val_change_ratio":
+        return (1, key)
+    return (2 if "_acc_" in key else 3, key)
+
+
 def epoch_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per validation, rounded for display."""
-    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}
+    """One row per validation, rounded for display: step, the change ratio (what the exported head changes, as a
+    share of dev's change) and the discriminators' accuracies first."""
+    return [{k: (round(row[k], 5) if isinstance(row[k], float) else row[k]) for k in sorted(row, key=_epoch_order)}
             for row in metrics.get("epochs", [])]
+
+
+def stuck_generator(metrics: dict[str, Any], ratio: float = 0.1, accuracy: float = 0.8) -> str | None:
+    """A warning when, at the last validation, a discriminator wins on generated images (accuracy > ``accuracy``)
+    while the head moves its input by less than ``ratio`` of dev's change: D wins and G does not move."""
+    epochs = metrics.get("epochs") or []
+    if not epochs or epochs[-1].get("val_change_ratio") is None:
+        return None
+    last = epochs[-1]
+    winning = {k[4:-9]: v for k, v in last.items() if k.startswith("val_") and k.endswith("_acc_fake") and v > accuracy}
+    if last["val_change_ratio"] >= ratio or not winning:
+        return None
+    return (f"generator stuck at step {last['step']}: it changes its input by {last['val_change_ratio']:.1%} of "
+            f"dev's change while " + ", ".join(f"{k} spots {v:.0%} of its outputs" for k, v in winning.items()))
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,6 +66,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         rows += [{"metric": "NEAR-IDENTITY head" if check["near_identity"] else "identity check",
                   "value": f"mean |head(x) - x| = {check['ratio']:.1%} of mean |dev - x| (flag below "
                            f"{check['threshold']:.0%})"}]
+    if (stuck := stuck_generator(metrics)) is not None:
+        rows.append({"metric": "STUCK generator", "value": stuck})
     rows += [{"metric": f"pairs ({k})", "value": v} for k, v in metrics.get("split", {}).items()]
     if metrics.get("steps"):
         rows.append({"metric": "pairs/s (last logged)", "value": round(metrics["steps"][-1]["pairs_per_s"], 3)})

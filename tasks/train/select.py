@@ -124,3 +124,19 @@ def identity_message(check: dict[str, Any], head: str) -> str:
     return (f"{head}: {what}: mean |head(x) - x| = {check['change_l1']:.4f} is {check['ratio']:.1%} of "
             f"mean |dev - x| = {check['dev_l1']:.4f} on {check['n']} val pairs (flag below "
             f"{check['threshold']:.0%})")
+
+
+def epoch_line(epoch: int, step: int, metrics: dict[str, float]) -> str:
+    """One log line per validation: how far the exported head moves its input (as a share of dev's change) and,
+    for GANs, each discriminator's accuracy on real and generated val images (0.5 = chance). A generator that
+    does not move while its discriminator wins shows here, epoch by epoch."""
+    parts = [f"epoch {epoch} (step {step})"]
+    if metrics.get("val_change_ratio") is not None:
+        parts.append(f"head changes its input by {metrics['val_change_ratio']:.1%} of dev's change")
+    for name in sorted({k[4:-len("_acc_real")] for k in metrics if k.startswith("val_") and k.endswith("_acc_real")}):
+        real, fake = metrics.get(f"val_{name}_acc_real"), metrics.get(f"val_{name}_acc_fake")
+        if real is not None and fake is not None:
+            parts.append(f"{name} accuracy real {real:.2f} / generated {fake:.2f}")
+    if metrics.get("val_l1") is not None:
+        parts.append(f"val L1 to dev {metrics['val_l1']:.4f}")
+    return "; ".join(parts)
