@@ -25,6 +25,7 @@ from learning_data import MAPPINGS, as_tensor, make_pairs, scores
 from PIL import Image
 
 from facelift.dataset import Dataset, shard_schema
+from facelift.models.losses import LPIPS_BACKBONE_ENV, save_random_lpips_backbone
 
 
 def facelift(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 900) -> str:
@@ -36,9 +37,14 @@ def facelift(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float =
 
 
 def cli_env(cache_dir: Path) -> dict[str, str]:
-    """The environment a user's shell would have: the tiny-model cache, a short Ray temp folder of its own."""
+    """The environment a user's shell would have: the tiny-model cache, the LPIPS backbone file the U-Net's loss
+    needs (``$FACELIFT_LPIPS_BACKBONE``; random weights here: nothing is downloaded) and a short Ray temp folder."""
+    backbone = cache_dir / "alexnet-random.pth"
+    if not backbone.exists():
+        save_random_lpips_backbone(backbone)
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    return {**os.environ, "FACELIFT_CACHE": str(cache_dir), "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "FACELIFT_CACHE": str(cache_dir), LPIPS_BACKBONE_ENV: str(backbone), "RAY_TMPDIR": ray_tmp,
+            "PYTHONUNBUFFERED": "1"}
 
 
 def build(root: Path, count: int, dataset_id: str, env: dict[str, str]) -> str:
