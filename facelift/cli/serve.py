@@ -35,6 +35,7 @@ def serve(
     from facelift.models.heads import HeadError, read_head_config
     from facelift.storage import absolute_uri
     from facelift.tasks.serve import ServeConfig, serve_app
+    from facelift.tasks.serve.run import PROXY_PATIENCE
 
     setup_logging(verbose)
     try:
@@ -52,6 +53,8 @@ def serve(
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for name, value in PROXY_PATIENCE.items():  # before Ray starts: its actors inherit this environment
+        os.environ.setdefault(name, value)
     ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True)
     try:
         serve_app(cfg, blocking=False)

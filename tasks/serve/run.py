@@ -9,6 +9,11 @@ from facelift.tasks.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 APP_NAME = "facelift"
+# Ray Serve marks its HTTP proxy unhealthy after three readiness checks of 5 s and restarts it; on a loaded node (a
+# busy CPU, FLUX loading) a proxy starts slower than that and ``serve.run`` fails ("The actor never ran": CI-like
+# load, tests/test_serve.py). The environment of the process that starts a local Ray reaches its actors, so
+# ``facelift serve`` sets these unless they are set; a remote cluster takes them from its own nodes' environment.
+PROXY_PATIENCE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 
 
 def serve_app(cfg: ServeConfig, blocking: bool = False) -> Any:
