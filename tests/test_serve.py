@@ -51,11 +51,11 @@ def server(tmp_path_factory, cache_dir):
                              "--max-batch-size", str(BATCH), "--batch-wait-s", "0.3",
                              "--max-queued-requests", str(QUEUE)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # Ray + Serve + the model replica: ~40 s here, minutes on a loaded CI machine
     try:
         while True:
             try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=30).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

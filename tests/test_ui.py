@@ -142,3 +142,14 @@ def test_ui_shows_build_run_with_progress_and_table_artifacts(deploy_stack, buil
     page.goto(f"{ui}/artifacts/artifact/{summary.id}", wait_until="networkidle")
     expect(page.get_by_text("pairs generated (this run)").first).to_be_visible(timeout=60_000)
     _save(page, tmp_path, "build-table-artifact")
+
+
+def test_ui_lists_chaining_automations(deploy_stack, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{deploy_stack.server.ui_url}/automations", wait_until="networkidle")
+    for name in ("train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"):
+        expect(page.get_by_text(name).first).to_be_visible(timeout=60_000)
+    _save(page, tmp_path, "automations")
