@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from facelift.splits import SplitSpec
 
 ENV_PREFIX = "FACELIFT_"
+# FACELIFT_* variables that belong to other parts of facelift, not to the build config (``env_overrides`` skips
+# them): the U-Net's LPIPS backbone file (models/losses.py). Without this, setting it broke `facelift build`.
+OTHER_SETTINGS = frozenset({"FACELIFT_LPIPS_BACKBONE"})
 BASELINE_PROMPT = "A professional business portrait"
 ENRICHED_TEMPLATE = "A professional portrait of {name}"
 
@@ -268,7 +271,7 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     environ = dict(os.environ if environ is None else environ)
-    skip = {"FACELIFT_CACHE", "FACELIFT_CONFIG", "FACELIFT_PROFILE"}
+    skip = {"FACELIFT_CACHE", "FACELIFT_CONFIG", "FACELIFT_PROFILE", *OTHER_SETTINGS}
     pairs = {
         key[len(ENV_PREFIX):].lower().replace("__", "."): _parse_value(value)
         for key, value in environ.items()

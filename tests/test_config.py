@@ -54,3 +54,16 @@ def test_saved_config_holds_no_credentials(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
     dumped = str(resolve_config("flux").public_dict())
     assert "super-secret-value" not in dumped and "hf_secret_token" not in dumped
+
+
+def test_other_facelift_variables_in_the_environment_leave_the_build_config_alone(tmp_path):
+    """``$FACELIFT_LPIPS_BACKBONE`` (the U-Net's LPIPS backbone file, documented for users) once made every
+    ``facelift build`` fail with "lpips_backbone: Extra inputs are not permitted"; a misspelt build key still fails."""
+    from facelift.config import OTHER_SETTINGS, ConfigError, resolve_config
+    from facelift.models.losses import LPIPS_BACKBONE_ENV
+
+    assert LPIPS_BACKBONE_ENV in OTHER_SETTINGS
+    cfg = resolve_config("tiny", environ={LPIPS_BACKBONE_ENV: str(tmp_path / "alex.pth"), "FACELIFT_PLAN__SEED": "7"})
+    assert cfg.plan.seed == 7
+    with pytest.raises(ConfigError, match="sed"):
+        resolve_config("tiny", environ={"FACELIFT_PLAN__SED": "7"})
