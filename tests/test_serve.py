@@ -27,6 +27,7 @@ from facelift.tasks.generate import read_provenance
 from facelift.tasks.serve import ServeConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
+SERVER_PIDS: dict[str, int] = {}  # url -> the `facelift serve` process
 BATCH, QUEUE = 8, 12  # the queue holds a batch of simultaneous arrivals (ServeConfig refuses less)
 
 
@@ -62,6 +63,7 @@ def server(tmp_path_factory, cache_dir):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"facelift serve did not become ready:\n{(root / 'serve.log').read_text()[-3000:]}")
             time.sleep(1)
+        SERVER_PIDS[url] = proc.pid
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
@@ -72,6 +74,37 @@ def server(tmp_path_factory, cache_dir):
             proc.wait()
         log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def test_model_replica_runs_at_normal_priority(server: str) -> None:
+    """Ray starts its workers at nice 15; beside two CPU-bound processes the replica then took over 10 minutes to
+    start. `facelift serve` starts its local Ray with RAY_worker_niceness=0 (tasks/serve/run.py)."""
+    replicas = []
+    for pid in _descendants(SERVER_PIDS[server]):
+        try:
+            if b"ServeReplica:facelift:ModelServer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                replicas.append(pid)
+        except OSError:
+            continue
+    assert replicas, "no model replica among the server's processes"
+    assert all(os.getpriority(os.PRIO_PROCESS, pid) == 0 for pid in replicas), [
+        (pid, os.getpriority(os.PRIO_PROCESS, pid)) for pid in replicas]
 
 
 def test_config_refuses_a_batch_cap() -> None:

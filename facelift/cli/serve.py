@@ -35,7 +35,7 @@ def serve(
     from facelift.models.heads import HeadError, read_head_config
     from facelift.storage import absolute_uri
     from facelift.tasks.serve import ServeConfig, serve_app
-    from facelift.tasks.serve.run import PROXY_PATIENCE
+    from facelift.tasks.serve.run import LOCAL_RAY_ENV
 
     setup_logging(verbose)
     try:
@@ -53,7 +53,7 @@ def serve(
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    for name, value in PROXY_PATIENCE.items():  # before Ray starts: its actors inherit this environment
+    for name, value in LOCAL_RAY_ENV.items():  # before Ray starts: its actors inherit this environment
         os.environ.setdefault(name, value)
     ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True)
     try:

@@ -9,11 +9,14 @@ from facelift.tasks.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 APP_NAME = "facelift"
-# Ray Serve marks its HTTP proxy unhealthy after three readiness checks of 5 s and restarts it; on a loaded node (a
-# busy CPU, FLUX loading) a proxy starts slower than that and ``serve.run`` fails ("The actor never ran": CI-like
-# load, tests/test_serve.py). The environment of the process that starts a local Ray reaches its actors, so
-# ``facelift serve`` sets these unless they are set; a remote cluster takes them from its own nodes' environment.
-PROXY_PATIENCE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+# Set by ``facelift serve`` before it starts a local Ray, unless already set (a remote cluster takes them from its own
+# nodes' environment; the process that starts a local Ray hands its environment to every actor):
+# - Ray runs its workers at nice 15, so any ordinary process on the node takes ~28x their CPU share: beside two
+#   CPU-bound processes the model replica spent over 10 minutes importing diffusers. A server replica runs at 0.
+# - Ray Serve marks its HTTP proxy unhealthy after three readiness checks of 5 s and restarts it; on a loaded node
+#   a proxy starts slower than that and ``serve.run`` failed ("The actor never ran").
+LOCAL_RAY_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+                 "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 
 
 def serve_app(cfg: ServeConfig, blocking: bool = False) -> Any:
