@@ -37,41 +37,57 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start(root: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, str]:
+    """`facelift serve` on a free port, as users start it; (process, url) once /readyz answers 200. A port taken
+    between the pick and Serve's bind (another test's server, on a shared machine) gives a fresh port and a retry."""
+    for attempt in range(3):
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "facelift.cli.main", "serve", "--head",
+                                 str(root / "runs" / "run-serve1"), "--port", str(port), "--size", "32",
+                                 "--max-batch-size", str(BATCH), "--batch-wait-s", "0.3",
+                                 "--max-queued-requests", str(QUEUE)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600  # Ray + Serve + the model replica: ~40 s here, minutes on a loaded machine
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=30).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        text = (root / "serve.log").read_text()
+        _stop(proc)
+        if "Failed to bind to address" not in text or attempt == 2:
+            raise RuntimeError(f"facelift serve did not become ready:\n{text[-3000:]}")
+    raise AssertionError("unreachable")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     build_head("esa_cyclegan", "debug").save(str(root / "runs" / "run-serve1" / "head"))
-    port = _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's AF_UNIX socket paths must fit 107 bytes
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled",
            "FACELIFT_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     log = open(root / "serve.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([sys.executable, "-m", "facelift.cli.main", "serve", "--head",
-                             str(root / "runs" / "run-serve1"), "--port", str(port), "--size", "32",
-                             "--max-batch-size", str(BATCH), "--batch-wait-s", "0.3",
-                             "--max-queued-requests", str(QUEUE)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600  # Ray + Serve + the model replica: ~40 s here, minutes on a loaded CI machine
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=30).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"facelift serve did not become ready:\n{(root / 'serve.log').read_text()[-3000:]}")
-            time.sleep(1)
+        proc, url = _start(root, env, log)
         SERVER_PIDS[url] = proc.pid
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield url
+        finally:
+            _stop(proc)
+    finally:
         log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
