@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from facelift.models.heads import build_head
 from facelift.tasks.generate import read_provenance
 from facelift.tasks.serve import ServeConfig
+from facelift.testing import stop_pid
 
 CHROMIUM = Path("/usr/bin/chromium")
 SERVER_PIDS: dict[str, int] = {}  # url -> the `facelift serve` process
@@ -56,19 +57,10 @@ def _start(root: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, str]
                 pass
             time.sleep(1)
         text = (root / "serve.log").read_text()
-        _stop(proc)
+        stop_pid(proc.pid, 60, sig=signal.SIGINT)
         if "Failed to bind to address" not in text or attempt == 2:
             raise RuntimeError(f"facelift serve did not become ready:\n{text[-3000:]}")
     raise AssertionError("unreachable")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def server(tmp_path_factory, cache_dir):
         try:
             yield url
         finally:
-            _stop(proc)
+            stop_pid(proc.pid, 60, sig=signal.SIGINT)
     finally:
         log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ import torch
 from facelift.models.heads import load_head
 from facelift.storage import Store
 from facelift.tasks.train.data import DataConfig, load_validation, open_training_dataset, to_float
+from facelift.tasks.train.select import NEAR_IDENTITY_RATIO
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def epoch_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             for row in metrics.get("epochs", [])]
 
 
-def stuck_generator(metrics: dict[str, Any], ratio: float = 0.1, accuracy: float = 0.8) -> str | None:
+def stuck_generator(metrics: dict[str, Any], ratio: float = NEAR_IDENTITY_RATIO, accuracy: float = 0.8) -> str | None:
     """A warning when, at the last validation, a discriminator wins on generated images (accuracy > ``accuracy``)
     while the head moves its input by less than ``ratio`` of dev's change: D wins and G does not move."""
     epochs = metrics.get("epochs") or []
