@@ -194,24 +194,53 @@ class Store:
             raise StorageError(f"cannot write {key} to {self.where()}: {_describe(exc)}") from None
 
     # -- conditional writes (leases) --------------------------------------------------------------
+    # Locally every conditional operation runs under an exclusive ``flock`` on a sidecar lock file and writes by
+    # rename, so the object never vanishes between versions (a waiter cannot slip into a gap); on S3 they are
+    # single conditional requests (``If-None-Match: *``, ``If-Match``).
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Any:
+        import fcntl
+
+        target = Path(self.path(key))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield target
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    @staticmethod
+    def _local_tag(st: os.stat_result) -> str:
+        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+    def _local_put(self, target: Path, data: bytes) -> None:
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    def _local_tag_of(self, target: Path) -> str | None:
+        try:
+            return self._local_tag(os.stat(target))
+        except FileNotFoundError:
+            return None
+
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create ``key`` only if it does not exist: ``O_EXCL`` locally, a conditional PUT (``If-None-Match: *``)
-        on S3. False if it exists. (A store that ignores the header overwrites: :mod:`facelift.lease` reads
-        the object back to catch that.)"""
-        target = self.path(key)
+        """Create ``key`` only if it does not exist (locally under the lock; on S3 a conditional PUT,
+        ``If-None-Match: *``). False if it exists. (A store that ignores the header overwrites:
+        :mod:`facelift.lease` reads the object back to catch that.)"""
         try:
             if self.is_local:
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                except FileExistsError:
-                    return False
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                return True
-            self.fs.pipe_file(target, data, IfNoneMatch="*")
+                with self._locked(key) as target:
+                    if target.exists():
+                        return False
+                    self._local_put(target, data)
+                    return True
+            self.fs.pipe_file(self.path(key), data, IfNoneMatch="*")
             return True
         except FileExistsError:  # s3fs's translation of a failed If-None-Match
             return False
@@ -221,46 +250,36 @@ class Store:
             raise StorageError(f"cannot create {key} in {self.where()}: {_describe(exc)}") from None
 
     def read_tagged(self, key: str) -> tuple[bytes, str]:
-        """The object and a version tag (S3 ETag; local: mtime and size), for :meth:`replace_if`."""
+        """The object and its version tag (S3: the ETag of the same GET; local: inode, mtime and size of the
+        same open file), for :meth:`replace_if`."""
         try:
             if self.is_local:
-                st = os.stat(self.path(key))
-                return Path(self.path(key)).read_bytes(), f"{st.st_mtime_ns}-{st.st_size}"
-            fs = self.fs
-            tag = fs.info(self.path(key), refresh=True)["ETag"]
-            return fs.cat_file(self.path(key)), tag
+                with open(self.path(key), "rb") as fh:
+                    return fh.read(), self._local_tag(os.fstat(fh.fileno()))
+            return _get_with_etag(self.fs, self.path(key))
         except FileNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise StorageError(f"cannot read {key} from {self.where()}: {_describe(exc)}") from None
 
     def replace_if(self, key: str, data: bytes, tag: str) -> bool:
-        """Overwrite ``key`` only if it is still the version ``tag`` (S3 ``If-Match``; locally: move the old
-        file aside, check it was that version, write the new one with ``O_EXCL``). False if it changed."""
-        target = self.path(key)
-        if not self.is_local:
-            try:
-                self.fs.pipe_file(target, data, IfMatch=tag)
-                return True
-            except FileNotFoundError:
-                return False
-            except Exception as exc:  # noqa: BLE001
-                if _precondition_failed(exc):
-                    return False
-                raise StorageError(f"cannot replace {key} in {self.where()}: {_describe(exc)}") from None
-        aside = f"{target}.old-{uuid.uuid4().hex}"
+        """Overwrite ``key`` only if it is still the version ``tag`` (S3 ``If-Match``; locally compare and
+        rename under the lock). False if it changed or is gone."""
         try:
-            os.rename(target, aside)  # atomic: of two replacers, one moves it
+            if self.is_local:
+                with self._locked(key) as target:
+                    if self._local_tag_of(target) != tag:
+                        return False
+                    self._local_put(target, data)
+                    return True
+            self.fs.pipe_file(self.path(key), data, IfMatch=tag)
+            return True
         except FileNotFoundError:
             return False
-        st = os.stat(aside)
-        if f"{st.st_mtime_ns}-{st.st_size}" != tag:  # it had changed: put it back
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, target)
-            os.unlink(aside)
-            return False
-        os.unlink(aside)
-        return self.create_exclusive(key, data)
+        except Exception as exc:  # noqa: BLE001
+            if _precondition_failed(exc):
+                return False
+            raise StorageError(f"cannot replace {key} in {self.where()}: {_describe(exc)}") from None
 
     def delete(self, key: str) -> None:
         try:
@@ -288,6 +307,22 @@ class Store:
     def open(self, key: str, mode: str = "rb") -> Any:
         return self.fs.open(self.path(key), mode)
 
+
+
+def _get_with_etag(fs: Any, path: str) -> tuple[bytes, str]:
+    """Body and ETag of one S3 GET (a HEAD then a GET could see two different versions)."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+
+    async def get() -> tuple[bytes, str]:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        try:
+            return await resp["Body"].read(), resp["ETag"]
+        finally:
+            resp["Body"].close()
+
+    return sync(fs.loop, get)
 
 
 def _precondition_failed(exc: BaseException) -> bool:
