@@ -126,10 +126,11 @@ class StorageConfig(_Model):
 
 
 class ChaosConfig(_Model):
-    """Fault injection for resilience tests: a worker kills its own process once on this shard."""
+    """Fault injection for resilience tests: a worker kills its own process, or hangs, once on this shard."""
 
     kill_on_shard: int | None = None
-    marker: str | None = Field(None, description="file created before the kill so it happens once")
+    hang_on_shard: int | None = Field(None, description="the worker sleeps forever on this shard (a hung GPU), once")
+    marker: str | None = Field(None, description="file created before the kill or hang so it happens once")
     kill_during: Literal["render", "commit"] = Field(
         "render", description="render: before the shard renders; commit: after it rendered, as it uploads")
     shard_delay_s: float = Field(0.0, ge=0, description="sleep before each shard (slows a build for outage tests)")
@@ -145,7 +146,20 @@ class RayConfig(_Model):
         None, ge=1, description="placement=pools: actors in the schnell pool (the rest run dev); None = sized "
                                 "by the two stages' step counts")
     max_restarts: int = Field(2, ge=0)
-    shard_retries: int = Field(2, ge=0)
+    shard_retries: int = Field(2, ge=0, description="a failed shard is tried again this many times, each time on "
+                                                    "another worker where one is up")
+    shard_timeout_s: float | None = Field(
+        None, gt=0, description="a shard running longer on its worker is moved to another one and the worker "
+                                "replaced (a hung GPU); None: shard_timeout_margin x the slowest shard so far "
+                                "(at least shard_timeout_min_s), first_shard_timeout_s until one has finished")
+    shard_timeout_margin: float = Field(4.0, ge=1)
+    shard_timeout_min_s: float = Field(60.0, gt=0)
+    first_shard_timeout_s: float = Field(1800.0, gt=0, description="before any shard has finished (covers "
+                                                                  "warm-up and torch.compile)")
+    shards_per_worker: int = Field(2, ge=1, description="shards in flight per worker: the next one waits at the "
+                                                        "actor, so a GPU never idles for a round trip")
+    no_worker_timeout_s: float = Field(600.0, gt=0, description="the build fails once no worker has been up for "
+                                                                "this long (all dead, or restarting with no room)")
     chaos: ChaosConfig = ChaosConfig()
 
 

@@ -180,10 +180,21 @@ class Dataset:
         except Exception as exc:  # noqa: BLE001 - corrupt parquet of any kind
             raise DatasetError(f"shard {shard_key(index)} of {self.dataset_id} is unreadable: {exc}") from exc
 
+    def read_shard_columns(self, index: int, columns: list[str]) -> pa.Table:
+        """A few columns of one shard by ranged reads (the footer, then only those column chunks): kilobytes of a
+        shard whose images weigh megabytes."""
+        try:
+            with self.store.open(shard_key(index), cache_type="none") as fh:
+                return pq.ParquetFile(fh).read(columns=columns)
+        except (FileNotFoundError, StorageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt parquet of any kind
+            raise DatasetError(f"shard {shard_key(index)} of {self.dataset_id} is unreadable: {exc}") from exc
+
     def shard_rows(self, index: int) -> int | None:
         """Row count from the shard footer; None if the object is missing or corrupt."""
         try:
-            with self.store.open(shard_key(index)) as fh:
+            with self.store.open(shard_key(index), cache_type="none") as fh:
                 return pq.ParquetFile(fh).metadata.num_rows
         except FileNotFoundError:
             return None

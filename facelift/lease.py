@@ -183,7 +183,9 @@ class Lease:
                 self.on_lost(why)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 4):
+        wait = self.ttl_s / 4
+        while not self._stop.wait(wait):
+            wait = self.ttl_s / 16  # after a failure, try again sooner
             try:
                 current, tag = read_record(self.store)
                 if not current or current.get("holder") != self.holder or current.get("released") \
@@ -191,7 +193,7 @@ class Lease:
                     self._lose(f"now held by {describe(current)}" if current else "the record was deleted")
                     return
                 if self.store.replace_if(LEASE_FILE, self._record(self.generation), tag):
-                    self._renewed = self.monotonic()
+                    self._renewed, wait = self.monotonic(), self.ttl_s / 4
                     continue
                 failure = "the record changed during the renewal"  # the next beat sees by whom
             except Exception as exc:  # noqa: BLE001 - an outage, a bad record, anything: keep trying until ttl

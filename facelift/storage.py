@@ -304,8 +304,9 @@ class Store:
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))
 
-    def open(self, key: str, mode: str = "rb") -> Any:
-        return self.fs.open(self.path(key), mode)
+    def open(self, key: str, mode: str = "rb", **kwargs: Any) -> Any:
+        """``kwargs`` go to fsspec (e.g. ``cache_type="none"``: each read is one ranged GET on S3)."""
+        return self.fs.open(self.path(key), mode, **({} if self.is_local else kwargs))
 
 
 

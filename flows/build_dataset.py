@@ -6,12 +6,13 @@ import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from tqdm.auto import tqdm
 
 from facelift.config import resolve_config
 from facelift.ids import artifact_key
+from facelift.progress import ProgressArtifact
 from facelift.tasks import build
 
 
@@ -41,28 +42,22 @@ def build_dataset(
         ds = prepared.dataset
         shards = build.missing_shards(ds, prepared.plan)
         n_shards = int(prepared.plan["shard"].nunique())
-        logger.info("dataset %s: %d of %d shards to generate", ds.uri, len(shards), n_shards)
-        artifact = create_progress_artifact(progress=100.0 * (n_shards - len(shards)) / n_shards,
-                                            description=f"shards committed for {ds.dataset_id}")
+        logger.info("dataset %s: %d of %d shards to generate (lease generation %d)", ds.uri, len(shards), n_shards,
+                    prepared.lease.generation)
+        committed = n_shards - len(shards)
+        with tqdm(total=n_shards, initial=committed, unit="shard", disable=None) as bar, \
+                ProgressArtifact(committed, n_shards, f"shards committed for {ds.dataset_id}") as shown:
 
-        bar = tqdm(total=n_shards, initial=n_shards - len(shards), unit="shard", disable=None)
+            def progress(done: int, total: int) -> None:  # on the dispatch loop: no API call here
+                bar.update(1)
+                shown.value = committed + done
 
-        shown = [0.0]  # the artifact is updated at most once a second (one API call), the task runs show each shard
-
-        def progress(done: int, total: int) -> None:
-            bar.update(1)
-            if done == total or time.monotonic() - shown[0] >= 1.0:
-                shown[0] = time.monotonic()
-                update_progress_artifact(artifact, 100.0 * (n_shards - total + done) / n_shards)
-
-        with bar:
             outcome = build.run_shards(cfg, prepared, shards, progress) if shards else build.ShardOutcome()
         if outcome.failed:
             raise build.BuildError(build.failure_message(ds, n_shards, outcome.failed))
         seconds = time.perf_counter() - t0
-        prepared.lease.check()  # never publish a manifest after losing the lease
         was_complete = ds.info().get("status") == "complete"
-        info = build.finalize(ds, prepared.plan, seconds, nothing_new=not shards)
+        info = build.finalize(ds, prepared.plan, seconds, nothing_new=not shards, lease=prepared.lease)
         changed = bool(outcome.committed) or not was_complete  # new pairs, or this run completed the dataset
         generated = int(prepared.plan["shard"].isin(shards).sum())
         rows = build.summary_rows(info) + [

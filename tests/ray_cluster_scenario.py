@@ -1,7 +1,7 @@
 """Multi-node scenario run in its own process (a driver connects to one Ray cluster only).
 
-Three worker nodes, each with one ``fake_gpu`` standing in for a GPU; two generation actors; once the
-first shards are committed, the node of a busy actor is removed. Prints a JSON summary.
+``nodes`` worker nodes (3: one spare; 2: none), each with one ``fake_gpu`` standing in for a GPU; two generation
+actors; once the first shards are committed, the node of a busy actor is removed. Prints a JSON summary.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def main(root: str) -> None:
+def main(root: str, n_nodes: int) -> None:
     import pyarrow.parquet as pq
     import ray
     from ray.cluster_utils import Cluster
@@ -26,7 +26,7 @@ def main(root: str) -> None:
     from facelift.flows.build_dataset import build_dataset
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(3)]
+    nodes = [cluster.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(n_nodes)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     result: dict = {}
@@ -53,4 +53,4 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -21,6 +22,7 @@ import pytest
 from facelift.config import StorageConfig
 from facelift.dataset import Dataset, shard_schema
 from facelift.flows.build_dataset import build_dataset
+from facelift.lease import LEASE_FILE, read_record
 from facelift.storage import StorageError, Store
 from facelift.tasks.build.commit import CommitError, Spool, backoff_delays, commit_with_retry, encode_shard
 from facelift.testing import SeaweedS3, stop_pid
@@ -237,3 +239,66 @@ def test_first_line_is_the_first_non_blank_line_cut_to_its_limit():
     assert first_line(ValueError("\n  \n  disk full \nat /x")) == "disk full"
     assert first_line("x" * 900) == "x" * 500 and first_line("abc", limit=2) == "ab"
     assert first_line(RuntimeError()) == "" and first_line(" \n\t") == ""
+
+
+def _wait_for_shards(root: Path, n: int, proc: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while len(list(root.glob("datasets/*/shards/*.parquet"))) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.1)
+
+
+@pytestmark_build
+def test_a_hung_gpu_costs_one_shard_not_the_build(tmp_path):
+    """A worker that hangs on shard 1 (a hung GPU) is killed at the shard timeout; shard 1 moves to the other
+    worker and the build completes through the CLI, each pair committed once and shard 1 not by the hung worker."""
+    root, marker = tmp_path / "data", tmp_path / "hung-once"
+    args = ["build", "--count", "24", "--out", str(root), "--set", "plan.shard_size=4", "--set", "ray.num_workers=2",
+            "--set", "ray.chaos.hang_on_shard=1", "--set", f"ray.chaos.marker={marker}",
+            "--set", "ray.shard_timeout_s=15"]
+    proc = _cli(args, _client_env(tmp_path))
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            stop_pid(proc.pid)
+    assert proc.returncode == 0, out[-3000:]
+    hung = marker.read_text()  # the worker really hung on shard 1
+    assert "the worker is hung" in out, out[-3000:]
+    ds = Dataset.open(str(next(root.glob("datasets/*"))))
+    manifest = ds.manifest()
+    assert len(manifest) == 24 and manifest["pair_id"].is_unique
+    assert set(manifest["pair_id"]) == set(ds.plan()["pair_id"])
+    by_shard = manifest.groupby("shard")["worker"].agg(set).to_dict()
+    assert by_shard[1] != {hung} and len(by_shard) == 6
+
+
+@pytestmark_build
+def test_a_lease_taken_over_mid_build_stops_the_old_writer_within_ttl(tmp_path):
+    """Another writer takes the dataset's lease (generation + 1) while the build runs: the old writer commits no
+    shard after the takeover, publishes no manifest, leaves the new holder's record alone, and fails in one line
+    naming the new holder, within the lease's ttl."""
+    root, ttl = tmp_path / "data", 20
+    args = ["build", "--count", "48", "--out", str(root), "--set", "plan.shard_size=4",
+            "--set", "ray.chaos.shard_delay_s=1", "--set", f"storage.lease_ttl_s={ttl}"]
+    proc = _cli(args, _client_env(tmp_path))
+    try:
+        _wait_for_shards(root, 2, proc)
+        store = Store(str(next(root.glob("datasets/*"))))
+        record, tag = read_record(store)
+        intruder = {**record, "holder": "other-host:1:intruder", "generation": record["generation"] + 1,
+                    "heartbeat": time.time()}
+        assert store.replace_if(LEASE_FILE, json.dumps(intruder).encode(), tag)
+        taken = time.time()
+        out, _ = proc.communicate(timeout=ttl + 60)
+        exited = time.time()
+    finally:
+        if proc.poll() is None:
+            stop_pid(proc.pid)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert "lease" in lines[-1] and "other-host:1:intruder (generation 2" in lines[-1], lines[-1]
+    assert exited - taken < ttl, f"the old writer ran {exited - taken:.1f}s after the takeover"
+    late = [p.name for p in root.glob("datasets/*/shards/*.parquet") if p.stat().st_mtime > taken + 0.5]
+    assert not late, f"shards committed after the takeover: {late}"
+    assert not store.exists("manifest.parquet") and read_record(store)[0]["holder"] == "other-host:1:intruder"

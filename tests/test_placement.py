@@ -134,3 +134,16 @@ def test_scale_bench_loop_prints_its_table():
     assert len(lines) == 2
     cells = [c.strip() for c in lines[1].strip("|").split("|")]  # workers, shards, us/shard, comparisons, ...
     assert cells[:2] == ["16", "50"] and 0 < float(cells[3]) < 40
+
+
+def test_a_worker_taken_down_is_never_picked_until_brought_up():
+    lb = LeastBusy(3, depth=2)
+    assert [lb.pick() for _ in range(3)] == [0, 1, 2]
+    lb.take_down(1)
+    lb.release(1)  # its shard failed: released, but it stays out of the pool
+    assert sorted(lb.pick() for _ in range(2)) == [0, 2] and lb.pick() is None and lb.up == 2
+    lb.bring_up(1)
+    assert lb.pick() == 1 and lb.pick() == 1 and lb.pick() is None
+    for w in (0, 1, 2):
+        lb.take_down(w)
+    assert lb.peek() is None and lb.up == 0

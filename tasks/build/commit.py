@@ -23,6 +23,7 @@ import pyarrow as pa
 from facelift.config import StorageConfig
 from facelift.dataset import Dataset, read_parquet_bytes, shard_schema, table_to_parquet_bytes
 from facelift.errors import first_line
+from facelift.lease import Fence, LeaseLost
 from facelift.storage import PermanentStorageError, StorageError
 
 log = logging.getLogger(__name__)
@@ -88,18 +89,24 @@ def backoff_delays(policy: StorageConfig, rng: random.Random | None = None):
 
 def commit_with_retry(dataset: Dataset, shard: int, data: bytes, policy: StorageConfig,
                       sleep: Callable[[float], Any] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                      kept_at: Path | None = None) -> int:
+                      kept_at: Path | None = None, fence: Fence | None = None) -> int:
     """Upload one shard object, retrying transient storage errors for ``policy.commit_retry_s`` seconds.
 
     Each failed attempt is logged once, naming the store (never its credentials). A permanent refusal
-    (:class:`PermanentStorageError`: AccessDenied, ExpiredToken, ...) fails at once. Returns bytes written.
+    (:class:`PermanentStorageError`: AccessDenied, ExpiredToken, ...) fails at once. ``fence``: each attempt
+    first checks that the build's lease still holds (:class:`~facelift.lease.LeaseLost` at once if another
+    writer took it over; an unreadable lease record is retried like the commit). Returns bytes written.
     """
     start, attempts = clock(), 0
     delays = backoff_delays(policy)
     while True:
         attempts += 1
         try:
+            if fence is not None:
+                fence.check()
             return dataset.commit_shard_bytes(shard, data)
+        except LeaseLost:
+            raise
         except PermanentStorageError as exc:
             kept = f"; the rendered shard is kept at {kept_at}" if kept_at else ""
             raise PermanentCommitError(f"shard {shard:05d}: {exc}{kept}") from None

@@ -24,8 +24,9 @@ from typing import Any
 import pyarrow as pa
 
 from facelift.config import BuildConfig
-from facelift.dataset import Dataset, shard_schema
-from facelift.storage import Store
+from facelift.dataset import Dataset, shard_key, shard_schema
+from facelift.lease import Fence
+from facelift.storage import StorageError, Store
 from facelift.tasks.build import sim
 from facelift.tasks.build.commit import Spool, commit_with_retry, encode_shard
 
@@ -45,6 +46,7 @@ class ShardResult:
     commit_s: float
     worker: str  # the worker that rendered the shard (its provenance column), not always the committer
     rendered: int  # pairs rendered by this call: 0 when it committed a spooled render
+    found_committed: bool = False  # an earlier attempt had committed it (its reply was lost with its actor)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,11 +151,17 @@ class ShardWorker:
         chaos = self.cfg.ray.chaos
         if stage == "render" and chaos.shard_delay_s:
             time.sleep(chaos.shard_delay_s)
-        if chaos.kill_on_shard != shard or not chaos.marker or chaos.kill_during != stage:
+        hang = stage == "render" and chaos.hang_on_shard == shard
+        kill = chaos.kill_on_shard == shard and chaos.kill_during == stage
+        if not (hang or kill) or not chaos.marker:
             return
         marker = Path(chaos.marker)
         if not marker.exists():
             marker.write_text(self.name)
+            if hang:
+                log.warning("chaos: worker %s hangs on shard %d", self.name, shard)
+                while True:
+                    time.sleep(3600)
             log.warning("chaos: killing worker %s during the %s of shard %d", self.name, stage, shard)
             os._exit(1)
 
@@ -162,13 +170,29 @@ class ShardWorker:
         self._chaos(shard)
         return self.pair.schnell_batches(batch_inputs(row_batches(self.cfg, rows)))
 
+    def _committed_rows(self, shard: int) -> int | None:
+        try:
+            return self.dataset.shard_rows(shard)
+        except StorageError as exc:  # an outage: render anyway, the commit rides it out
+            log.warning("shard %05d: cannot tell whether it is committed (%s): rendering it", shard, exc)
+            return None
+
     def run(self, shard: int, rows: list[dict[str, Any]],
-            schnell: list[tuple[list[Any], dict[str, float]]] | None = None) -> dict[str, Any]:
+            schnell: list[tuple[list[Any], dict[str, float]]] | None = None, fence: Fence | None = None,
+            ) -> dict[str, Any]:
         """Render (or take from the spool) and commit one shard; returns its :class:`ShardResult` as a dict.
 
         A spooled render of this shard (left by a commit that failed or a worker that died mid-commit) is
-        committed as it is; only a shard with no spooled render is rendered."""
+        committed as it is; only a shard with no spooled render is rendered. ``fence``: the build's lease; the
+        shard is committed only while it still holds (:class:`~facelift.lease.LeaseLost` otherwise, the render
+        kept in the spool)."""
         t0 = time.perf_counter()
+        if self._committed_rows(shard) == len(rows):  # an attempt whose reply was lost had committed it
+            log.info("shard %05d is already committed: nothing to render", shard)
+            self.spool.drop(shard)
+            worker = self.dataset.read_shard_columns(shard, ["worker"]).column("worker")[0].as_py()
+            return ShardResult(shard, len(rows), self.dataset.store.size(shard_key(shard)), time.perf_counter() - t0,
+                               0.0, 0.0, 0.0, 0.0, 0.0, worker, 0, found_committed=True).as_dict()
         spooled = self.spool.load(shard, [r["pair_id"] for r in rows])
         if spooled is None:
             self._chaos(shard)
@@ -181,7 +205,8 @@ class ShardWorker:
                      self.spool.path(shard))
         self._chaos(shard, "commit")
         t_commit = time.perf_counter()
-        size = commit_with_retry(self.dataset, shard, data, self.cfg.storage, kept_at=self.spool.path(shard))
+        size = commit_with_retry(self.dataset, shard, data, self.cfg.storage, kept_at=self.spool.path(shard),
+                                 fence=fence)
         self.spool.drop(shard)
         done = time.perf_counter()
         col = lambda name: float(sum(table.column(name).to_pylist()))  # noqa: E731
@@ -190,33 +215,14 @@ class ShardWorker:
                            rendered).as_dict()
 
 
-def wait_ready(worker: Any, deadline: float) -> None:
-    """Wait while Ray restarts an actor after a crash (its pipelines reload)."""
-    import ray
-    from ray.exceptions import ActorUnavailableError
-
-    while True:
-        try:
-            ray.get(worker.info.remote())
-            return
-        except ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-
-
 def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], schnell_worker: Any = None,
-                ready_timeout_s: float = 900.0) -> dict:
-    """Run one shard on an actor (after its schnell half on ``schnell_worker``, when pooled)."""
+                fence: Fence | None = None) -> dict:
+    """Run one shard on an actor (after its schnell half on ``schnell_worker``, when pooled). A hung actor is
+    the dispatcher's to kill (its shard deadline), which ends this wait with an actor error."""
     import ray
 
-    deadline = time.monotonic() + ready_timeout_s
-    schnell = None
-    if schnell_worker is not None:  # start the schnell half now: the dev actor may still be on its last shard
-        wait_ready(schnell_worker, deadline)
-        schnell = schnell_worker.render_schnell.remote(shard, rows)
-    wait_ready(worker, deadline)  # a busy actor answers after its current shard
-    return ray.get(worker.run.remote(shard, rows, schnell))  # Ray hands the schnell result over by reference
+    schnell = schnell_worker.render_schnell.remote(shard, rows) if schnell_worker is not None else None
+    return ray.get(worker.run.remote(shard, rows, schnell, fence))  # the schnell result is passed by reference
 
 
 def pool_sizes(cfg: BuildConfig) -> dict[str, int]:
@@ -269,19 +275,6 @@ def stop_workers(pools: dict[str, list[Any]]) -> None:
 
     for actor in _actors(pools):
         ray.kill(actor)
-
-
-def worker_alive(worker: Any) -> bool:
-    import ray
-    from ray.exceptions import ActorDiedError, ActorUnavailableError
-
-    try:
-        ray.get(worker.info.remote())
-    except ActorUnavailableError:
-        pass  # restarting: Ray brings it back
-    except ActorDiedError:
-        return False
-    return True
 
 
 def start_workers(cfg: BuildConfig, dataset_uri: str) -> dict[str, list[Any]]:

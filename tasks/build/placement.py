@@ -51,6 +51,7 @@ class LeastBusy:
         self._last = list(range(-self.n, 0))  # sequence of each worker's last assignment (initially: by index)
         self._version = [0] * self.n
         self._seq = 0
+        self.down: set[int] = set()  # workers taken out of the pool (dead, hung, restarting): never picked
         self._heap = [_Entry((0, self._last[i]), i, 0, self.counter) for i in range(self.n)]
         heapq.heapify(self._heap)
 
@@ -67,10 +68,12 @@ class LeastBusy:
             heapq.heapify(self._heap)
 
     def peek(self) -> int | None:
-        """The least busy worker, or None if every worker already has ``depth`` shards in flight."""
+        """The least busy worker, or None if every worker already has ``depth`` shards in flight (or is down)."""
         heap = self._heap
-        while heap[0].version != self._version[heap[0].worker]:  # drop stale entries
-            heapq.heappop(heap)
+        while heap and (heap[0].version != self._version[heap[0].worker] or heap[0].worker in self.down):
+            heapq.heappop(heap)  # drop stale entries and workers that are down
+        if not heap:
+            return None
         best = heap[0].worker
         return best if self.depth is None or self.load[best] < self.depth else None
 
@@ -93,7 +96,22 @@ class LeastBusy:
         if self.load[worker] <= 0:
             raise ValueError(f"worker {worker} has no shard in flight")
         self.load[worker] -= 1
-        self._push(worker)
+        if worker not in self.down:
+            self._push(worker)
+
+    def take_down(self, worker: int) -> None:
+        """Take ``worker`` out of the pool until :meth:`bring_up` (its shards in flight are still released)."""
+        self.down.add(worker)
+
+    def bring_up(self, worker: int) -> None:
+        """Put ``worker`` back into the pool."""
+        if worker in self.down:
+            self.down.discard(worker)
+            self._push(worker)
+
+    @property
+    def up(self) -> int:
+        return self.n - len(self.down)
 
 
 class ShardRows:

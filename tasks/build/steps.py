@@ -192,11 +192,14 @@ def missing_shards(ds: Dataset, plan: pd.DataFrame) -> list[int]:
     return missing
 
 
-def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new: bool = False) -> dict[str, Any]:
+def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new: bool = False,
+             lease: Lease | None = None) -> dict[str, Any]:
     """Write manifest.parquet and the final dataset.json once every planned shard is committed.
 
+    It reads only each shard's footer and manifest columns (ranged reads: kilobytes per shard, not its images).
     ``nothing_new``: the caller found every shard committed and valid and generated none; a dataset already
-    complete with its manifest is then left as it is (resuming a finished dataset reads no shard twice)."""
+    complete with its manifest is then left as it is (resuming a finished dataset reads no shard twice).
+    ``lease``: the build's; each write happens only while it holds (:class:`~facelift.lease.LeaseLost`)."""
     t0 = time.perf_counter()
     info = ds.info()
     if nothing_new and info.get("status") == "complete" and ds.store.exists(MANIFEST_KEY):
@@ -211,7 +214,7 @@ def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new:
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="manifest") as pool:
         for i in range(0, len(shards), MANIFEST_CHUNK):  # a few hundred small tables alive at a time, not all
             chunk = shards[i:i + MANIFEST_CHUNK]
-            tables = list(pool.map(lambda k: ds.read_shard(k, MANIFEST_COLUMNS), chunk))
+            tables = list(pool.map(lambda k: ds.read_shard_columns(k, MANIFEST_COLUMNS), chunk))
             short += [k for k, t in zip(chunk, tables, strict=True) if t.num_rows != expected[k]]
             parts.append(pa.concat_tables(tables).combine_chunks())
     if short:
@@ -224,6 +227,7 @@ def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new:
         raise DatasetError(f"dataset {ds.dataset_id}: duplicate pairs across shards, e.g. {dups}")
     if set(manifest["pair_id"]) != set(plan["pair_id"]):
         raise DatasetError(f"dataset {ds.dataset_id}: committed pairs do not match the plan")
+    _fenced(lease)
     ds.write_manifest(manifest)
     stages = {k: float(manifest[k].sum()) for k in ("encode_s", "schnell_s", "dev_s", "png_s")}
     info.update({
@@ -237,9 +241,17 @@ def finalize(ds: Dataset, plan: pd.DataFrame, build_seconds: float, nothing_new:
         },
     })
     info["cost"] = cost_projection(stages, len(manifest))
+    _fenced(lease)
     ds.write_info(info)
     log.info("dataset %s complete: %d pairs; manifest written", ds.dataset_id, len(manifest))
     return info
+
+
+def _fenced(lease: Lease | None) -> None:
+    """Publish only as the holder: the local view (renewed recently) and the record itself (this generation)."""
+    if lease is not None:
+        lease.check()
+        lease.fence.check()
 
 
 GPU_STAGES = ("encode_s", "schnell_s", "dev_s")  # the GPU is held; PNG encoding overlaps on the CPU
