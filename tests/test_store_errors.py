@@ -76,12 +76,23 @@ def test_commit_fails_fast_on_a_revoked_credential_and_keeps_the_render(secured_
     assert "\n" not in str(err.value) and READER[1] not in str(err.value)
 
 
-def test_the_shard_task_does_not_retry_a_permanent_refusal():
-    from prefect.states import Failed
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_dispatcher_sees_a_permanent_refusal_through_a_failed_shard_task():
+    """The dispatcher (not Prefect) retries shards; it must read the refusal from a failed, unpersisted task run
+    to stop starting shards instead of moving this one."""
+    from prefect import flow, task
 
-    from facelift.storage import StorageError
-    from facelift.tasks.build.schedule import generate_shard
+    from facelift.tasks.build.schedule import _exception, generate_shard
 
-    retry = generate_shard.retry_condition_fn
-    assert retry(generate_shard, None, Failed(data=PermanentCommitError("shard 00001: ... AccessDenied"))) is False
-    assert retry(generate_shard, None, Failed(data=StorageError("connection refused"))) is True
+    @task(persist_result=False, retries=0)
+    def refused() -> None:
+        raise PermanentCommitError("shard 00001: ... AccessDenied")
+
+    @flow
+    def one_shard() -> object:
+        future = refused.submit()
+        future.wait()
+        return _exception(future.state)
+
+    assert isinstance(one_shard(), PermanentCommitError)
+    assert generate_shard.retries == 0 and generate_shard.persist_result is False
