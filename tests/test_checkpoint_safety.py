@@ -64,3 +64,25 @@ def test_crafted_train_state_is_refused_and_an_honest_one_resumes(dataset: Datas
     # the old loader would have run it: the payload is real
     torch.load(saved / STATE_FILE, weights_only=False)
     assert marker.exists()
+
+
+def test_a_trainer_whose_run_was_taken_over_writes_no_checkpoint(dataset: Dataset, tmp_path: Path):
+    """Another trainer took the run's lease (generation 2): the old one stops at its first checkpoint, before
+    writing it, and exports nothing."""
+    from facelift.lease import Lease, LeaseLost
+
+    cfg = loop_config(dataset, "unet_cbam", tmp_path / "run", max_steps=4, checkpoint_every=1)
+    run_store = Store(cfg.run_uri)
+    old = Lease(run_store, "run r", ttl_s=0.5, settle_s=0).acquire()
+    old._stop.set()  # the old trainer's heartbeat stalls (a partition): its lease lapses and is taken over
+    old._thread.join()
+    new = Lease(run_store, "run r", ttl_s=30, wait_s=5, poll_s=0.1, settle_s=0).acquire()
+    written: list[str] = []
+    try:
+        with pytest.raises(LeaseLost, match=f"now held by {new.holder}"):
+            run_loop(cfg, LoopEnv(report=lambda m, folder: written.append(folder), fence=old.fence))
+        assert written == [] and not run_store.exists("head/config.json") and not run_store.exists("metrics.json")
+        run_loop(cfg, LoopEnv(report=lambda m, folder: written.append(folder), fence=new.fence))
+        assert len(written) == 4 and run_store.exists("metrics.json")  # the holder's trainer writes
+    finally:
+        new.release()

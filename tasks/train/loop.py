@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from facelift.dataset import Dataset
 from facelift.ids import check_id
-from facelift.lease import Lease
+from facelift.lease import Fence, Lease
 from facelift.models.heads import Head, HeadError, build_head, compile_mode, load_head, train_step
 from facelift.splits import SplitSpec
 from facelift.storage import Store, absolute_uri
@@ -53,6 +53,7 @@ from facelift.tasks.train.dist import all_reduce_sums, average_buffers, broadcas
 from facelift.tasks.train.select import KIDSelector, epoch_line, identity_check, identity_message
 
 log = logging.getLogger(__name__)
+FENCE_KEY = "_fence"  # the run lease's fence travels to the Ray Train workers beside the config
 
 
 class TrainConfig(BaseModel):
@@ -135,6 +136,12 @@ class LoopEnv:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     checkpoint: Any = None  # the ray.train Checkpoint to resume from
     report: Any = None  # report(metrics: dict, checkpoint_dir: str | None)
+    fence: Fence | None = None  # the run's lease: rank 0 writes a checkpoint, the head or metrics only under it
+
+    def fenced(self) -> None:
+        """Raise :class:`~facelift.lease.LeaseLost` if another trainer took this run over (checked by rank 0)."""
+        if self.fence is not None and self.rank == 0:
+            self.fence.check()
 
 
 def new_run_id(head: str) -> str:
@@ -285,6 +292,7 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
                     (step == max_steps or stop):
                 state.update(selected=chosen if chosen is not None else current, selected_step=step)
                 if env.rank == 0:
+                    env.fenced()
                     head.save(run_store.child("head").url(), cfg.endpoint_url)
         if validating or step % cfg.checkpoint_every == 0:
             report = {"step": step, "epoch": state["epoch"], **{k: float(v) for k, v in losses.items()},
@@ -293,12 +301,14 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
                                                         env.device)]  # every worker's data position
             with tempfile.TemporaryDirectory() as folder:
                 if env.rank == 0:
+                    env.fenced()  # a checkpoint of a run taken over would be resumed by the new trainer
                     save_checkpoint(folder, head, optimizers, state, cfg.model_dump(mode="json"), data)
                 env.report(report, folder if env.rank == 0 else None)
     if hasattr(stream, "close"):
         stream.close()
     pairs.close()
     if env.rank == 0:
+        env.fenced()
         if state["selected_step"] is None:  # no validation pairs: export the last weights
             head.save(run_store.child("head").url(), cfg.endpoint_url)
         check = identity_check(load_head(run_store.child("head").url(), cfg.endpoint_url).to(env.device),
@@ -310,6 +320,7 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
                    "best_step": state["best_step"], "stopped_early": stop, "selection": selection,
                    "selected_step": state["selected_step"] or state["step"], "identity": check,
                    **state["history"]}
+        env.fenced()
         run_store.write_bytes("metrics.json", json.dumps(summary, indent=2, default=float).encode())
     return state
 
@@ -330,8 +341,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ckpt = ray.train.Checkpoint.from_directory(folder) if folder else None
         ray.train.report(metrics, checkpoint=ckpt)
 
+    fence = config.pop(FENCE_KEY, None)
     env = LoopEnv(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
-                  ray.train.get_checkpoint(), report)
+                  ray.train.get_checkpoint(), report, Fence(**fence) if fence else None)
     run_loop(TrainConfig(**config), env)
 
 
@@ -389,11 +401,12 @@ def train(cfg: TrainConfig, max_failures: int = 0, ray_address: str | None = Non
     check_config(cfg)
     # one writer per run: a second trainer of this run id exits naming the holder (it would resume from the
     # first one's checkpoints while they are being written)
-    with Lease(Store(cfg.run_uri, cfg.endpoint_url), f"run {cfg.run_id}", wait_s=0), ray_session(ray_address):
-        return _fit(cfg, max_failures)
+    with Lease(Store(cfg.run_uri, cfg.endpoint_url), f"run {cfg.run_id}", wait_s=0) as lease, \
+            ray_session(ray_address):
+        return _fit(cfg, max_failures, lease)
 
 
-def _fit(cfg: TrainConfig, max_failures: int) -> TrainResult:
+def _fit(cfg: TrainConfig, max_failures: int, lease: Lease) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -404,7 +417,7 @@ def _fit(cfg: TrainConfig, max_failures: int) -> TrainResult:
     run_store.write_bytes("run.json", json.dumps({"status": "running", "config": cfg.model_dump(mode="json"),
                                                   "splits": splits}, indent=2).encode())
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=cfg.model_dump(mode="json"),
+        train_loop_per_worker, train_loop_config={**cfg.model_dump(mode="json"), FENCE_KEY: asdict(lease.fence)},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
@@ -415,12 +428,16 @@ def _fit(cfg: TrainConfig, max_failures: int) -> TrainResult:
     try:
         trainer.fit()
     except Exception:
+        if lease.lost:  # taken over: run.json is the new trainer's now
+            raise
         run_store.write_bytes("run.json", json.dumps({"status": "failed", "config": cfg.model_dump(mode="json"),
                                                       "splits": splits}, indent=2).encode())
         raise
     metrics = json.loads(run_store.read_bytes("metrics.json"))
     check = metrics.get("identity") or {}
     (log.warning if check.get("near_identity") else log.info)(identity_message(check, cfg.head))
+    lease.check()
+    lease.fence.check()
     run_store.write_bytes("run.json", json.dumps({"status": "completed", "config": cfg.model_dump(mode="json"),
                                                   "splits": splits, "head_uri": run_store.child("head").url(),
                                                   "best_val": metrics["best_val"], "step": metrics["step"],
