@@ -69,9 +69,12 @@ def build_dataset(
         create_table_artifact(rows, key=artifact_key("build", ds.dataset_id),
                               description=f"Dataset {ds.uri}")
         if changed:  # events mean change: a rebuild that committed nothing starts no train/audit/evaluate
+            simulated = bool(info.get("simulated"))  # the triggers match "false": a sim build chains nothing
             emit_event(event="facelift.dataset.built",
-                       resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}"},
-                       payload={"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "pairs": info["counts"]["pairs"]})
+                       resource={"prefect.resource.id": f"facelift.dataset.{ds.dataset_id}",
+                                 "facelift.simulated": str(simulated).lower()},
+                       payload={"dataset_uri": ds.uri, "dataset_id": ds.dataset_id, "pairs": info["counts"]["pairs"],
+                                "simulated": simulated})
         else:
             logger.info("dataset %s unchanged (complete, nothing committed by this run): no facelift.dataset.built "
                         "event", ds.dataset_id)

@@ -175,6 +175,15 @@ def wait_run(api_url: str, run_id: Any, timeout_s: float, stack: DeployStack | N
         raise TimeoutError(f"{exc}\n{stack.worker_log() if stack else ''}") from None
 
 
+def events(api_url: str, name: str, resource_id: str | None = None) -> list[Any]:
+    """Events called ``name`` (of one resource, if given) the server has recorded."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    resource = EventResourceFilter(id=[resource_id]) if resource_id else None
+    with client(api_url) as c:
+        return c.read_events(EventFilter(event=EventNameFilter(name=[name]), resource=resource), limit=50).events
+
+
 def runs_of(api_url: str, deployment: str) -> list[Any]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 

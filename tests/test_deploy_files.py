@@ -183,3 +183,23 @@ def test_worker_manifest_serves_the_pool_from_the_image_workdir(k8s):
     _, workdir = _dockerfile()
     assert workdir == "/opt/facelift"  # deploy with DEPLOY_REPO_DIR=/opt/facelift on a cluster
     assert "DEPLOY_REPO_DIR=/opt/facelift" in (REPO / "docs" / "deploy.md").read_text()
+
+
+def test_flow_runs_send_heartbeats_wherever_they_run_and_the_zombie_automation_allows_two_missed_beats():
+    import json
+
+    from prefect.events.schemas.automations import AutomationCore
+
+    from facelift.cli.localstack import AUTOMATIONS_FILE, BASE_ENV
+
+    template = json.loads((REPO / "infra" / "k8s" / "base-job-template.json").read_text())
+    [container] = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    k8s = {e["name"]: e.get("value") for e in container["env"]}
+    for freq in (int(k8s["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]), int(BASE_ENV["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])):
+        assert freq >= 30  # Prefect's minimum
+    [zombie] = [AutomationCore.model_validate(a) for a in yaml.safe_load(AUTOMATIONS_FILE.read_text())["automations"]]
+    trigger = zombie.trigger
+    assert trigger.posture == "Proactive" and trigger.after == {"prefect.flow-run.heartbeat"}
+    assert {"prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Crashed"} <= trigger.expect
+    assert 2 * freq <= trigger.within.total_seconds() <= 120 - 30  # two missed beats; Crashed within 2 minutes
+    assert zombie.actions[0].type == "change-flow-run-state" and zombie.actions[0].state == "CRASHED"

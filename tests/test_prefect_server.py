@@ -6,9 +6,13 @@ One server, SeaweedFS and worker for the session (tests/deploy_stack.py); proces
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import deploy_stack as ds
 import pytest
@@ -129,6 +133,21 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
         assert len([r for r in ds.runs_of(api, dep) if on_dataset(r)]) == 1, dep
 
 
+def test_a_sim_build_starts_no_train_or_audit_run(deploy_stack, api):
+    """A sim build (placeholder images) announces itself as simulated; the train and audit triggers skip it."""
+    build = ds.run_build(deploy_stack, "sim", profile="sim", count=6, mode="baseline", root=deploy_stack.root,
+                         overrides={"plan.shard_size": 3, "generation.height": 16, "generation.width": 16,
+                                    "generation.sim_seconds_per_pair": 0.0})
+    assert build.state_name == "Completed", deploy_stack.worker_log()
+    uri = _result(build, api)["dataset_uri"]
+    built = [e for e in ds.events(api, "facelift.dataset.built") if e.payload.get("dataset_uri") == uri]
+    assert built and built[0].resource["facelift.simulated"] == "true" and built[0].payload["simulated"] is True
+    time.sleep(8)  # triggers fire within ~0.1 s of an event
+    for dep in ("train-head/train", "audit-diversity/audit"):
+        assert not [r for r in ds.runs_of(api, dep)
+                    if uri in (r.parameters.get("dataset_uri"), *(r.parameters.get("dataset_uris") or []))], dep
+
+
 def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy_stack, api):
     from prefect.settings import temporary_settings
 
@@ -207,3 +226,38 @@ def test_pipeline_runs_stages_as_subflows_without_starting_the_chain(deploy_stac
     # subflow events carry no deployment: the chain is not started a second time
     assert not [r.name for d in chained for r in ds.runs_of(api, d) if r.id not in before]
     assert not [r for r in ds.runs_of(api, "evaluate/evaluate") if r.parameters.get("heads") == out["train_runs"]]
+
+
+def test_a_flow_run_killed_with_its_machine_shows_crashed_within_two_minutes(deploy_stack, api, tmp_path):
+    """A build run whose process dies with SIGKILL, with no worker left to report it (a lost machine): its
+    heartbeats stop and the zombie automation (deployments/automations.yaml) marks it Crashed."""
+    from prefect.states import Pending
+
+    from facelift.cli.ops import build_parameters
+
+    params = build_parameters(profile="tiny", count=8, root=deploy_stack.root, dataset_id="zombie",
+                              overrides={"plan.shard_size": 2, "ray.chaos.shard_delay_s": 60})
+    with ds.client(api) as c:
+        dep = c.read_deployment_by_name("build-dataset/build")
+        run = c.create_flow_run_from_deployment(dep.id, parameters=params, state=Pending())  # no worker takes it
+    env = {**deploy_stack.env, "PREFECT__FLOW_RUN_ID": str(run.id)}
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect.flow_engine", "flows/build_dataset.py:build_dataset"],
+                                env=env, cwd=Path(__file__).parents[1], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ds.events(api, "prefect.flow-run.heartbeat", f"prefect.flow-run.{run.id}"):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the run's process and everything it started
+        proc.wait(timeout=60)
+    killed = time.monotonic()
+    with ds.client(api) as c:
+        assert c.read_flow_run(run.id).state_name == "Running"  # nobody told the server
+        while (state := c.read_flow_run(run.id).state).name != "Crashed" and time.monotonic() - killed < 150:
+            time.sleep(2)
+    assert state.name == "Crashed" and "No heartbeat" in (state.message or ""), state
+    assert time.monotonic() - killed < 120

@@ -60,7 +60,7 @@ def test_sim_build_resumes_without_rendering(sim_dataset):
 
 
 @pytest.mark.parametrize("command", [["train", "{uri}", "--max-steps", "1"], ["audit", "{uri}"],
-                                     ["evaluate", "{uri}"]])
+                                     ["evaluate", "{uri}"], ["sweep", "{uri}", "--max-steps", "1"]])
 def test_train_audit_evaluate_refuse_a_simulated_dataset_in_one_line(sim_dataset, command):
     _, ds = sim_dataset
     res = CliRunner().invoke(app, [c.format(uri=ds.uri) for c in command])
@@ -86,3 +86,14 @@ def test_placeholders_are_deterministic_noise_of_the_configured_size():
     assert [i.size for i in s_imgs + d_imgs] == [(48, 32)] * 4 and t["dev_s"] == 0
     assert placeholder(1, 8, 8, 0).tobytes() == placeholder(1, 8, 8, 0).tobytes() != \
         placeholder(1, 8, 8, 1).tobytes()
+
+
+def test_a_sweep_started_by_its_flow_refuses_a_simulated_dataset(sim_dataset):
+    """The deployment path (flow ``sweep-heads``) reaches :func:`tune.sweep` without the CLI's check."""
+    from facelift.dataset import DatasetError
+    from facelift.tasks.train.loop import TrainConfig
+    from facelift.tasks.train.tune import sweep
+
+    _, ds = sim_dataset
+    with pytest.raises(DatasetError, match="is simulated .* a sweep needs"):
+        sweep(TrainConfig(dataset_uri=ds.uri, head="cyclegan", flavor="debug", max_steps=1), lrs=(1e-3,))

@@ -36,6 +36,7 @@ def find_repo() -> Path:
 
 REPO = find_repo()
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+AUTOMATIONS_FILE = REPO / "deployments" / "automations.yaml"
 LOCAL_PARAMETERS = REPO / "infra" / "local" / "parameters.yaml"
 POOL = "facelift"
 QUEUES = {"gpu": 1, "cpu": None}  # queue -> concurrency limit (None: unlimited)
@@ -49,6 +50,7 @@ BASE_ENV = {  # no RAY_AUTH_MODE here: the stack sets token mode (or, with STACK
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # flow runs send heartbeats: deployments/automations.yaml
 }
 
 
@@ -175,9 +177,29 @@ def setup_results_block(api_url: str, basepath: str, endpoint_url: str | None, a
 
 
 def deploy_all(env: dict[str, str], prefect_file: Path = PREFECT_FILE, repo: Path = REPO) -> str:
-    """``prefect --no-prompt deploy --all`` from the repository root; workers run code from ``repo``."""
+    """``prefect --no-prompt deploy --all`` from the repository root (workers run code from ``repo``), then the
+    automations of ``deployments/automations.yaml``."""
     env = {**env, "DEPLOY_REPO_DIR": str(repo)}
-    return prefect_cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], env, cwd=repo).stdout
+    out = prefect_cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], env, cwd=repo).stdout
+    setup_automations(env["PREFECT_API_URL"], env.get("PREFECT_API_AUTH_STRING"))
+    return out
+
+
+def setup_automations(api_url: str, auth_string: str | None = None, path: Path = AUTOMATIONS_FILE) -> list[str]:
+    """Create or update (by name) every automation in ``path``; returns their names."""
+    import yaml
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.events.schemas.automations import AutomationCore
+
+    specs = [AutomationCore.model_validate(a) for a in yaml.safe_load(path.read_text())["automations"]]
+    with SyncPrefectClient(api=api_url, auth_string=auth_string) as client:
+        for spec in specs:
+            existing = client.read_automations_by_name(spec.name)
+            if existing:
+                client.update_automation(existing[0].id, spec)
+            else:
+                client.create_automation(spec)
+    return [s.name for s in specs]
 
 
 def overlay_prefect_file(dst: Path, params: dict[str, dict[str, object]], src: Path = PREFECT_FILE) -> Path:

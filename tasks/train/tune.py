@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from facelift.dataset import Dataset
 from facelift.errors import first_line
 from facelift.models.heads import head_class
 from facelift.storage import Store
@@ -149,6 +150,7 @@ def sweep(base: TrainConfig, lambda_cycs: tuple[float, ...] = PAPER_LAMBDA_CYC,
     import ray.tune as tune
 
     check_select(select)  # before any trial runs
+    Dataset.open(base.dataset_uri, base.endpoint_url).require_real("a sweep")
     selection = head_class(base.head).selection if base.selection == "auto" else base.selection
     if select == "kid" and selection != "kid":
         raise ValueError("select=kid compares the trials' validation KID: train them with selection=kid "
