@@ -140,7 +140,10 @@ def test_a_sim_build_starts_no_train_or_audit_run(deploy_stack, api):
                                     "generation.sim_seconds_per_pair": 0.0})
     assert build.state_name == "Completed", deploy_stack.worker_log()
     uri = _result(build, api)["dataset_uri"]
-    built = [e for e in ds.events(api, "facelift.dataset.built") if e.payload.get("dataset_uri") == uri]
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    while not (built := [e for e in ds.events(api, "facelift.dataset.built") if e.payload.get("dataset_uri") == uri]):
+        assert time.monotonic() < deadline, "no facelift.dataset.built event for the sim build"
+        time.sleep(1)
     assert built and built[0].resource["facelift.simulated"] == "true" and built[0].payload["simulated"] is True
     time.sleep(8)  # triggers fire within ~0.1 s of an event
     for dep in ("train-head/train", "audit-diversity/audit"):

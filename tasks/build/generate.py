@@ -215,14 +215,13 @@ class ShardWorker:
                            rendered).as_dict()
 
 
-def call_worker(worker: Any, shard: int, rows: list[dict[str, Any]], schnell_worker: Any = None,
-                fence: Fence | None = None) -> dict:
-    """Run one shard on an actor (after its schnell half on ``schnell_worker``, when pooled). A hung actor is
-    the dispatcher's to kill (its shard deadline), which ends this wait with an actor error."""
-    import ray
-
+def submit_shard(worker: Any, shard: int, rows: list[dict[str, Any]], schnell_worker: Any = None,
+                 fence: Fence | None = None) -> Any:
+    """Start one shard on an actor (after its schnell half on ``schnell_worker``, when pooled); returns the
+    ObjectRef of its :class:`ShardResult` dict. Called in dispatch order, so an actor runs its shards in the order
+    the dispatcher gave them (its clock for the next one starts when the previous one ends)."""
     schnell = schnell_worker.render_schnell.remote(shard, rows) if schnell_worker is not None else None
-    return ray.get(worker.run.remote(shard, rows, schnell, fence))  # the schnell result is passed by reference
+    return worker.run.remote(shard, rows, schnell, fence)  # the schnell result is passed by reference
 
 
 def pool_sizes(cfg: BuildConfig) -> dict[str, int]:

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from facelift.config import BuildConfig, RayConfig
 from facelift.lease import LeaseLost
+from facelift.storage import StorageError
 from facelift.tasks.build import generate, sim
 from facelift.tasks.build import steps as build
 from facelift.tasks.build.commit import PermanentCommitError
@@ -31,10 +32,13 @@ MAX_REPLACEMENTS_PER_WORKER = 2  # a worker slot replaced more often than this (
 
 
 @task(cache_policy=NO_CACHE, retries=0, persist_result=False, task_run_name="shard-{shard:05d}")
-def generate_shard(shard: int, rows: list[dict[str, Any]], worker: Any, schnell_worker: Any = None,
-                   fence: Any = None) -> dict[str, Any]:
-    """Render and commit one shard on one Ray worker (its schnell half first on a schnell actor, if pooled)."""
-    return generate.call_worker(worker, shard, rows, schnell_worker, fence)
+def generate_shard(shard: int, call: tuple[Any, ...]) -> dict[str, Any]:
+    """One shard's render and commit on a Ray worker, started by the dispatcher (``call``: its ObjectRef, in a
+    tuple so that Prefect passes it through as it is); a hung actor is the dispatcher's to kill, which ends this
+    wait with an actor error."""
+    import ray
+
+    return ray.get(call[0])
 
 
 def shard_timeout(cfg: RayConfig, slowest_s: float | None, commit_budget_s: float = 0.0) -> float:
@@ -97,6 +101,7 @@ class Attempt:
     tries: int  # failed attempts before this one
     started: float | None = None  # when it reached the head of its worker's line (its clock)
     killed: bool = False  # its actor was killed by the dispatcher (timeout of this or another shard)
+    doomed: bool = False  # queued at an actor that died: it never runs, so its clock never starts
 
 
 def _actor_error(exc: BaseException | None) -> bool:
@@ -162,8 +167,9 @@ class Dispatcher:
             if not line:
                 attempt.started = time.monotonic()
             line.append(attempt)
-            future = self.task.submit(shard, self.rows_of(shard), self.pools[self.role][w],
-                                      self.pools["schnell"][s] if s is not None else None, self.fence)
+            ref = generate.submit_shard(self.pools[self.role][w], shard, self.rows_of(shard),
+                                        self.pools["schnell"][s] if s is not None else None, self.fence)
+            future = self.task.submit(shard, (ref,))
             self.inflight[future] = attempt
             future.add_done_callback(self.finished.put)
 
@@ -181,12 +187,16 @@ class Dispatcher:
         line = self.lines[w]
         if attempt in line:
             line.remove(attempt)
-        if line and line[0].started is None:
+        if line and line[0].started is None and not line[0].doomed:
             line[0].started = time.monotonic()
 
     def _finish(self, future: Any) -> None:
         attempt = self.inflight.pop(future)
         future.wait()
+        exc = None if future.state.is_completed() else _exception(future.state)
+        if attempt.killed or _actor_error(exc):  # the shards queued behind it at that actor will not run either
+            for other in self.lines[attempt.w]:
+                other.doomed = other.doomed or (other is not attempt and other.started is None)
         self._advance(attempt.w, attempt)
         self.lanes[self.role].release(attempt.w)
         if attempt.s is not None:
@@ -203,9 +213,8 @@ class Dispatcher:
                           res["worker"])
             self.progress(self.outcome.committed, self.total)
             return
-        exc = _exception(future.state)
-        if isinstance(exc, LeaseLost):
-            raise LeaseLost(str(exc).splitlines()[0])
+        if isinstance(exc, LeaseLost):  # a worker saw it first; Ray wraps the worker's exception
+            raise LeaseLost(str(getattr(exc, "cause", None) or exc).splitlines()[0])
         reason = str(future.state.message or future.state.name)
         if isinstance(exc, PermanentCommitError):  # e.g. revoked credentials: more renders waste the GPUs
             self.outcome.failed[attempt.shard] = reason
@@ -219,6 +228,8 @@ class Dispatcher:
             self._suspect(self.role, attempt.w)
             if attempt.s is not None:
                 self._suspect("schnell", attempt.s)
+            if self._committed_anyway(attempt.shard):
+                return
         counted = attempt.tries + (attempt.started is not None)  # a shard still waiting at its actor never ran
         if counted > self.cfg.ray.shard_retries:
             self.outcome.failed[attempt.shard] = reason
@@ -228,6 +239,22 @@ class Dispatcher:
         self.log.warning("shard %05d: %s; trying it again (attempt %d of %d)", attempt.shard, reason,
                          counted + 1, self.cfg.ray.shard_retries + 1)
         self.todo.appendleft((attempt.shard, counted))
+
+    def _committed_anyway(self, shard: int) -> bool:
+        """An actor that died right after committing a shard may lose the reply ("may or may not have been
+        executed"): a shard whose object holds its planned rows counts as committed (it was missing when this
+        run started, so this run rendered it, or committed it from a spool)."""
+        rows = len(self.rows_of(shard))
+        try:
+            if self.prepared.dataset.shard_rows(shard) != rows:
+                return False
+        except StorageError:
+            return False
+        self.log.warning("shard %05d: its actor died, but the shard was committed before: not trying it again",
+                         shard)
+        self.outcome.add({"shard": shard, "rendered": rows, "seconds": 0.0, "found_committed": True})
+        self.progress(self.outcome.committed, self.total)
+        return True
 
     def _expire(self) -> None:
         """Kill the actors of shards past their deadline (a hung GPU): their shards move elsewhere."""
@@ -240,7 +267,7 @@ class Dispatcher:
             self.log.error("shard %05d has run for %.0fs on worker %d (timeout %.0fs): the worker is hung; "
                            "killing it and moving its shards", head.shard, now - head.started, w, limit)
             for a in line:
-                a.killed = True
+                a.killed, a.doomed = True, a is not head
             self._kill(self.role, w)
             if head.s is not None:
                 self._kill("schnell", head.s)
