@@ -38,28 +38,6 @@ SHARD = 64
 SIZE = 512
 
 
-def _count_shard_reads() -> list[int]:
-    """Bytes s3fs fetches from shard objects in this process (whole GETs and ranged reads)."""
-    import s3fs.core as core
-
-    read = [0]
-    cat_file, fetch_range = core.S3FileSystem._cat_file, core.S3File._fetch_range
-
-    async def counting_cat(self, path, *args, **kwargs):
-        data = await cat_file(self, path, *args, **kwargs)
-        read[0] += len(data) if "/shards/" in path else 0
-        return data
-
-    def counting_fetch(self, start, end):
-        data = fetch_range(self, start, end)
-        read[0] += len(data) if "/shards/" in self.path else 0
-        return data
-
-    core.S3FileSystem._cat_file, core.S3File._fetch_range = counting_cat, counting_fetch
-    core.S3FileSystem.clear_instance_cache()
-    return read
-
-
 def plan_case(root: str, endpoint: str) -> dict:
     from facelift.config import resolve_config
     from facelift.tasks.build.steps import missing_shards, prepare
@@ -82,8 +60,9 @@ def plan_case(root: str, endpoint: str) -> dict:
 def render_child(args: argparse.Namespace) -> dict:
     from facelift.dataset import Dataset, shard_key
     from facelift.flows.build_dataset import build_dataset
+    from facelift.testing import count_s3_reads
 
-    read = _count_shard_reads()
+    read = count_s3_reads("/shards/")
     slots = min(64, args.workers)
     params = dict(profile="sim", mode="baseline", count=args.shards * SHARD, root=args.root,
                   endpoint_url=args.endpoint, overrides={

@@ -218,3 +218,29 @@ def portrait_png(rng, size: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "PNG", compress_level=6)
     return buf.getvalue()
+
+
+def count_s3_reads(substring: str = "/shards/", setattr: Callable[[object, str, object], None] = setattr
+                   ) -> list[int]:
+    """Count the bytes s3fs fetches (whole-object GETs and ranged reads) from paths containing ``substring``;
+    returns a one-item list that grows as reads happen. ``setattr``: a test's ``monkeypatch.setattr`` undoes the
+    patch afterwards; the default patches for the rest of the process (a benchmark's child)."""
+    import s3fs.core as core
+
+    read = [0]
+    cat_file, fetch_range = core.S3FileSystem._cat_file, core.S3File._fetch_range
+
+    async def counting_cat(self, path, *args, **kwargs):
+        data = await cat_file(self, path, *args, **kwargs)
+        read[0] += len(data) if substring in path else 0
+        return data
+
+    def counting_fetch(self, start, end):
+        data = fetch_range(self, start, end)
+        read[0] += len(data) if substring in self.path else 0
+        return data
+
+    setattr(core.S3FileSystem, "_cat_file", counting_cat)
+    setattr(core.S3File, "_fetch_range", counting_fetch)
+    core.S3FileSystem.clear_instance_cache()  # cached filesystems hold sync wrappers of the unpatched methods
+    return read

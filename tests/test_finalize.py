@@ -11,35 +11,12 @@ from PIL import Image
 from facelift.dataset import shard_key
 from facelift.storage import Store
 from facelift.tasks.build.steps import finalize
-from facelift.testing import make_synthetic_dataset
+from facelift.testing import count_s3_reads, make_synthetic_dataset
 
 
 def _photo_sized(rng: np.random.Generator, size: int) -> tuple[Image.Image, Image.Image]:
     """Noise pictures: PNGs of about 0.8 MB at 512², the weight of real portraits, that no compressor shrinks."""
     return tuple(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(2))
-
-
-def _count_shard_reads(monkeypatch) -> list[int]:
-    """Bytes s3fs fetches from shard objects (whole-object GETs and ranged reads alike)."""
-    import s3fs.core as core
-
-    read = [0]
-    cat_file, fetch_range = core.S3FileSystem._cat_file, core.S3File._fetch_range
-
-    async def counting_cat(self, path, *args, **kwargs):
-        data = await cat_file(self, path, *args, **kwargs)
-        read[0] += len(data) if "/shards/" in path else 0
-        return data
-
-    def counting_fetch(self, start, end):
-        data = fetch_range(self, start, end)
-        read[0] += len(data) if "/shards/" in self.path else 0
-        return data
-
-    monkeypatch.setattr(core.S3FileSystem, "_cat_file", counting_cat)
-    monkeypatch.setattr(core.S3File, "_fetch_range", counting_fetch)
-    core.S3FileSystem.clear_instance_cache()  # cached filesystems hold sync wrappers of the unpatched methods
-    return read
 
 
 def test_finalize_reads_under_one_percent_of_the_shard_bytes(seaweed, monkeypatch):
@@ -48,7 +25,7 @@ def test_finalize_reads_under_one_percent_of_the_shard_bytes(seaweed, monkeypatc
     expected = ds.manifest()
     ds.store.delete("manifest.parquet")
     shard_bytes = sum(ds.store.size(shard_key(k)) for k in ds.committed_shards())
-    read = _count_shard_reads(monkeypatch)
+    read = count_s3_reads("/shards/", monkeypatch.setattr)
     info = finalize(ds, ds.plan(), build_seconds=1.0)
     assert info["status"] == "complete" and info["counts"]["pairs"] == 24
     assert 0 < read[0] < 0.01 * shard_bytes, f"read {read[0]} of {shard_bytes} shard bytes"

@@ -132,7 +132,7 @@ class Dispatcher:
         self.inflight: dict[Any, Attempt] = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.slowest: float | None = None
-        self.total, self.done = len(shards), 0
+        self.total = len(shards)
         self.no_worker_since: float | None = None
         if prepared.lease is not None:
             prepared.lease.on_lost = lambda why: self.finished.put(None)  # wake the loop at once
@@ -201,7 +201,6 @@ class Dispatcher:
         self.lanes[self.role].release(attempt.w)
         if attempt.s is not None:
             self.lanes["schnell"].release(attempt.s)
-        self.done += 1
         if future.state.is_completed():
             res = future.result()
             self.outcome.add(res)
