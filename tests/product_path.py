@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +26,35 @@ import torch
 from learning_data import MAPPINGS, as_tensor, make_pairs, scores
 from PIL import Image
 
+from facelift.cli.localstack import PrefectServer
 from facelift.dataset import Dataset, shard_schema
 from facelift.models.losses import LPIPS_BACKBONE_ENV, save_random_lpips_backbone
+
+log = logging.getLogger(__name__)
 
 
 def facelift(args: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 900) -> str:
     """Run one ``facelift`` command; its output, or an AssertionError with the output's tail."""
+    t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "facelift.cli.main", *args], env=env, cwd=cwd, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s)
+    log.info("facelift %s: %.1f s", args[0], time.monotonic() - t0)
     assert proc.returncode == 0, f"facelift {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}"
     return proc.stdout
 
 
-def cli_env(cache_dir: Path) -> dict[str, str]:
+def cli_env(cache_dir: Path, server: PrefectServer | None = None) -> dict[str, str]:
     """The environment a user's shell would have: the tiny-model cache, the LPIPS backbone file the U-Net's loss
-    needs (``$FACELIFT_LPIPS_BACKBONE``; random weights here: nothing is downloaded) and a short Ray temp folder."""
+    needs (``$FACELIFT_LPIPS_BACKBONE``; random weights here: nothing is downloaded), a short Ray temp folder and,
+    with ``server``, ``PREFECT_API_URL`` of a running Prefect server (as ``make stack`` sets it); without one each
+    command starts Prefect's ephemeral server."""
     backbone = cache_dir / "alexnet-random.pth"
     if not backbone.exists():
         save_random_lpips_backbone(backbone)
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    return {**os.environ, "FACELIFT_CACHE": str(cache_dir), LPIPS_BACKBONE_ENV: str(backbone), "RAY_TMPDIR": ray_tmp,
-            "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "FACELIFT_CACHE": str(cache_dir), LPIPS_BACKBONE_ENV: str(backbone), "RAY_TMPDIR": ray_tmp,
+           "PYTHONUNBUFFERED": "1"}
+    return server.env(env) if server else env
 
 
 def build(root: Path, count: int, dataset_id: str, env: dict[str, str]) -> str:
