@@ -57,7 +57,6 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     here, so flow-run logs still reach the Prefect API (the UI) at INFO whatever the console shows.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # the ephemeral API server of a flow called without a server: 20 s is too short on a loaded 2-core host
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -20,7 +20,7 @@ from typing import Any
 
 from facelift.cli import postgres
 from facelift.cli.stack_auth import StackSecrets, auth_enabled, server_security_env
-from facelift.cli.stack_procs import http_ok, pid_alive, spawn, stop_group, stop_worker
+from facelift.cli.stack_procs import ProcRecord, http_ok, pid_alive, spawn, stop_group, stop_worker
 from facelift.testing import SeaweedS3, free_port, stop_pid
 
 log = logging.getLogger(__name__)
@@ -277,15 +277,17 @@ class Stack:
         return StackSecrets(self.dir / "secrets")
 
     def _pid(self, name: str) -> int | None:
-        path = self.dir / f"{name}.pid"
-        try:
-            return int(path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        """The pid of this stack's ``name`` service, only while that very process runs: a pid file whose pid now
+        names another process (a reboot, pid reuse) or a bare pid from an older stack counts as not running."""
+        record = ProcRecord.read(self.dir / f"{name}.pid")
+        return record.pid if record and record.matches() else None
 
     def _write_pid(self, name: str, pid: int) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / f"{name}.pid").write_text(f"{pid}\n")
+        record = ProcRecord.of(pid)
+        if record is None:
+            raise StackError(f"{name} (pid {pid}) exited as it started; see its log in {self.dir}")
+        record.write(self.dir / f"{name}.pid")
 
     @property
     def server(self) -> PrefectServer:

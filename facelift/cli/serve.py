@@ -52,7 +52,6 @@ def serve(
         raise fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())) from None
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     for name, value in LOCAL_RAY_ENV.items():  # before Ray starts: its actors inherit this environment
         os.environ.setdefault(name, value)
     ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True)

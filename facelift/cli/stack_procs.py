@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from facelift.testing import stop_pid
@@ -27,6 +29,45 @@ def pid_alive(pid: int | None) -> bool:
         return done == 0
     except ChildProcessError:
         return True
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    """What a pid file records: the pid, the process's start time (clock ticks after boot, field 22 of
+    ``/proc/<pid>/stat``) and its command line. After a reboot or pid reuse the pid names another process, whose
+    start time or command line differs: ``matches()`` is False and the stack neither keeps nor stops it."""
+
+    pid: int
+    start: int
+    cmdline: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pid: int) -> ProcRecord | None:
+        """The live process ``pid`` as a record; None if there is none (or only a zombie)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+        if fields[0] == "Z":
+            return None
+        return cls(pid, int(fields[19]), tuple(raw.decode(errors="replace").split("\0")[:-1]))
+
+    def matches(self) -> bool:
+        return ProcRecord.of(self.pid) == self
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> ProcRecord | None:
+        """The record in ``path``; None if absent, or a bare pid (an older stack's file: not verifiable)."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["pid"]), int(data["start"]), tuple(data["cmdline"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
 
 
 def stop_worker(pid: int, timeout_s: float = 20.0) -> None:

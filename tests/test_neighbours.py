@@ -1,0 +1,77 @@
+"""Auth that nothing on this machine turns off (issue 32): each test probes what a user runs, or the running
+thing, as a neighbour would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from facelift.cli.localstack import REPO
+from facelift.cli.stack_procs import ProcRecord
+from facelift.models.heads import build_head
+
+# Run one facelift command with ``ray.init`` replaced by a probe that prints the RAY_AUTH_MODE Ray would see and
+# exits; the probe also runs at exit, for a command that fails before it starts Ray.
+PROBE = """
+import atexit, os, sys
+import ray
+def seen(*_a, **_k):
+    print("ray.init sees RAY_AUTH_MODE=" + os.environ.get("RAY_AUTH_MODE", "<unset>"), flush=True)
+    os._exit(0)
+ray.init = seen
+atexit.register(lambda: print("at exit RAY_AUTH_MODE=" + os.environ.get("RAY_AUTH_MODE", "<unset>"), flush=True))
+from facelift.cli.main import main
+sys.argv = ["facelift", *sys.argv[1:]]
+main()
+"""
+
+
+def _run_probe(args: list[str], cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    return proc.stdout + proc.stderr
+
+
+def test_no_facelift_command_turns_ray_auth_off(tmp_path: Path) -> None:
+    """With RAY_AUTH_MODE unset, Ray 2.60 turns token auth on for a new local cluster; facelift leaves it unset:
+    every command's setup (``build`` refusing a bad dataset id before Prefect starts) and ``serve``, which starts
+    Ray itself."""
+    out = _run_probe(["build", "--dataset-id", "../x", "--out", str(tmp_path)], tmp_path)
+    assert "at exit RAY_AUTH_MODE=<unset>" in out, out[-2000:]
+    head = tmp_path / "runs" / "r1" / "head"
+    build_head("esa_cyclegan", "debug").save(str(head))
+    out = _run_probe(["serve", "--head", str(head), "--device", "cpu"], tmp_path)
+    assert "ray.init sees RAY_AUTH_MODE=<unset>" in out, out[-2000:]
+
+
+def test_stack_down_stops_only_the_processes_it_recorded(tmp_path: Path) -> None:
+    """``make stack-down`` (``infra/local/down.sh``) after a reboot: the recorded pids now belong to other
+    processes. A pid file names a process by pid, start time and command line; down stops only a match."""
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)  # someone's process, on a recorded pid
+    ours = subprocess.Popen(["sleep", "301"], start_new_session=True)
+    try:
+        (stack_dir / "prefect.pid").write_text(f"{stranger.pid}\n")  # a bare pid, as older stacks wrote
+        seen = ProcRecord.of(stranger.pid)
+        assert seen is not None
+        # recorded for the stack's SeaweedFS, which has since gone; its pid was reused
+        ProcRecord(seen.pid, seen.start - 1, ("weed", "server")).write(stack_dir / "seaweed.pid")
+        ProcRecord(seen.pid, seen.start, ("weed", "server")).write(stack_dir / "worker.pid")
+        record = ProcRecord.of(ours.pid)
+        assert record is not None
+        record.write(stack_dir / "ray.pid")  # the stack's own process: stopped
+        proc = subprocess.run(["bash", "infra/local/down.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "STACK_DIR": str(stack_dir), "PY": sys.executable})
+        assert proc.returncode == 0, proc.stderr
+        assert stranger.poll() is None, "down stopped a process the stack never started"
+        assert ours.wait(timeout=30) is not None and f"ray ({ours.pid})" in proc.stdout, proc.stdout
+        assert not list(stack_dir.glob("*.pid"))
+    finally:
+        for p in (stranger, ours):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
