@@ -83,7 +83,7 @@ def _sh(script: str, env: dict[str, str], timeout: float = 600) -> subprocess.Co
 
 
 def _pids(stack_dir: Path) -> dict[str, int]:
-    return {p.stem: int(p.read_text()) for p in stack_dir.glob("*.pid")}
+    return {p.stem: int(json.loads(p.read_text())["pid"]) for p in stack_dir.glob("*.pid")}
 
 
 def _alive(pid: int) -> bool:
@@ -138,6 +138,13 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
                       "--timeout 400", env, timeout=500)
         assert rebuild.returncode == 0, (rebuild.stdout + rebuild.stderr)[-3000:] + _log(stack_dir)
         assert "Completed" in rebuild.stdout
+        # nothing the stack or its services (server, SeaweedFS, Ray, worker, flow runs) wrote is open to others
+        shared = [f"{p} {stat.filemode(p.lstat().st_mode)}" for p in [stack_dir, *stack_dir.rglob("*")]
+                  if not p.is_symlink() and p.lstat().st_mode & 0o077]
+        assert not shared, shared[:10]
+        ray_home = Path((stack_dir / "ray-tmp").read_text().strip())  # Ray's session folder lives in here
+        assert ray_home.parent == Path("/tmp") and stat.S_IMODE(ray_home.stat().st_mode) == 0o700
+        assert ray_home.stat().st_uid == os.getuid() and any(ray_home.glob("ray/session_*"))
 
         again = _sh(f"make stack VENV={venv.parent}", env, timeout=600)  # idempotent: running services kept
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]

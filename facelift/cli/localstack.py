@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -242,6 +244,17 @@ def start_worker(env: dict[str, str], log_path: Path, pool: str = POOL, name: st
     return spawn(cmd, env, log_path, REPO)
 
 
+def make_private(root: Path) -> None:
+    """Take group and other access off ``root`` and everything under it (symlinks are left alone)."""
+    for path in [root, *root.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+        except FileNotFoundError:  # a service removed it meanwhile
+            continue
+
+
 # -- the stack (pid files under .stack/) ----------------------------------------------------------------------
 def _port(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -305,11 +318,14 @@ class Stack:
         return f"http://127.0.0.1:{self.s3_port}"
 
     @property
-    def ray_tmp(self) -> Path:
-        """Ray's session folder: short and under /tmp (its AF_UNIX socket paths must stay under 108 bytes)."""
-        import hashlib
-
-        return Path("/tmp") / f"facelift-ray-{hashlib.sha256(str(self.dir).encode()).hexdigest()[:8]}"
+    def ray_tmp(self) -> Path | None:
+        """The private (0700, unpredictable) folder that holds Ray's session folder, made by ``mkdtemp`` when the
+        head starts and named in ``<stack>/ray-tmp``; short and under /tmp (Ray's AF_UNIX socket paths must stay
+        under 108 bytes). Ray makes its own folder inside world-writable; this one keeps others out of it."""
+        try:
+            return Path((self.dir / "ray-tmp").read_text().strip())
+        except FileNotFoundError:
+            return None
 
     def env(self) -> dict[str, str]:
         """The environment of the stack's services and clients (worker, flow runs): holds the secrets."""
@@ -322,8 +338,10 @@ class Stack:
                 env.setdefault(key, value)
         env.update(AWS_ENDPOINT_URL_S3=self.s3_endpoint, RAY_ADDRESS=f"127.0.0.1:{self.ray_port}",
                    FACELIFT_CACHE=env.get("FACELIFT_CACHE", str(self.dir / "cache")),
-                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}", RAY_TMPDIR=str(self.ray_tmp),
+                   FACELIFT_STORAGE__ROOT=f"s3://{self.bucket}",
                    DEEPFACE_HOME=env.get("DEEPFACE_HOME", str(self.dir / "deepface")))
+        if self.ray_tmp:
+            env["RAY_TMPDIR"] = str(self.ray_tmp)  # a driver's own session files: <RAY_TMPDIR>/ray
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         return env
 
@@ -340,8 +358,11 @@ class Stack:
                 for name in ("postgres", "prefect", "seaweed", "ray", "worker")}
 
     def up(self) -> str:
-        """Start whatever is not running, deploy everything, return the UI URL."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Start whatever is not running, deploy everything, return the UI URL. Everything the stack and its
+        services write is private to this user (umask 077; an older stack's files lose group/other access)."""
+        os.umask(0o077)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(self.dir)
         if (db := self.database) and not (pid_alive(db.pid) and db.ready()):
             self._write_pid("postgres", db.start().pid)
         server = self.server
@@ -374,9 +395,16 @@ class Stack:
         return server.ui_url
 
     def _start_ray(self, env: dict[str, str]) -> None:
+        import tempfile
+
+        if self.ray_tmp:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        private = tempfile.mkdtemp(prefix="facelift-ray-", dir="/tmp")  # 0700, a name nobody could take first
+        (self.dir / "ray-tmp").write_text(private + "\n")
+        env = {**env, "RAY_TMPDIR": private}
         ray = Path(sys.executable).parent / "ray"
         cmd = [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={self.ray_port}",
-               "--include-dashboard=false", f"--temp-dir={self.ray_tmp}", "--disable-usage-stats"]
+               "--include-dashboard=false", f"--temp-dir={private}/ray", "--disable-usage-stats"]
         proc = spawn(cmd, env, self.dir / "ray.log", REPO)
         self._write_pid("ray", proc.pid)
         deadline = time.monotonic() + 90
@@ -401,9 +429,9 @@ class Stack:
                     stop_group(pid)
                 stopped.append(f"{name} ({pid})")
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
-        import shutil
-
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)  # Ray's session files (logs stay in .stack/ray.log)
+        if self.ray_tmp:  # Ray's session files (logs stay in .stack/ray.log)
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            (self.dir / "ray-tmp").unlink(missing_ok=True)
         return stopped
 
 
