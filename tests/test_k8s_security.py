@@ -95,28 +95,105 @@ def test_no_secret_in_plain_text_and_no_auth_switched_off():
     for name, pod in PODS.items():
         for container in pod["spec"]["containers"]:
             for e in container.get("env", []):
+                if e["name"].endswith(("_SECRET_NAME", "_SECRET_KEY")):  # names a Secret, holds none
+                    continue
                 if any(word in e["name"] for word in ("SECRET", "TOKEN", "AUTH_STRING", "PASSWORD")):
                     assert "valueFrom" in e, (name, e["name"])
 
 
 def test_ray_dashboard_is_bound_to_the_pod_and_a_network_policy_guards_the_namespace():
-    clusters = [d["spec"] if d["kind"] == "RayCluster" else d["spec"]["rayClusterConfig"]
-                for d in _docs() if d["kind"] in ("RayCluster", "RayService")]
-    assert len(clusters) == 2
-    for cluster in clusters:
-        assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
-    policies = [d for d in _docs() if d["kind"] == "NetworkPolicy"]
-    deny = [p for p in policies if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
-    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"]  # default: no ingress
-    allow = [p for p in policies if p["spec"].get("ingress")]
-    for policy in allow:
-        for rule in policy["spec"]["ingress"]:
-            if "from" in rule:  # from facelift pods only
-                assert all(src["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "facelift"}
-                           for src in rule["from"]), policy["metadata"]["name"]
-            else:  # from anywhere: only the Serve HTTP port of the serve head (applications call it)
-                assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "serve-head"
+    [build] = [d["spec"] for d in _docs() if d["kind"] == "RayCluster"]
+    [serve] = [d["spec"]["rayClusterConfig"] for d in _docs() if d["kind"] == "RayService"]
+    assert build["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    # the KubeRay operator deploys the Serve config through the serve head's dashboard, with the token
+    assert serve["authOptions"] == {"mode": "token", "secretName": RAY_SECRET}
+    deny = [p for p in POLICIES if p["spec"]["podSelector"] == {} and "Ingress" in p["spec"]["policyTypes"]]
+    assert deny and not deny[0]["spec"].get("ingress")  # default: no ingress
+    for policy in POLICIES:
+        for rule in policy["spec"].get("ingress", []):
+            for src in rule.get("from", []):  # facelift pods, or the operator's namespace to the serve dashboard
+                if "namespaceSelector" in src:
+                    assert rule["ports"] == [{"port": 8265, "protocol": "TCP"}], policy["metadata"]["name"]
+                    assert set(_selected(policy)) == {"serve-head"}, policy["metadata"]["name"]
+                else:
+                    assert src["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "facelift"}
+            if "from" not in rule:  # from anywhere: only the Serve HTTP port, on every pod that runs a proxy
                 assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}], policy["metadata"]["name"]
+                assert set(_selected(policy)) == {"serve-head", "serve-gpu"}, policy["metadata"]["name"]
+
+
+POLICIES = [d for d in _docs() if d["kind"] == "NetworkPolicy"]
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In / NotIn / Exists) against labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) or \
+                (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def _selected(policy: dict[str, Any]) -> list[str]:
+    return [name for name, pod in PODS.items() if _matches(policy["spec"]["podSelector"], pod["metadata"]["labels"])]
+
+
+NEEDS_API_TOKEN = {"prefect-worker", "ray-head", "serve-head"}  # creates Jobs; KubeRay's autoscaler sidecar
+
+
+@pytest.mark.parametrize("name", sorted(PODS))
+def test_every_pod_meets_the_restricted_pod_security_standard(name):
+    spec = PODS[name]["spec"]
+    ctx = spec.get("securityContext", {})
+    assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) != 0, name
+    assert ctx.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+    assert not [v for v in spec.get("volumes", []) if "hostPath" in v], name
+    for container in spec["containers"]:
+        c = container.get("securityContext", {})
+        assert c.get("allowPrivilegeEscalation") is False and not c.get("privileged"), (name, container["name"])
+        assert c.get("capabilities") == {"drop": ["ALL"]} and c.get("runAsUser", 1) != 0, (name, container["name"])
+    if name not in NEEDS_API_TOKEN:  # no Kubernetes API credentials where nothing calls the API
+        assert spec.get("automountServiceAccountToken") is False, name
+
+
+def test_the_namespace_enforces_restricted_and_autoscalers_meet_it():
+    [namespace] = [d for d in _docs() if d["kind"] == "Namespace"]
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+    for doc in _docs():
+        if doc["kind"] in ("RayCluster", "RayService"):
+            spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterConfig"]
+            if spec.get("enableInTreeAutoscaling"):  # KubeRay injects the autoscaler into the head pod
+                ctx = spec["autoscalerOptions"]["securityContext"]
+                assert ctx == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_no_pod_reaches_the_instance_metadata():
+    egress = [p for p in POLICIES if "Egress" in p["spec"]["policyTypes"]]
+    covered = {name for p in egress for name in _selected(p)}
+    assert covered == set(PODS)
+    for policy in egress:
+        for rule in policy["spec"]["egress"]:
+            for dest in rule.get("to", [{}]):
+                block = dest.get("ipBlock")
+                assert block, policy["metadata"]["name"]  # no open pod/namespace rule that skips the exception
+                if block["cidr"] == "0.0.0.0/0":
+                    assert "169.254.169.254/32" in block["except"]
+                if block["cidr"] == "::/0":
+                    assert "fd00:ec2::254/128" in block["except"]
+
+
+def test_flow_run_jobs_take_the_auth_string_from_the_secret():
+    """The worker re-exports its own settings into each flow-run Job; told the Secret's name and key, it writes a
+    secretKeyRef there instead of the value (tests/test_neighbours.py renders one through prefect-kubernetes)."""
+    [worker] = PODS["prefect-worker"]["spec"]["containers"]
+    env, _ = _env(worker)
+    assert env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"] == AUTH_SECRET
+    assert env["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_KEY"] == "auth-string"
 
 
 def test_ray_vm_cluster_uses_token_auth_and_least_privilege_profiles():
