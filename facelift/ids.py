@@ -8,6 +8,7 @@ storage path.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 MAX_ID_LEN = 128
@@ -40,12 +41,10 @@ def check_id(value: str, what: str = "dataset id") -> str:
 
 def artifact_key(*parts: str) -> str:
     """A valid Prefect artifact key (lowercase letters, digits, dashes) from any text, e.g. ``("build", "v1.2")``
-    -> ``build-v1-2-<hash>``. Keys that had to change (case, ``.``, ``_``) or be shortened get 8 hex
-    digits of the original's hash, so two ids never share a key."""
+    -> ``build-v1-2-<hash>``: the readable part, shortened to fit, then always 8 hex digits of the parts' hash
+    (of their JSON list, so ``("a-b", "c")`` and ``("a", "b-c")`` differ too). No id can forge another's key: an id
+    that already looks like ``v1-2-<hash>`` gets a hash of its own."""
     text = "-".join(parts)
-    key = _KEY_BAD.sub("-", text.lower()).strip("-") or "artifact"
-    key = re.sub("-{2,}", "-", key)
-    if key != text or len(key) > ARTIFACT_KEY_LEN:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-        key = f"{key[:ARTIFACT_KEY_LEN - 9].rstrip('-')}-{digest}"
-    return key
+    key = re.sub("-{2,}", "-", _KEY_BAD.sub("-", text.lower()).strip("-")) or "artifact"
+    digest = hashlib.sha256(json.dumps(list(parts)).encode()).hexdigest()[:8]
+    return f"{key[:ARTIFACT_KEY_LEN - 9].rstrip('-')}-{digest}"

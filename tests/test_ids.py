@@ -31,7 +31,29 @@ def test_artifact_keys_are_valid_and_distinct():
     keys = {artifact_key("build", v) for v in [*VALID, "v1-2", "V1.2", "v1_2"]}
     assert len(keys) == len(VALID) + 3  # no two ids share a key
     assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", k) and len(k) <= 60 for k in keys)
-    assert artifact_key("build", "abc") == "build-abc"  # already a key: unchanged
+    assert artifact_key("build", "abc").startswith("build-abc-")  # readable, and always the hash
+    assert artifact_key("a-b", "c") != artifact_key("a", "b-c")
+
+
+def test_no_id_forges_another_ids_artifact_key():
+    """``v1.2`` gets ``build-v1-2-<hash>``; an id spelled ``v1-2-<that hash>`` must not get the same key (it did:
+    a key that needed no change was used as it was)."""
+    key = artifact_key("build", "v1.2")
+    forged = key.removeprefix("build-")
+    check_id(forged)  # a valid dataset id
+    assert artifact_key("build", forged) != key
+
+
+def test_a_run_id_taken_from_run_uri_is_checked(tmp_path):
+    from facelift.tasks.train.loop import TrainConfig, resolve_run
+
+    def cfg(run: str) -> TrainConfig:
+        return TrainConfig(dataset_uri=str(tmp_path / "datasets" / "d"), head="unet_cbam",
+                           run_uri=str(tmp_path / "runs" / run))
+
+    with pytest.raises(IdError, match=r"run_uri\) 'a b' contains ' '"):
+        resolve_run(cfg("a b"))
+    assert resolve_run(cfg("r1")).run_id == "r1"
 
 
 def test_cli_refuses_a_bad_id_before_any_work(tmp_path, prefect_harness):

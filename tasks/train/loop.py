@@ -150,7 +150,12 @@ def new_run_id(head: str) -> str:
 
 def resolve_run(cfg: TrainConfig) -> TrainConfig:
     """Fill ``run_id`` and ``run_uri`` (``<dataset root>/runs/<run_id>``)."""
-    run_id = cfg.run_id or (cfg.run_uri.rstrip("/").rsplit("/", 1)[-1] if cfg.run_uri else new_run_id(cfg.head))
+    if cfg.run_id:
+        run_id = cfg.run_id
+    elif cfg.run_uri:  # the folder's name: it names checkpoints, completion records and artifact keys
+        run_id = check_id(cfg.run_uri.rstrip("/").rsplit("/", 1)[-1], "run id (the last part of run_uri)")
+    else:
+        run_id = new_run_id(cfg.head)
     run_uri = cfg.run_uri or Dataset(Store(cfg.dataset_uri, cfg.endpoint_url)).root_store().child(
         f"runs/{run_id}").url()
     return cfg.model_copy(update={"run_id": run_id, "run_uri": run_uri})
