@@ -1,29 +1,38 @@
 """Completed downstream runs, indexed by what they computed, so a repeated trigger does not compute it again.
 
-A train run is identified by (dataset fingerprint, training config without its run id/URI); an audit by (the
-datasets' fingerprints, its options); an evaluation by (dataset fingerprint, head runs, options). When a run
-completes, a small record is written to ``<root>/runs/.done/<kind>-<key>.json`` naming the run; a triggered
-run with the same key finds it (one read) and is skipped, with one log line saying which run it would repeat.
+A dataset is identified by its URI and the version tag of its manifest (S3 ETag; locally inode, mtime and size):
+the build's parameter fingerprint alone would name a dataset deleted and rebuilt at the same URI as the old one,
+and its trigger would skip training it. A train run is keyed by (that identity, training config without its run
+id/URI); an audit by (the datasets' identities, its options). When a run completes, a small record is written to
+``<root>/runs/.done/<kind>-<key>.json`` naming the run; a triggered run with the same key finds it (one read) and
+is skipped, with one log line saying which run it would repeat. While a run computes a key it holds a claim on
+it (:func:`claim`: a lease taken by a create-exclusive write, renewed while it runs), so two triggered runs that
+start together do not both compute it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
-from facelift.dataset import Dataset
+from facelift.dataset import MANIFEST, Dataset, DatasetError
+from facelift.lease import Lease, LeaseHeld
 from facelift.storage import Store
 
 log = logging.getLogger(__name__)
 INDEX = "runs/.done"
 
 
-def dataset_fingerprint(dataset_uri: str, endpoint_url: str | None = None) -> str:
-    """The content fingerprint recorded in ``dataset.json`` (the URI itself if the dataset has none)."""
-    info = Dataset.open(dataset_uri, endpoint_url).info()
-    return str(info.get("fingerprint") or dataset_uri)
+def dataset_identity(ds: Dataset) -> str:
+    """``<uri>@<manifest version tag>``: which dataset, and which build of it (a rebuild writes a new manifest)."""
+    try:
+        return f"{ds.uri}@{ds.store.tag(MANIFEST)}"
+    except FileNotFoundError:
+        raise DatasetError(f"dataset {ds.dataset_id} has no {MANIFEST}: the build has not finished") from None
 
 
 def run_key(kind: str, fingerprints: list[str], config: dict[str, Any]) -> str:
@@ -34,9 +43,26 @@ def run_key(kind: str, fingerprints: list[str], config: dict[str, Any]) -> str:
 def train_key(cfg: Any) -> tuple[Store, str]:
     """(runs root, key) of a training config (a ``TrainConfig``): its dataset's fingerprint and every setting
     but where the run is written."""
-    root = Dataset(Store(cfg.dataset_uri, cfg.endpoint_url)).root_store()
+    ds = Dataset.open(cfg.dataset_uri, cfg.endpoint_url)
     config = cfg.model_dump(mode="json", exclude={"run_id", "run_uri", "dataset_uri", "endpoint_url"})
-    return root, run_key("train", [dataset_fingerprint(cfg.dataset_uri, cfg.endpoint_url)], config)
+    return ds.root_store(), run_key("train", [dataset_identity(ds)], config)
+
+
+@contextlib.contextmanager
+def claim(root: Store, key: str, what: str) -> Iterator[str | None]:
+    """Hold the claim on computing ``key`` for the ``with`` block: yields None when this run holds it, else who
+    does (the caller skips). The claim is a :class:`~facelift.lease.Lease` (create-exclusive, renewed while held,
+    free again ttl after its holder died), released on exit."""
+    lease = Lease(root.child(f"{INDEX}/{key}"), what, wait_s=0)
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        yield str(exc)
+        return
+    try:
+        yield None
+    finally:
+        lease.release()
 
 
 def find_completed(root: Store, key: str) -> dict[str, Any] | None:

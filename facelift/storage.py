@@ -262,6 +262,18 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StorageError(f"cannot read {key} from {self.where()}: {_describe(exc)}") from None
 
+    def tag(self, key: str) -> str:
+        """The version tag of ``key`` without reading it (S3: a HEAD's ETag; local: inode, mtime and size), as
+        :meth:`read_tagged` gives it. FileNotFoundError if it is absent."""
+        try:
+            if self.is_local:
+                return self._local_tag(os.stat(self.path(key)))
+            return str(self.fs.info(self.path(key), refresh=True)["ETag"])
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot read the version of {key} in {self.where()}: {_describe(exc)}") from None
+
     def replace_if(self, key: str, data: bytes, tag: str) -> bool:
         """Overwrite ``key`` only if it is still the version ``tag`` (S3 ``If-Match``; locally compare and
         rename under the lock). False if it changed or is gone."""

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -68,7 +69,7 @@ def audit_diversity(
     root = Store(output_root, endpoint_url) if output_root else datasets[0].root_store()
     out = root.child(f"runs/{run_id}")
     options = AuditOptions(detector=detector, include_dev=include_dev, enforce_detection=enforce_detection)
-    key = done.run_key("audit", [str(ds.info().get("fingerprint") or ds.uri) for ds in datasets],
+    key = done.run_key("audit", [done.dataset_identity(ds) for ds in datasets],
                        {"options": dataclasses.asdict(options),
                         "tsne": tsne, "perplexity": perplexity, "tsne_max_fit": tsne_max_fit,
                         "output_root": output_root})
@@ -76,38 +77,43 @@ def audit_diversity(
     if record:
         logger.info(done.skip_line("audit", f"the contents of {', '.join(ds.dataset_id for ds in datasets)}", record))
         return {**record["result"], "skipped": True}
-    check_weights_task(detector)
+    with done.claim(root, key, "an audit of these datasets' contents") if repeatable else nullcontext() as busy:
+        record = done.find_completed(root, key) if repeatable and not busy else None  # finished meanwhile
+        if busy or record:
+            logger.info("skipped: %s", busy or done.skip_line("audit", "these contents", record))
+            return {**(record or {}).get("result", {}), "skipped": True}
+        check_weights_task(detector)
 
-    summaries = {}
-    for ds in datasets:
-        prepare_audit(ds, options)
-        shards = ds.committed_shards()
-        logger.info("auditing %s: %d shards (%s images, detector %s)", ds.uri, len(shards),
-                    "+".join(options.images), detector)
-        results = [audit_shard_task(ds.uri, ds.dataset_id, s, options, endpoint_url) for s in shards]
-        summaries[ds.dataset_id] = summary_dict(results)
-        logger.info("%s: %s", ds.dataset_id, {k: v for k, v in summaries[ds.dataset_id].items()
-                                               if k != "per_shard"})
+        summaries = {}
+        for ds in datasets:
+            prepare_audit(ds, options)
+            shards = ds.committed_shards()
+            logger.info("auditing %s: %d shards (%s images, detector %s)", ds.uri, len(shards),
+                        "+".join(options.images), detector)
+            results = [audit_shard_task(ds.uri, ds.dataset_id, s, options, endpoint_url) for s in shards]
+            summaries[ds.dataset_id] = summary_dict(results)
+            logger.info("%s: %s", ds.dataset_id, {k: v for k, v in summaries[ds.dataset_id].items()
+                                                   if k != "per_shard"})
 
-    outputs = write_outputs(datasets, detector, out, include_dev=include_dev, tsne=tsne,
-                            perplexity=perplexity, tsne_max_fit=tsne_max_fit)
-    create_table_artifact(outputs.table1.to_dict("records"), key=artifact_key("audit", run_id, "table1"),
-                          description=f"Diversity audit (Table 1), {detector} detector: {outputs.run_uri}")
-    plots = "\n\n".join(f"### {name}\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
-                        for name, png in outputs.plots.items())
-    create_markdown_artifact(
-        f"# Diversity audit `{run_id}`\n\nOutputs: `{outputs.run_uri}`\n\n{outputs.table1_markdown}\n\n{plots}",
-        key=artifact_key("audit", run_id, "report"), description="Diversity audit: Table 1 and ArcFace t-SNE plots")
-    dataset_uris_out = [ds.uri for ds in datasets]
-    emit_event(event="facelift.audit.completed", resource={"prefect.resource.id": f"facelift.run.{run_id}"},
-               payload={"run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out})
-    logger.info("audit written to %s\n%s", outputs.run_uri, outputs.table1_markdown)
-    result = {"run_id": run_id, "run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out,
-            "files": outputs.files, "audit": {k: {kk: vv for kk, vv in v.items() if kk != "per_shard"}
-                                              for k, v in summaries.items()},
-            "report": outputs.report}
-    done.record_completed(root, key, {"run_id": run_id, "run_uri": outputs.run_uri, "result": result})
-    return result
+        outputs = write_outputs(datasets, detector, out, include_dev=include_dev, tsne=tsne,
+                                perplexity=perplexity, tsne_max_fit=tsne_max_fit)
+        create_table_artifact(outputs.table1.to_dict("records"), key=artifact_key("audit", run_id, "table1"),
+                              description=f"Diversity audit (Table 1), {detector} detector: {outputs.run_uri}")
+        plots = "\n\n".join(f"### {name}\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
+                            for name, png in outputs.plots.items())
+        create_markdown_artifact(
+            f"# Diversity audit `{run_id}`\n\nOutputs: `{outputs.run_uri}`\n\n{outputs.table1_markdown}\n\n{plots}",
+            key=artifact_key("audit", run_id, "report"), description="Diversity audit: Table 1 and ArcFace t-SNE plots")
+        dataset_uris_out = [ds.uri for ds in datasets]
+        emit_event(event="facelift.audit.completed", resource={"prefect.resource.id": f"facelift.run.{run_id}"},
+                   payload={"run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out})
+        logger.info("audit written to %s\n%s", outputs.run_uri, outputs.table1_markdown)
+        result = {"run_id": run_id, "run_uri": outputs.run_uri, "dataset_uris": dataset_uris_out,
+                "files": outputs.files, "audit": {k: {kk: vv for kk, vv in v.items() if kk != "per_shard"}
+                                                  for k, v in summaries.items()},
+                "report": outputs.report}
+        done.record_completed(root, key, {"run_id": run_id, "run_uri": outputs.run_uri, "result": result})
+        return result
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -85,15 +86,21 @@ def train_head(
                       inception_weights=inception_weights)
     Dataset.open(dataset_uri, endpoint_url).require_real("training")
     root, key = done.train_key(cfg)
-    record = done.find_completed(root, key) if skip_completed and run_id is None else None
+    repeatable = skip_completed and run_id is None
+    what = f"head {head} ({flavor}) with this config on this build of the dataset"
+    record = done.find_completed(root, key) if repeatable else None
     if record:
-        logger.info(done.skip_line("training", f"head {head} ({flavor}) with this config on this dataset's content",
-                                   record))
+        logger.info(done.skip_line("training", what, record))
         return {**record["result"], "skipped": True}
-    run = train_task(cfg, ray_address, max_failures)
-    plots = report_task(run, cfg)
-    result = {**run, **plots, "head": head, "dataset_uri": dataset_uri}
-    done.record_completed(root, key, {"run_id": run["run_id"], "run_uri": run["run_uri"], "result": result})
+    with done.claim(root, key, f"training {what}") if repeatable else nullcontext() as busy:
+        record = done.find_completed(root, key) if repeatable and not busy else None  # finished meanwhile
+        if busy or record:
+            logger.info("skipped: %s", busy or done.skip_line("training", what, record))
+            return {**(record or {}).get("result", {}), "skipped": True}
+        run = train_task(cfg, ray_address, max_failures)
+        plots = report_task(run, cfg)
+        result = {**run, **plots, "head": head, "dataset_uri": dataset_uri}
+        done.record_completed(root, key, {"run_id": run["run_id"], "run_uri": run["run_uri"], "result": result})
     logger.info("head %s trained: %s", head, run["head_uri"])
     emit_event(event="facelift.head.trained",
                resource={"prefect.resource.id": f"facelift.run.{run['run_id']}"},
