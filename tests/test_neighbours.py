@@ -75,3 +75,55 @@ def test_stack_down_stops_only_the_processes_it_recorded(tmp_path: Path) -> None
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_flow_run_job_rendered_by_the_worker_holds_no_secret_value(monkeypatch) -> None:
+    """The Kubernetes worker (prefect-kubernetes, as the image installs it) re-exports its own settings into every
+    flow-run Job; run with ``infra/k8s/prefect-worker.yaml``'s environment, the Job it submits names the auth
+    string's Secret and holds no value of it, so ``kubectl get job -o yaml`` (the built-in ``view`` role) shows
+    none. The Job is caught where the worker hands it to the Kubernetes API."""
+    import asyncio
+    import json
+    import uuid
+
+    import prefect_kubernetes.worker as kw
+    import yaml
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    k8s = REPO / "infra" / "k8s"
+    deployment = [d for d in yaml.safe_load_all((k8s / "prefect-worker.yaml").read_text()) if d["kind"] == "Deployment"]
+    [container] = deployment[0]["spec"]["template"]["spec"]["containers"]
+    for entry in container["env"]:
+        if "value" in entry:
+            monkeypatch.setenv(entry["name"], entry["value"])
+    secret = "admin:" + uuid.uuid4().hex  # what the kubelet injects from the facelift-prefect-auth Secret
+    template = json.loads((k8s / "base-job-template.json").read_text())
+    submitted: list[dict] = []
+
+    class BatchApi:  # the Kubernetes API the worker would call
+        def __init__(self, _client: object) -> None:
+            pass
+
+        async def create_namespaced_job(self, namespace: str, body: dict) -> object:
+            submitted.append(body)
+            return body
+
+    monkeypatch.setattr(kw, "BatchV1Api", BatchApi)
+
+    async def render() -> None:
+        config = await kw.KubernetesWorkerJobConfiguration.from_template_and_values(
+            template["job_configuration"], {"image": "ghcr.io/facelift/facelift-worker:0.1.0"})
+        config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="a-run"))
+        worker = kw.KubernetesWorker(work_pool_name="facelift")
+        await worker._create_job(config, client=None)
+
+    with temporary_settings({PREFECT_API_URL: "http://prefect-server.facelift.svc:4200/api",
+                             PREFECT_API_AUTH_STRING: secret}):
+        asyncio.run(render())
+    [job] = submitted
+    assert secret not in json.dumps(job), "the auth string's value is in the Job"
+    [env] = [c["env"] for c in job["spec"]["template"]["spec"]["containers"]]
+    refs = [e for e in env if e["name"] == "PREFECT_API_AUTH_STRING"]
+    assert refs and all(e.get("valueFrom") == {"secretKeyRef": {"name": "facelift-prefect-auth",
+                                                                "key": "auth-string"}} for e in refs), refs
