@@ -68,6 +68,7 @@ class SeaweedS3:
     proc: subprocess.Popen | None = None
     ports: list[str] | None = None  # kept across stop/start, so a restart serves the same data on the same ports
     s3_config: Path | None = None  # ``-s3.config`` identities: the gateway then refuses unsigned/unknown requests
+    security: Path | None = None  # a folder with ``security.toml`` (JWT keys), weed's working directory
 
     @property
     def endpoint(self) -> str:
@@ -87,7 +88,8 @@ class SeaweedS3:
             *([f"-s3.config={self.s3_config}"] if self.s3_config else []),
         ]
         log_file = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.security)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

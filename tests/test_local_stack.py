@@ -104,15 +104,26 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
                PREFECT_SERVER_ANALYTICS_ENABLED="false", TF_CPP_MIN_LOG_LEVEL="3")
     venv = Path(sys.executable).parent
     try:
+        # first started open (STACK_AUTH=off); a plain `make stack` must not keep those services
+        off = _sh(f"make stack VENV={venv.parent}", {**env, "STACK_AUTH": "off"}, timeout=1200)
+        assert off.returncode == 0, off.stdout[-3000:] + off.stderr[-3000:]
+        open_pids = _pids(stack_dir)
         up = _sh(f"make stack VENV={venv.parent}", env, timeout=1200)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert "Prefect UI: http://127.0.0.1:" in up.stdout and "UI login" in up.stdout
+        assert not set(open_pids.values()) & set(_pids(stack_dir).values()), "an open service was kept"
         secrets = stack_dir / "secrets"
         assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
-        files = {p.name: p for p in secrets.iterdir() if p.name != "s3.json"}
-        assert set(files) == {"prefect-auth", "ray-token", "s3-access-key", "s3-secret-key"}
-        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secrets.iterdir())
+        files = {p.name: p for p in secrets.iterdir() if p.is_file() and p.name != "s3.json"}
+        assert set(files) == {"prefect-auth", "ray-token", "s3-access-key", "s3-secret-key", "seaweed-volume-write",
+                              "seaweed-volume-read", "seaweed-filer-write", "seaweed-filer-read"}
+        assert all(stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600) for p in secrets.rglob("*"))
         values = [p.read_text().strip() for p in files.values()]
+        # SeaweedFS's own HTTP ports, as a neighbour finds them in /proc/<pid>/cmdline, refuse anonymous reads
+        weed = Path(f"/proc/{_pids(stack_dir)['seaweed']}/cmdline").read_bytes().decode().split("\0")
+        ports = {a.split("=")[0]: a.split("=")[1] for a in weed if a.startswith(("-filer.port=", "-volume.port="))}
+        assert _anonymous(f"http://127.0.0.1:{ports['-filer.port']}/buckets/facelift/") == 401
+        assert _anonymous(f"http://127.0.0.1:{ports['-volume.port']}/1,01") == 401
 
         printed = _sh(f"{venv}/facelift stack env", env)
         assert printed.returncode == 0, printed.stderr
@@ -158,6 +169,17 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
     import shutil
 
     shutil.rmtree(stack_dir, ignore_errors=True)
+
+
+def _anonymous(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _quote(code: str) -> str:

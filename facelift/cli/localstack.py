@@ -23,6 +23,7 @@ from typing import Any
 from facelift.cli import postgres
 from facelift.cli.stack_auth import StackSecrets, auth_enabled, server_security_env
 from facelift.cli.stack_procs import ProcRecord, http_ok, pid_alive, spawn, stop_group, stop_worker
+from facelift.cli.stack_state import StackState, anonymous_answers, digest, flag_value, open_services
 from facelift.testing import SeaweedS3, free_port, stop_pid
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,9 @@ def make_private(root: Path) -> None:
             continue
 
 
+SERVICES = ("postgres", "prefect", "seaweed", "ray", "worker")  # in start order
+
+
 # -- the stack (pid files under .stack/) ----------------------------------------------------------------------
 def _port(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -354,8 +358,7 @@ class Stack:
         return lines + ["export RAY_AUTH_MODE=disabled"] + [f"export {k}={v}" for k, v in LOCAL_S3_CREDENTIALS.items()]
 
     def status(self) -> dict[str, dict[str, object]]:
-        return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))}
-                for name in ("postgres", "prefect", "seaweed", "ray", "worker")}
+        return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))} for name in SERVICES}
 
     def up(self) -> str:
         """Start whatever is not running, deploy everything, return the UI URL. Everything the stack and its
@@ -363,6 +366,11 @@ class Stack:
         os.umask(0o077)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         make_private(self.dir)
+        state = StackState(self.dir / "state.json")
+        for name in reversed(SERVICES):  # dependants first
+            if self._pid(name) and not state.matches(name, self._settings(name)):
+                log.warning("%s runs with other settings (auth, ports, or an older facelift): restarting it", name)
+                self._stop(name)
         if (db := self.database) and not (pid_alive(db.pid) and db.ready()):
             self._write_pid("postgres", db.start().pid)
         server = self.server
@@ -373,7 +381,8 @@ class Stack:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):  # make_bucket's client
             os.environ[key] = env[key]
         weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port,
-                         s3_config=self.secrets.s3_config() if self.auth else None)
+                         s3_config=self.secrets.s3_config() if self.auth else None,
+                         security=self.secrets.seaweed_security() if self.auth else None)
         if not pid_alive(self._pid("seaweed")):
             weed.start()
             self._write_pid("seaweed", weed.proc.pid)
@@ -391,8 +400,27 @@ class Stack:
         deploy_all(env, overlay_prefect_file(self.dir / "prefect.yaml", params))
         if not pid_alive(self._pid("worker")):
             self._write_pid("worker", start_worker(env, self.dir / "worker.log").pid)
+        for name in SERVICES:
+            state.record(name, self._settings(name) if self._pid(name) else None)
         (self.dir / "env.json").write_text(json.dumps({k: env[k] for k in CLIENT_ENV}, indent=1))  # no secrets
+        if self.auth:
+            self._refuse_open_services(server.api_url)
         return server.ui_url
+
+    def _settings(self, name: str) -> str:
+        """Digest of what service ``name`` is started with (``state.json``)."""
+        ports = {"prefect": self.prefect_port, "seaweed": self.s3_port, "ray": self.ray_port,
+                 "worker": self.prefect_port, "postgres": None}[name]
+        db = self.database
+        return digest({"service": name, "auth": self.auth, "port": ports, "database": db.url if db else None})
+
+    def _refuse_open_services(self, api_url: str) -> None:
+        weed = ProcRecord.read(self.dir / "seaweed.pid")
+        answers = anonymous_answers(api_url, self.s3_endpoint, self.bucket,
+                                    flag_value(weed.cmdline, "filer.port") if weed else None)
+        if problems := open_services(answers):
+            raise StackError("a stack service accepts anonymous requests (" + "; ".join(problems) + "): not "
+                             "reporting up; `make stack-down`, then `make stack`")
 
     def _start_ray(self, env: dict[str, str]) -> None:
         import tempfile
@@ -416,22 +444,27 @@ class Stack:
             time.sleep(0.5)
         raise StackError(f"Ray head not up after 90s; see {self.dir / 'ray.log'}")
 
-    def down(self) -> list[str]:
-        """Stop exactly the processes this stack started (by pid file); returns what was stopped."""
-        stopped = []
-        for name in ("worker", "ray", "seaweed", "prefect", "postgres"):
-            pid = self._pid(name)
-            if pid and pid_alive(pid):
-                if name == "worker":
-                    stop_worker(pid)
-                else:  # `ray start --block` tears its node down on SIGTERM; weed and the server too
-                    stop_pid(pid, timeout_s=20)
-                    stop_group(pid)
-                stopped.append(f"{name} ({pid})")
-            (self.dir / f"{name}.pid").unlink(missing_ok=True)
-        if self.ray_tmp:  # Ray's session files (logs stay in .stack/ray.log)
+    def _stop(self, name: str) -> int | None:
+        """Stop service ``name`` if its recorded process runs; its pid, or None."""
+        pid = self._pid(name)
+        if pid and pid_alive(pid):
+            if name == "worker":
+                stop_worker(pid)
+            else:  # `ray start --block` tears its node down on SIGTERM; weed and the server too
+                stop_pid(pid, timeout_s=20)
+                stop_group(pid)
+        else:
+            pid = None
+        (self.dir / f"{name}.pid").unlink(missing_ok=True)
+        if name == "ray" and self.ray_tmp:  # Ray's session files (logs stay in .stack/ray.log)
             shutil.rmtree(self.ray_tmp, ignore_errors=True)
             (self.dir / "ray-tmp").unlink(missing_ok=True)
+        return pid
+
+    def down(self) -> list[str]:
+        """Stop exactly the processes this stack started (by pid file); returns what was stopped."""
+        stopped = [f"{name} ({pid})" for name in reversed(SERVICES) if (pid := self._stop(name))]
+        (self.dir / "state.json").unlink(missing_ok=True)
         return stopped
 
 

@@ -5,6 +5,7 @@
   ``PREFECT_API_AUTH_STRING``. The UI asks for it on its login page.
 - ``ray-token``: the Ray cluster's token (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``).
 - ``s3-access-key`` / ``s3-secret-key``: the only identity SeaweedFS's S3 gateway accepts (``s3.json``).
+- ``seaweed-*``: JWT keys of SeaweedFS's filer and volume servers (``seaweed/security.toml``).
 
 Auth is on unless ``STACK_AUTH=off`` is set, an explicit choice (documented in docs/deploy.md): then the
 services run open on loopback, as before. Secret values are never printed: ``facelift stack env`` prints
@@ -95,6 +96,22 @@ class StackSecrets:
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh)
         return path
+
+    def seaweed_security(self) -> Path:
+        """A folder holding SeaweedFS's ``security.toml`` (weed reads it from its working directory): JWT keys for
+        writes and reads on the filer and the volume servers, so their HTTP ports, which any local user sees in
+        ``ps``, refuse anyone without a token; the S3 gateway signs its own requests with them."""
+        keys = {name: ensure_secret(self.dir / f"seaweed-{name}", lambda: secrets.token_hex(32))
+                for name in ("volume-write", "volume-read", "filer-write", "filer-read")}
+        folder = self.dir / "seaweed"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        text = "".join(f'[{section}]\nkey = "{keys[name]}"\nexpires_after_seconds = 60\n' for section, name in (
+            ("jwt.signing", "volume-write"), ("jwt.signing.read", "volume-read"),
+            ("jwt.filer_signing", "filer-write"), ("jwt.filer_signing.read", "filer-read")))
+        fd = os.open(folder / "security.toml", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return folder
 
     def client_env(self) -> dict[str, str]:
         """What every client of the stack needs (worker, flow runs, CLI); holds secret values."""
