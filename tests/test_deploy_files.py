@@ -99,6 +99,7 @@ def test_schedule_inactive_and_gpu_concurrency(prefect_yaml):
     env = deps["build"]["work_pool"]["job_variables"]["env"]
     assert env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
     assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/facelift-results"
+    assert env["PREFECT_RESULTS_DEFAULT_SERIALIZER"] == "json"  # never pickles from the store
     assert prefect_yaml["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == \
         "{{ $DEPLOY_REPO_DIR }}"
 

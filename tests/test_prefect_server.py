@@ -7,6 +7,7 @@ One server, SeaweedFS and worker for the session (tests/deploy_stack.py); proces
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -121,7 +122,11 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
     assert {"progress", "table"} <= {a.type for a in arts}
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint}, skip_instance_cache=True,
                            use_listings_cache=False)
-    assert fs.ls(f"{deploy_stack.root}/prefect-results".removeprefix("s3://"))
+    stored = fs.ls(f"{deploy_stack.root}/prefect-results".removeprefix("s3://"))
+    assert stored
+    for key in stored:  # JSON records, nothing a flow run would unpickle (deployments/prefect.yaml)
+        record = json.loads(fs.cat_file(key))
+        assert record["metadata"]["serializer"]["type"] == "json", (key, record["metadata"])
 
     # events mean change: an identical rebuild commits nothing, emits nothing, and chains nothing
     again = ds.run_build(deploy_stack, "chain-again", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
