@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +43,15 @@ def test_prefect_server_runs_flows_on_postgres_and_both_stop(tmp_path):
         before = pg.size_bytes()
         server = PrefectServer(tmp_path / "prefect", database_url=pg.url).start()
         env = server.env()
-        assert env["PREFECT_API_DATABASE_CONNECTION_URL"] == pg.url
+        assert "PREFECT_API_DATABASE_CONNECTION_URL" not in env  # clients never get the database password
+        # a neighbour without the password is refused, over TCP and over the server's socket (old: --auth=trust)
+        for host in ("127.0.0.1", str(home / "pg")):
+            psql = [str(postgres.bindir() / "psql"), "-h", host, "-p", str(pg.port), "-U", postgres.USER, "-d",
+                    postgres.DATABASE, "-w", "-tAc", "SELECT 1"]
+            who = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"] if os.geteuid() == 0 else []
+            got = subprocess.run([*who, *psql], capture_output=True, text=True, timeout=60,
+                                 env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+            assert got.returncode != 0 and "password" in got.stderr, (host, got.stdout, got.stderr)
         out = subprocess.run([sys.executable, "-c", FLOW], env=env, capture_output=True, text=True, timeout=300)
         assert "result 6" in out.stdout, out.stderr[-2000:]
         runs = pg._psql("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'", postgres.DATABASE)
@@ -63,7 +72,10 @@ def test_stack_database_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("STACK_DATABASE", "postgres")
     monkeypatch.setenv("STACK_POSTGRES_PORT", "5999")
     stack = Stack(tmp_path)
-    assert stack.server.database_url == "postgresql+asyncpg://facelift@127.0.0.1:5999/prefect"
+    url = stack.server.database_url
+    password = (tmp_path / "secrets" / "postgres-password").read_text().strip()  # made on first use, 0600
+    assert url == f"postgresql+asyncpg://facelift:{password}@127.0.0.1:5999/prefect"
+    assert password not in json.dumps(stack.env())  # the server's alone
     assert "postgres" in stack.status()
     monkeypatch.setenv("STACK_DATABASE", "mysql")
     with pytest.raises(postgres.PostgresError, match="use sqlite"):

@@ -88,8 +88,7 @@ class PrefectServer:
         for key in ("PREFECT_PROFILES_PATH", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
             env.pop(key, None)
         env.update(server_security_env(self.ui_url, self.auth_string))
-        if self.database_url:
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the server's alone: it holds the password
         return env
 
     def settings(self) -> dict[Any, Any]:
@@ -110,7 +109,10 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        proc = spawn(cmd, self.env(), self.home / "server.log", REPO)
+        env = self.env()
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        proc = spawn(cmd, env, self.home / "server.log", REPO)
         self.pid = proc.pid
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -315,7 +317,9 @@ class Stack:
     @property
     def database(self) -> postgres.Postgres | None:
         """PostgreSQL for the Prefect server when ``STACK_DATABASE=postgres``; None: SQLite (the default)."""
-        return postgres.for_stack(self.dir, self._pid("postgres"))
+        if os.environ.get("STACK_DATABASE", "sqlite").lower() == "sqlite":
+            return None
+        return postgres.for_stack(self.dir, self._pid("postgres"), self.secrets.postgres_password())
 
     @property
     def s3_endpoint(self) -> str:

@@ -4,8 +4,10 @@
 (``apt-get install -y postgresql``) on 127.0.0.1 with its data under ``.stack/postgres`` and points the Prefect
 server at it (``PREFECT_API_DATABASE_CONNECTION_URL``, asyncpg); ``make stack-down`` stops it by its pid. Prefect's
 docs recommend PostgreSQL for production: SQLite serialises writers ("database is locked" under load).
-The cluster trusts loopback connections only and holds no secret. PostgreSQL refuses to run as root: as root the
-server runs as the ``postgres`` system user (``setpriv``), which owns the data folder.
+Every login needs the role's password (``scram-sha-256``, socket and loopback alike; the stack keeps it in
+``.stack/secrets/postgres-password``): ``trust`` would make every local user a superuser, and a superuser runs
+code as the operator (``COPY ... FROM PROGRAM``). PostgreSQL refuses to run as root: as root the server runs as
+the ``postgres`` system user (``setpriv``), which owns the data folder.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from facelift.cli.stack_procs import spawn
@@ -56,14 +60,17 @@ class Postgres:
     dir: Path
     port: int = 5433
     pid: int | None = None
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
     @property
     def url(self) -> str:
-        return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{DATABASE}"
+        """The server's connection URL: it holds the password (give it to the Prefect server only)."""
+        return (f"postgresql+asyncpg://{USER}:{urllib.parse.quote(self.password, safe='')}@127.0.0.1:{self.port}/"
+                f"{DATABASE}")
 
     def _run(self, tool: str, *args: str) -> str:
         proc = subprocess.run(_as_owner([str(bindir() / tool), *args]), capture_output=True, text=True,
-                              timeout=120, check=False)
+                              timeout=120, check=False, env={**os.environ, "PGPASSWORD": self.password})
         if proc.returncode:
             raise PostgresError(f"{tool} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
         return proc.stdout
@@ -85,7 +92,23 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         if not (data / "PG_VERSION").is_file():
-            self._run("initdb", "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
+            pwfile = self.dir / ".initdb-password"  # read by initdb (as the data folder's owner), then removed
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(pwfile, "postgres", "postgres")
+            try:
+                self._run("initdb", "-D", str(data), "-U", USER, "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                          "-E", "UTF8", "--no-sync")
+            finally:
+                pwfile.unlink(missing_ok=True)
+        hba = data / "pg_hba.conf"
+        if any(line.split()[-1:] == ["trust"] for line in _readable(hba).splitlines()
+               if line.strip() and not line.lstrip().startswith("#")):
+            raise PostgresError(f"{data} was made with --auth=trust (an older facelift): every local user could log "
+                                f"in as a superuser. Stop the stack and delete {self.dir} (its Prefect history), "
+                                "then start it again")
         cmd = _as_owner([str(bindir() / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
                          "-k", str(self.dir), "-c", "max_connections=200", "-c", "fsync=on"])
         proc = spawn(cmd, dict(os.environ), self.dir / "postgres.log", self.dir)
@@ -114,11 +137,19 @@ class Postgres:
         self.pid = None
 
 
-def for_stack(stack_dir: Path, pid: int | None = None) -> Postgres | None:
+def _readable(path: Path) -> str:
+    """``path``'s text, or "" if it is absent."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def for_stack(stack_dir: Path, pid: int | None = None, password: str = "") -> Postgres | None:
     """The stack's database server when ``STACK_DATABASE=postgres`` (else None: Prefect's SQLite)."""
     choice = os.environ.get("STACK_DATABASE", "sqlite").lower()
     if choice not in ("sqlite", "postgres", "postgresql"):
         raise PostgresError(f"STACK_DATABASE={choice!r}: use sqlite (default) or postgres")
     if choice == "sqlite":
         return None
-    return Postgres(stack_dir / "postgres", int(os.environ.get("STACK_POSTGRES_PORT", "5433")), pid)
+    return Postgres(stack_dir / "postgres", int(os.environ.get("STACK_POSTGRES_PORT", "5433")), pid, password)

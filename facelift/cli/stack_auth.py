@@ -97,6 +97,9 @@ class StackSecrets:
             json.dump(doc, fh)
         return path
 
+    def postgres_password(self) -> str:
+        return ensure_secret(self.dir / "postgres-password", lambda: secrets.token_urlsafe(24))
+
     def seaweed_security(self) -> Path:
         """A folder holding SeaweedFS's ``security.toml`` (weed reads it from its working directory): JWT keys for
         writes and reads on the filer and the volume servers, so their HTTP ports, which any local user sees in
