@@ -127,3 +127,20 @@ def test_a_flow_run_job_rendered_by_the_worker_holds_no_secret_value(monkeypatch
     refs = [e for e in env if e["name"] == "PREFECT_API_AUTH_STRING"]
     assert refs and all(e.get("valueFrom") == {"secretKeyRef": {"name": "facelift-prefect-auth",
                                                                 "key": "auth-string"}} for e in refs), refs
+
+
+def test_the_stack_hands_its_services_none_of_the_operators_credentials(tmp_path, monkeypatch) -> None:
+    """The worker, Ray and every flow run get the stack's environment: the operator's own tokens and keys stay
+    in the operator's shell; the stack's own credentials and the operator's configuration keys pass."""
+    from facelift.cli.localstack import Stack
+
+    for key, value in {"HF_TOKEN": "hf_operator", "AWS_SECRET_ACCESS_KEY": "operator-aws-secret",
+                       "GITHUB_TOKEN": "ghp_operator", "PREFECT_API_KEY": "pnu_operator",
+                       "FACELIFT_STORAGE__ROOT": "s3://ignored", "FACELIFT_RAY__NUM_WORKERS": "3"}.items():
+        monkeypatch.setenv(key, value)
+    for auth in ("on", "off"):
+        env = Stack(tmp_path / auth, auth=auth == "on").env()
+        leaked = [k for k in ("HF_TOKEN", "GITHUB_TOKEN", "PREFECT_API_KEY") if k in env]
+        assert not leaked and "operator" not in env["AWS_SECRET_ACCESS_KEY"], (auth, leaked)
+        assert env["FACELIFT_RAY__NUM_WORKERS"] == "3" and env["PATH"] == os.environ["PATH"]
+        assert env["FACELIFT_STORAGE__ROOT"] == "s3://facelift"  # the stack's own

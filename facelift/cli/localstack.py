@@ -259,6 +259,15 @@ def make_private(root: Path) -> None:
 
 
 SERVICES = ("postgres", "prefect", "seaweed", "ray", "worker")  # in start order
+# what the stack's services take from the operator's environment: the platform, caches and config, no credentials
+PASSED_ENV = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "HF_HOME",
+              "HF_HUB_CACHE", "HF_HUB_OFFLINE", "DEEPFACE_HOME", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES",
+              "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
+PASSED_PREFIXES = ("LC_", "FACELIFT_", "NVIDIA_")  # FACELIFT_*: configuration keys (never secrets)
+
+
+def passed_env(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in PASSED_ENV or k.startswith(PASSED_PREFIXES)}
 
 
 # -- the stack (pid files under .stack/) ----------------------------------------------------------------------
@@ -336,8 +345,10 @@ class Stack:
             return None
 
     def env(self) -> dict[str, str]:
-        """The environment of the stack's services and clients (worker, flow runs): holds the secrets."""
-        env = self.server.env()
+        """The environment of the stack's services and clients (worker, flow runs): holds the stack's secrets,
+        and of the operator's own environment only what :data:`PASSED_ENV` lets through (never, e.g., their
+        HF_TOKEN or cloud keys)."""
+        env = self.server.env(passed_env(os.environ))
         if self.auth:
             env.update(self.secrets.client_env())
         else:  # explicit STACK_AUTH=off: open services on loopback
