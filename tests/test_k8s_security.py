@@ -209,3 +209,23 @@ def test_ray_vm_cluster_uses_token_auth_and_least_privilege_profiles():
             assert not [a for a in actions if a.endswith(":*") or a == "*"], (path.name, actions)
             if any(a.startswith("s3:") for a in actions):  # bucket-scoped, never every bucket
                 assert stmt["Resource"] in ("arn:aws:s3:::facelift", "arn:aws:s3:::facelift/*"), path.name
+
+
+def test_ray_vm_nodes_use_imdsv2_and_the_head_touches_only_its_own_instances():
+    cluster = yaml.safe_load((REPO / "infra" / "ray" / "cluster.yaml").read_text())
+    for name, node in cluster["available_node_types"].items():
+        assert node["node_config"]["MetadataOptions"]["HttpTokens"] == "required", name
+    head = json.loads((REPO / "infra" / "ray" / "iam" / "head-policy.json").read_text())
+    for stmt in head["Statement"]:
+        actions = [stmt["Action"]] if isinstance(stmt["Action"], str) else stmt["Action"]
+        cond = stmt.get("Condition", {}).get("StringEquals", {})
+        if {"ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"} & set(actions):
+            assert cond.get("aws:ResourceTag/ray-cluster-name") == cluster["cluster_name"], stmt["Sid"]
+        if "ec2:RunInstances" in actions and "instance/" in json.dumps(stmt["Resource"]):
+            assert cond.get("aws:RequestTag/ray-cluster-name") == cluster["cluster_name"], stmt["Sid"]
+            assert cond.get("ec2:MetadataHttpTokens") == "required", stmt["Sid"]
+        if "ec2:CreateTags" in actions:
+            assert cond.get("ec2:CreateAction") == "RunInstances" or \
+                cond.get("aws:ResourceTag/ray-cluster-name") == cluster["cluster_name"], stmt["Sid"]
+        if not actions[0].startswith(("ec2:Describe", "s3:")):
+            assert stmt["Resource"] != "*", stmt["Sid"]
