@@ -191,8 +191,8 @@ def prefect_child(args: argparse.Namespace) -> dict:
 
 def prefect_case(args: argparse.Namespace) -> dict:
     """Start the server (and PostgreSQL), run :func:`prefect_child` in a fresh process, measure the database."""
-    from facelift.cli.localstack import PrefectServer
-    from facelift.cli.postgres import Postgres
+    from facelift.stack.local import PrefectServer
+    from facelift.stack.postgres import Postgres
     from facelift.testing import free_port
 
     home = Path(tempfile.mkdtemp(prefix="scale-", dir=args.tmp))

@@ -105,7 +105,7 @@ def render_child(args: argparse.Namespace) -> dict:
 
 
 def render_case(args: argparse.Namespace, weed) -> dict:
-    from facelift.cli.localstack import PrefectServer
+    from facelift.stack.local import PrefectServer
 
     home = Path(tempfile.mkdtemp(prefix="scale-prod-", dir=args.tmp))
     server = PrefectServer(home / "prefect").start()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facelift.cli.localstack import (
+from facelift.stack.local import (
     REPO,
     PrefectServer,
     deploy_all,

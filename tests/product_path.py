@@ -26,9 +26,9 @@ import torch
 from learning_data import MAPPINGS, as_tensor, make_pairs, scores
 from PIL import Image
 
-from facelift.cli.localstack import PrefectServer
 from facelift.dataset import Dataset, shard_schema
 from facelift.models.losses import LPIPS_BACKBONE_ENV, save_random_lpips_backbone
+from facelift.stack.local import PrefectServer
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from facelift.cli.localstack import POOL, QUEUES
 from facelift.config import PROFILES
+from facelift.stack.local import POOL, QUEUES
 
 REPO = Path(__file__).resolve().parents[1]
 FLUX_RAY = PROFILES["flux"]["ray"]
@@ -191,7 +191,7 @@ def test_flow_runs_send_heartbeats_wherever_they_run_and_the_zombie_automation_a
 
     from prefect.events.schemas.automations import AutomationCore
 
-    from facelift.cli.localstack import AUTOMATIONS_FILE, BASE_ENV
+    from facelift.stack.local import AUTOMATIONS_FILE, BASE_ENV
 
     template = json.loads((REPO / "infra" / "k8s" / "base-job-template.json").read_text())
     [container] = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]

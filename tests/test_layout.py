@@ -17,7 +17,7 @@ PACKAGE_DIRS = {"facelift": "facelift", "flows": "facelift.flows", "tasks": "fac
                 "models": "facelift.models"}
 # layer of each module, by longest matching prefix: a module may import its own layer or a lower one
 LAYERS = {"facelift": 0, "facelift.models": 1, "facelift.tasks": 2, "facelift.flows": 3,
-          "facelift.api": 4, "facelift.cli": 4, "facelift.testing": 4}
+          "facelift.api": 4, "facelift.cli": 4, "facelift.stack": 4, "facelift.testing": 4}
 LAYER_NAMES = ["ground (config, storage, dataset)", "models", "tasks", "flows", "cli / api / testing"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from facelift.cli.localstack import REPO
+from facelift.stack.local import REPO
 from facelift.testing import free_port
 
 pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from facelift.cli.localstack import REPO
-from facelift.cli.stack_procs import ProcRecord
 from facelift.models.heads import build_head
+from facelift.stack.local import REPO
+from facelift.stack.procs import ProcRecord
 
 # Run one facelift command with ``ray.init`` replaced by a probe that prints the RAY_AUTH_MODE Ray would see and
 # exits; the probe also runs at exit, for a command that fails before it starts Ray.
@@ -132,7 +132,7 @@ def test_a_flow_run_job_rendered_by_the_worker_holds_no_secret_value(monkeypatch
 def test_the_stack_hands_its_services_none_of_the_operators_credentials(tmp_path, monkeypatch) -> None:
     """The worker, Ray and every flow run get the stack's environment: the operator's own tokens and keys stay
     in the operator's shell; the stack's own credentials and the operator's configuration keys pass."""
-    from facelift.cli.localstack import Stack
+    from facelift.stack.local import Stack
 
     for key, value in {"HF_TOKEN": "hf_operator", "AWS_SECRET_ACCESS_KEY": "operator-aws-secret",
                        "GITHUB_TOKEN": "ghp_operator", "PREFECT_API_KEY": "pnu_operator",

@@ -1,4 +1,4 @@
-"""The local stack's optional PostgreSQL (facelift/cli/postgres.py): start, a Prefect server on it, stop."""
+"""The local stack's optional PostgreSQL (facelift/stack/postgres.py): start, a Prefect server on it, stop."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from facelift.cli import postgres
-from facelift.cli.localstack import PrefectServer, Stack, pid_alive
+from facelift.stack import postgres
+from facelift.stack.local import PrefectServer, Stack, pid_alive
 from facelift.testing import free_port
 
 try:

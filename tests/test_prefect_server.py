@@ -20,7 +20,7 @@ import pytest
 import s3fs
 from typer.testing import CliRunner
 
-from facelift.cli.localstack import REPO
+from facelift.stack.local import REPO
 
 pytestmark = pytest.mark.timeout(600)
 

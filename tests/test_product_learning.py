@@ -22,7 +22,7 @@ import product_path as pp
 import pytest
 from learning_data import limits
 
-from facelift.cli.localstack import PrefectServer
+from facelift.stack.local import PrefectServer
 from facelift.tasks.train.report import stuck_generator
 
 log = logging.getLogger(__name__)

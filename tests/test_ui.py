@@ -12,7 +12,7 @@ from pathlib import Path
 import deploy_stack as ds
 import pytest
 
-from facelift.cli.localstack import REPO
+from facelift.stack.local import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",

@@ -24,7 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facelift.cli.stack_procs import spawn
+from facelift.stack.procs import spawn
 
 log = logging.getLogger(__name__)
 DATABASE = "prefect"
