@@ -228,7 +228,10 @@ class Dispatcher:
             if attempt.s is not None:
                 self._suspect("schnell", attempt.s)
             if self._committed_anyway(attempt.shard):
-                return
+                line = self.lines[attempt.w]
+                if line and line[0].started is None:  # the actor had moved on to the next shard: it died on that
+                    line[0].started = time.monotonic()  # one, which counts an attempt (a poison shard cannot
+                return  # move from actor to actor for free)
         counted = attempt.tries + (attempt.started is not None)  # a shard still waiting at its actor never ran
         if counted > self.cfg.ray.shard_retries:
             self.outcome.failed[attempt.shard] = reason
