@@ -115,6 +115,7 @@ def test_worker_killed_while_committing_loses_no_render(tmp_path):
     assert result["rendered_pairs"] == 12 - 4  # + the 4 the killed worker rendered once = the plan, none twice
 
 
+@pytest.mark.slow  # a 60 s outage ridden out: make test-slow
 @pytestmark_build
 def test_build_rides_out_an_object_store_outage(tmp_path):
     """SeaweedFS stopped for 30 s mid-build, then restarted on the same ports and data: the build completes,
@@ -170,6 +171,7 @@ def _client_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "RAY_TMPDIR": ray_tmp}
 
 
+@pytest.mark.slow  # two builds with Ray: make test-slow
 @pytestmark_build
 def test_flow_process_killed_mid_build_resumes_only_the_missing_shards(tmp_path):
     root = tmp_path / "data"
@@ -248,6 +250,7 @@ def _wait_for_shards(root: Path, n: int, proc: subprocess.Popen, seconds: float 
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # waits out a shard timeout: make test-slow
 @pytestmark_build
 def test_a_hung_gpu_costs_one_shard_not_the_build(tmp_path):
     """A worker that hangs on shard 1 (a hung GPU) is killed at the shard timeout; shard 1 moves to the other

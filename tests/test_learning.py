@@ -11,8 +11,8 @@ Scores on 32 fresh pairs, relative to the identity (the schnell picture itself):
   held-out pair), and trained U-Nets land within +-0.05 of that optimum, so 0.5x would test where a run stops;
 - CycleGAN and ESA-CycleGAN (unpaired): colour residual <= 0.5x identity and L1 <= 1.0x identity;
 - every exported head: not flagged near-identity in ``run.json``.
-``make test`` runs three cells (``FAST``: every head, at 32² on ``cast``, seeds 0 and 1; about 2.5 CPU-minutes with
-Ray's processes); the rest of the grid and the selection test are ``@pytest.mark.slow`` (``make test-slow``). Every
+Every cell and the selection test are ``@pytest.mark.slow`` (``make test-slow``): ``FAST`` names three (every head,
+at 32² on ``cast``; about 2.5 CPU-minutes with Ray's processes) to run first when changing a head. Every
 cell runs the head's debug flavour as it is (``tone`` datasets have 256 pairs: an unpaired head learns a tone curve
 from the distribution of pictures). No cell is xfail. tests/test_product_learning.py runs the same bounds through
 the commands users run (``facelift build``, ``train``, ``enhance``).
@@ -120,6 +120,7 @@ def check_cell(head: str, mapping: str, size: int, seed: int, datasets, tmp_path
                 "val_D_schnell_acc_fake"} <= set(result.metrics["epochs"][-1])
 
 
+@pytest.mark.slow  # with the grid: make test-slow
 @pytest.mark.parametrize("head, mapping, size, seed", sorted(FAST))
 def test_debug_head_learns(head: str, mapping: str, size: int, seed: int, datasets, tmp_path: Path, ray_local):
     check_cell(head, mapping, size, seed, datasets, tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.slow  # a 2-node Ray cluster: make test-slow
 @pytest.mark.parametrize("n_nodes", [2], ids=["no-spare"])  # 3 (a spare node) ran here before issue 31
 def test_node_loss_mid_run_loses_and_duplicates_nothing(tmp_path, cache_dir, n_nodes):
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # AF_UNIX socket paths must stay < 108 bytes

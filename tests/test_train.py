@@ -158,6 +158,7 @@ def test_paired_loop_in_process_writes_head(dataset: Dataset, tmp_path):
     assert head.name == "unet_cbam" and head.translate(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.slow  # two Ray Train runs of 2 workers: make test-slow
 def test_ray_train_two_workers_killed_run_resumes(dataset: Dataset, ray_local):
     """2 gloo workers on S3 storage; worker 0 dies at step 5; the rerun continues from step 4, not 0."""
     cfg = base_config(dataset, head="esa_cyclegan", run_id=f"resume-{uuid.uuid4().hex[:6]}", num_workers=2,
