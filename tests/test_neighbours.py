@@ -113,7 +113,7 @@ def test_a_flow_run_job_rendered_by_the_worker_holds_no_secret_value(monkeypatch
 
     async def render() -> None:
         config = await kw.KubernetesWorkerJobConfiguration.from_template_and_values(
-            template["job_configuration"], {"image": "ghcr.io/facelift/facelift-worker:0.1.0"})
+            template, {"image": "ghcr.io/facelift/facelift-worker:0.1.0"})
         config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="a-run"))
         worker = kw.KubernetesWorker(work_pool_name="facelift")
         await worker._create_job(config, client=None)
