@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facelift.ids import IdError, check_id
 from facelift.splits import SplitSpec, spec_from_info
 from facelift.storage import StorageError, Store
 
@@ -110,6 +111,10 @@ class Dataset:
     def open(cls, uri: str, endpoint_url: str | None = None) -> Dataset:
         """Open an existing dataset by its URI (``.../datasets/<id>``); clear error if it is not one."""
         ds = cls(Store(uri, endpoint_url))
+        try:  # it names artifact keys, completion records and runs: the id rule, as for a new dataset
+            check_id(ds.dataset_id, "dataset id (the last part of the dataset URI)")
+        except IdError as exc:
+            raise DatasetError(str(exc)) from None
         if not ds.store.exists(DATASET_JSON):
             raise DatasetError(f"no dataset at {ds.store.where()}: {DATASET_JSON} not found")
         return ds

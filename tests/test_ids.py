@@ -79,3 +79,10 @@ def test_dotted_dataset_id_builds_and_publishes_its_table(tmp_path, prefect_harn
     with get_client(sync_client=True) as client:
         key = ArtifactFilterKey(any_=[artifact_key("build", "v1.2")])  # not build-v1.2: an invalid key
         assert client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
+
+
+def test_a_dataset_id_taken_from_a_uri_is_checked(tmp_path):
+    from facelift.dataset import Dataset, DatasetError
+
+    with pytest.raises(DatasetError, match=r"dataset id \(the last part of the dataset URI\) 'a b' contains ' '"):
+        Dataset.open(str(tmp_path / "datasets" / "a b"))

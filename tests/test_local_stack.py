@@ -38,6 +38,8 @@ def basic(text):
 good = basic(os.environ["PREFECT_API_AUTH_STRING"])
 out["health"] = status(f"{api}/health")
 out["no_auth"] = status(f"{api}/admin/settings")
+out["anon_post"] = status(urllib.request.Request(f"{api}/flows/filter", data=b"{}", method="POST",
+                                                 headers={"Content-Type": "application/json"}))
 out["bad_auth"] = status(urllib.request.Request(f"{api}/admin/settings", headers=basic("admin:wrong")))
 out["good_auth"] = status(urllib.request.Request(f"{api}/admin/version", headers=good))
 # a write without the CSRF token is refused even with the credentials (CSRF protection is on)
@@ -136,6 +138,7 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
         assert line, probes.stdout[-2000:] + probes.stderr[-3000:]
         out = json.loads(line[0].removeprefix("PROBES "))
         assert out["health"] == 200 and out["no_auth"] == 401 and out["bad_auth"] == 401, out
+        assert out["anon_post"] in (401, 403), out  # the services started open before were not kept
         assert out["good_auth"] == 200 and out["post_no_csrf"] == 403, out
         assert out["cors_evil"] in (None, ""), out
         assert out["ray_with_token"][0] == 0 and "CPUS" in out["ray_with_token"][1], out["ray_with_token"]
