@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from facelift.dataset import Dataset, DatasetError
+from facelift.ids import artifact_key
 from facelift.models.heads import HeadError, load_head
 from facelift.storage import Store
 from facelift.tasks.feed import BackgroundBatches
@@ -233,7 +234,8 @@ def test_train_head_flow_publishes_reports_and_event(dataset: Dataset, ray_local
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=f"train-{run_id}")))}
-    assert {f"train-{run_id}", f"train-{run_id}-plots"} <= keys
+    key = artifact_key("train", run_id)
+    assert {key, f"{key}-plots"} <= keys
 
 
 def test_near_identity_head_is_flagged_in_evaluation_rows(tmp_path):
