@@ -2,8 +2,10 @@
 
 Used by ``make stack`` / ``make stack-down`` (``python -m facelift.cli.localstack up|down|status``) and by the
 tests that need a real Prefect server. Every process is started in its own session and stopped by the pid
-recorded when it was started (pid files under ``.stack/``), never by name. ``up`` is idempotent: services
-whose recorded pid is alive and healthy are kept, the rest are (re)started.
+recorded when it was started (pid files under ``.stack/``: pid, start time and command line), never by name.
+``up`` is idempotent: services whose recorded process is alive, healthy and started with the settings wanted now
+(``state.json``) are kept, the rest are (re)started; then, with auth on, every HTTP service must refuse an
+anonymous request before ``up`` reports the stack up.
 """
 
 from __future__ import annotations
