@@ -152,9 +152,12 @@ def test_make_stack_env_rebuild_and_stack_down_from_the_shell(tmp_path, cache_di
                       "--timeout 400", env, timeout=500)
         assert rebuild.returncode == 0, (rebuild.stdout + rebuild.stderr)[-3000:] + _log(stack_dir)
         assert "Completed" in rebuild.stdout
-        # nothing the stack or its services (server, SeaweedFS, Ray, worker, flow runs) wrote is open to others
-        shared = [f"{p} {stat.filemode(p.lstat().st_mode)}" for p in [stack_dir, *stack_dir.rglob("*")]
-                  if not p.is_symlink() and p.lstat().st_mode & 0o077]
+        # nothing the stack or its services (server, SeaweedFS, Ray, worker, flow runs) wrote is open to others:
+        # no folder lets them in (so no file can be read), no file lets them write. (SeaweedFS writes its volume
+        # info files 0644 whatever the umask; they sit in the 0700 data folder.)
+        tree = [p for p in [stack_dir, *stack_dir.rglob("*")] if not p.is_symlink()]
+        shared = [f"{p} {stat.filemode(p.lstat().st_mode)}" for p in tree
+                  if (p.is_dir() and p.lstat().st_mode & 0o077) or p.lstat().st_mode & 0o022]
         assert not shared, shared[:10]
         ray_home = Path((stack_dir / "ray-tmp").read_text().strip())  # Ray's session folder lives in here
         assert ray_home.parent == Path("/tmp") and stat.S_IMODE(ray_home.stat().st_mode) == 0o700
