@@ -107,7 +107,7 @@ class PrefectServer:
     def healthy(self) -> bool:
         return bool(self.port) and http_ok(f"{self.api_url}/health")
 
-    def start(self, timeout_s: float = 120.0) -> PrefectServer:
+    def start(self, timeout_s: float = 300.0) -> PrefectServer:  # a first start migrates the database
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
