@@ -59,6 +59,19 @@ def stop_pid(pid: int, timeout_s: float = 15.0, sig: int = signal.SIGTERM) -> No
         pass
 
 
+class _WeedExited(RuntimeError):
+    """weed exited while starting."""
+
+
+def _fatal_lines(log_path: Path, start: int) -> str:
+    """weed's fatal (``F``) log lines written since ``start``, else its last line."""
+    with open(log_path, "rb") as fh:
+        fh.seek(start)
+        lines = fh.read().decode(errors="replace").splitlines()
+    fatal = [line for line in lines if line.startswith("F")]
+    return " | ".join(fatal or lines[-1:]) or "no output"
+
+
 @dataclass
 class SeaweedS3:
     """A SeaweedFS server with its S3 gateway on free loopback ports (anonymous access unless ``s3_config``)."""
@@ -74,8 +87,25 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def start(self, timeout_s: float = 60.0) -> SeaweedS3:
+    def start(self, timeout_s: float = 60.0, tries: int = 3) -> SeaweedS3:
+        """Start weed and wait for its S3 gateway; ports it picked itself are picked again if one was taken.
+
+        ``free_port`` releases the port it found, so another process can bind it before weed does: with the
+        ports left to this object, that costs a retry on fresh ports; ports the caller chose are kept and fail.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        picked = not self.s3_port and not self.ports
+        for attempt in range(1, tries + 1):
+            try:
+                return self._start_once(timeout_s)
+            except _WeedExited:
+                if not picked or attempt == tries:
+                    raise
+                log.warning("weed exited on start (attempt %d of %d); retrying on fresh ports", attempt, tries)
+                self.s3_port, self.ports = 0, None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> SeaweedS3:
         self.s3_port = self.s3_port or free_port()
         # every listener on a free port (or off), so several servers can run side by side
         self.ports = self.ports or [f"-{name}={free_port()}" for name in (
@@ -87,14 +117,16 @@ class SeaweedS3:
             "-volume.max=0", "-master.volumeSizeLimitMB=64",
             *([f"-s3.config={self.s3_config}"] if self.s3_config else []),
         ]
-        log_file = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
+        log_path = self.workdir / "weed.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - lives as long as the server
+        start = log_path.stat().st_size
         self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                                      cwd=self.security)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log_path = self.workdir / "weed.log"
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {log_path}")
+                raise _WeedExited(f"weed exited with {self.proc.returncode}: {_fatal_lines(log_path, start)}; "
+                                  f"see {log_path}")
             if self._ready():
                 return self
             time.sleep(0.5)
