@@ -77,6 +77,29 @@ def record_completed(root: Store, key: str, record: dict[str, Any]) -> None:
     root.write_bytes(f"{INDEX}/{key}.json", json.dumps({"key": key, **record}, indent=1, default=str).encode())
 
 
+@contextlib.contextmanager
+def unless_done(root: Store, key: str, kind: str, what: str, enabled: bool,
+                logger: logging.Logger | logging.LoggerAdapter) -> Iterator[dict[str, Any] | None]:
+    """Run the ``with`` block's computation of ``key`` once: yields None when the caller should compute it (it
+    holds the claim for the block), else the completed run's result (``{}`` while another run holds the claim),
+    after one log line saying why it is skipped. ``enabled`` False (an explicit run): always yields None."""
+    if not enabled:
+        yield None
+        return
+    record = find_completed(root, key)
+    if record:
+        logger.info(skip_line(kind, what, record))
+        yield record.get("result", {})
+        return
+    with claim(root, key, f"{kind} of {what}") as busy:
+        record = None if busy else find_completed(root, key)  # finished while this run was starting
+        if busy or record:
+            logger.info(skip_line(kind, what, record) if record else f"skipped: {busy}")
+            yield (record or {}).get("result", {})
+            return
+        yield None
+
+
 def skip_line(kind: str, what: str, record: dict[str, Any]) -> str:
     """The one log line of a skipped run."""
     return (f"skipped: this {kind} would repeat run {record.get('run_id')} ({record.get('run_uri')}), which "

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import time
 import uuid
-from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -73,15 +72,10 @@ def audit_diversity(
                        {"options": dataclasses.asdict(options),
                         "tsne": tsne, "perplexity": perplexity, "tsne_max_fit": tsne_max_fit,
                         "output_root": output_root})
-    record = done.find_completed(root, key) if repeatable else None
-    if record:
-        logger.info(done.skip_line("audit", f"the contents of {', '.join(ds.dataset_id for ds in datasets)}", record))
-        return {**record["result"], "skipped": True}
-    with done.claim(root, key, "an audit of these datasets' contents") if repeatable else nullcontext() as busy:
-        record = done.find_completed(root, key) if repeatable and not busy else None  # finished meanwhile
-        if busy or record:
-            logger.info("skipped: %s", busy or done.skip_line("audit", "these contents", record))
-            return {**(record or {}).get("result", {}), "skipped": True}
+    what = f"the contents of {', '.join(ds.dataset_id for ds in datasets)}"
+    with done.unless_done(root, key, "audit", what, repeatable, logger) as prior:
+        if prior is not None:
+            return {**prior, "skipped": True}
         check_weights_task(detector)
 
         summaries = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -88,15 +87,9 @@ def train_head(
     root, key = done.train_key(cfg)
     repeatable = skip_completed and run_id is None
     what = f"head {head} ({flavor}) with this config on this build of the dataset"
-    record = done.find_completed(root, key) if repeatable else None
-    if record:
-        logger.info(done.skip_line("training", what, record))
-        return {**record["result"], "skipped": True}
-    with done.claim(root, key, f"training {what}") if repeatable else nullcontext() as busy:
-        record = done.find_completed(root, key) if repeatable and not busy else None  # finished meanwhile
-        if busy or record:
-            logger.info("skipped: %s", busy or done.skip_line("training", what, record))
-            return {**(record or {}).get("result", {}), "skipped": True}
+    with done.unless_done(root, key, "training", what, repeatable, logger) as prior:
+        if prior is not None:
+            return {**prior, "skipped": True}
         run = train_task(cfg, ray_address, max_failures)
         plots = report_task(run, cfg)
         result = {**run, **plots, "head": head, "dataset_uri": dataset_uri}

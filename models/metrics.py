@@ -250,6 +250,7 @@ class ClipIQA(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.size, self.crop, self.source = size, crop, source
+        self.tokenizer = None  # set by from_pretrained: text_embeddings needs it
 
     @classmethod
     def from_pretrained(cls, checkpoint: str = DEFAULT_CLIP_IQA_MODEL,
@@ -275,7 +276,9 @@ class ClipIQA(nn.Module):
             text = _features(model.get_text_features(**tokens))
         size = proc.size.get("shortest_edge") or proc.size.get("height")
         crop = proc.crop_size.get("height") if proc.do_center_crop else size
-        return cls(model, text, list(proc.image_mean), list(proc.image_std), int(size), int(crop), checkpoint)
+        out = cls(model, text, list(proc.image_mean), list(proc.image_std), int(size), int(crop), checkpoint)
+        out.tokenizer = tokenizer
+        return out
 
     def variant(self) -> dict[str, str]:
         """What the table records: the checkpoint and how this CLIP-IQA differs from the original."""
@@ -284,7 +287,8 @@ class ClipIQA(nn.Module):
                                     f"{self.crop}², antonyms {CLIP_IQA_PROMPTS[0]!r}/{CLIP_IQA_PROMPTS[1]!r} "
                                     f"(original CLIP-IQA: RN50 at native resolution)"}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def image_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm CLIP image embeddings of NCHW images in [-1, 1] (CLIP's resize, centre crop, normalise)."""
         x = (x.float().clamp(-1, 1) + 1) / 2
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
@@ -293,7 +297,15 @@ class ClipIQA(nn.Module):
         top, left = (x.shape[-2] - self.crop) // 2, (x.shape[-1] - self.crop) // 2
         x = x[..., top:top + self.crop, left:left + self.crop]
         x = (x - self.mean) / self.std
-        image = F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
+        return F.normalize(_features(self.model.get_image_features(pixel_values=x)).float(), dim=-1)
+
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm CLIP text embeddings (truncated to the tokenizer's 77 tokens)."""
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.mean.device)
+        return F.normalize(_features(self.model.get_text_features(**tokens)).float(), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = self.image_embeddings(x)
         logits = self.model.logit_scale.exp().float() * image @ self.text_features.T
         return logits.softmax(dim=-1)[:, 0]
 

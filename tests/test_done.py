@@ -67,3 +67,24 @@ def test_two_runs_that_start_together_compute_a_key_once(tmp_path):
     assert all("training x is being written by" in busy for _, busy in got if busy), got
     with done.claim(root, "train-abc", "training x") as busy:  # released: free again
         assert busy is None
+
+
+def test_unless_done_computes_once_and_says_why_it_skips_in_one_line(tmp_path, caplog):
+    """The flows' skip logic: compute (None) the first time and hold the claim meanwhile; then the recorded
+    result, with one 'skipped:' line; while another run holds the claim, ``{}`` and who holds it."""
+    import logging
+
+    root, log = Store(str(tmp_path)), logging.getLogger("t")
+    with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as prior:
+        assert prior is None
+        with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as other:
+            assert other == {}  # the first run holds the claim
+        done.record_completed(root, "curate-k", {"run_id": "c1", "result": {"curation_id": "c1"}})
+    with caplog.at_level(logging.INFO, "t"), \
+            done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as prior:
+        assert prior == {"curation_id": "c1"}
+    with done.unless_done(root, "curate-k", "curation", "dataset d", False, log) as prior:
+        assert prior is None  # an explicit run always computes
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("skipped: this curation would repeat run c1"), lines
+    assert "skipped: skipped" not in lines[0]

@@ -328,9 +328,7 @@ class Stack:
     @property
     def database(self) -> postgres.Postgres | None:
         """PostgreSQL for the Prefect server when ``STACK_DATABASE=postgres``; None: SQLite (the default)."""
-        if os.environ.get("STACK_DATABASE", "sqlite").lower() == "sqlite":
-            return None
-        return postgres.for_stack(self.dir, self._pid("postgres"), self.secrets.postgres_password())
+        return postgres.for_stack(self.dir, self._pid("postgres"), self.secrets.postgres_password)
 
     @property
     def s3_endpoint(self) -> str:
@@ -375,7 +373,7 @@ class Stack:
         return lines + ["export RAY_AUTH_MODE=disabled"] + [f"export {k}={v}" for k, v in LOCAL_S3_CREDENTIALS.items()]
 
     def status(self) -> dict[str, dict[str, object]]:
-        return {name: {"pid": self._pid(name), "alive": pid_alive(self._pid(name))} for name in SERVICES}
+        return {name: {"pid": pid, "alive": pid is not None} for name in SERVICES for pid in [self._pid(name)]}
 
     def up(self) -> str:
         """Start whatever is not running, deploy everything, return the UI URL. Everything the stack and its
@@ -400,11 +398,11 @@ class Stack:
         weed = SeaweedS3(self.dir / "seaweed", s3_port=self.s3_port,
                          s3_config=self.secrets.s3_config() if self.auth else None,
                          security=self.secrets.seaweed_security() if self.auth else None)
-        if not pid_alive(self._pid("seaweed")):
+        if self._pid("seaweed") is None:
             weed.start()
             self._write_pid("seaweed", weed.proc.pid)
         weed.make_bucket(self.bucket)
-        if not pid_alive(self._pid("ray")):
+        if self._pid("ray") is None:
             self._start_ray(env)
         setup_pool(server.api_url, auth_string=server.auth_string)
         setup_results_block(server.api_url, f"s3://{self.bucket}/prefect-results", self.s3_endpoint,
@@ -415,7 +413,7 @@ class Stack:
         params["evaluate"].update(build_offline_weights(Path(env["FACELIFT_CACHE"]), Path(env["DEEPFACE_HOME"]),
                                                         env))
         deploy_all(env, overlay_prefect_file(self.dir / "prefect.yaml", params))
-        if not pid_alive(self._pid("worker")):
+        if self._pid("worker") is None:
             self._write_pid("worker", start_worker(env, self.dir / "worker.log").pid)
         for name in SERVICES:
             state.record(name, self._settings(name) if self._pid(name) else None)

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,11 +146,13 @@ def _readable(path: Path) -> str:
         return ""
 
 
-def for_stack(stack_dir: Path, pid: int | None = None, password: str = "") -> Postgres | None:
-    """The stack's database server when ``STACK_DATABASE=postgres`` (else None: Prefect's SQLite)."""
+def for_stack(stack_dir: Path, pid: int | None = None,
+              password: Callable[[], str] = lambda: "") -> Postgres | None:
+    """The stack's database server when ``STACK_DATABASE=postgres`` (else None: Prefect's SQLite); ``password``
+    is asked for only then (it creates the secret on first use)."""
     choice = os.environ.get("STACK_DATABASE", "sqlite").lower()
     if choice not in ("sqlite", "postgres", "postgresql"):
         raise PostgresError(f"STACK_DATABASE={choice!r}: use sqlite (default) or postgres")
     if choice == "sqlite":
         return None
-    return Postgres(stack_dir / "postgres", int(os.environ.get("STACK_POSTGRES_PORT", "5433")), pid, password)
+    return Postgres(stack_dir / "postgres", int(os.environ.get("STACK_POSTGRES_PORT", "5433")), pid, password())
