@@ -22,7 +22,17 @@ from facelift.ids import artifact_key
 from facelift.progress import ProgressArtifact
 from facelift.tasks.curate import CurateConfig, CurationError, Scorer, decide_curation, is_tiny, scores_key
 from facelift.tasks.curate.report import build_report, kept_by, reasons_table
-from facelift.tasks.curate.score import score_models, score_shard, scores_object
+from facelift.tasks.curate.score import score_models, score_shard, unscored
+
+
+def default_models(tiny: bool) -> dict[str, str]:
+    if tiny:
+        from facelift.models.tiny_metrics import ensure_tiny_clip
+
+        clip = str(ensure_tiny_clip())
+        return {"clip_model": clip, "iqa_model": clip, "detector": "opencv"}
+    return {"clip_model": CurateConfig.model_fields["clip_model"].default,
+            "iqa_model": CurateConfig.model_fields["iqa_model"].default, "detector": "retinaface"}
 
 
 @functools.lru_cache(maxsize=2)
@@ -66,9 +76,9 @@ def decide_task(dataset_uri: str, endpoint_url: str | None, key: str, models: di
 @flow(name="curate-pairs")
 def curate_pairs(
     dataset_uri: str,
-    clip_model: str = "openai/clip-vit-large-patch14",
-    iqa_model: str = "openai/clip-vit-base-patch16",
-    detector: str = "retinaface",
+    clip_model: str | None = None,
+    iqa_model: str | None = None,
+    detector: str | None = None,
     thresholds: dict[str, float] | None = None,
     report_only: list[str] | None = None,
     min_kept_fraction: float = 0.5,
@@ -78,15 +88,19 @@ def curate_pairs(
 ) -> dict[str, Any]:
     """Curate a dataset's pairs; returns the curation id, counts and where its files are.
 
-    ``report_only`` None: every filter decides on a real dataset, the semantic ones report only on a tiny one.
+    Models left None: a real dataset uses CLIP ViT-L/14, the evaluation's CLIP-IQA (ViT-B/16) and retinaface; a
+    tiny-profile one the tiny random-weight CLIP and opencv (offline; nothing to download). ``report_only``
+    None: every filter decides on a real dataset, the semantic ones report only on a tiny one.
     ``skip_completed`` (set by the event trigger): a curation already done for this build and config is not
     repeated (and emits no event)."""
     logger = get_run_logger()
-    cfg = CurateConfig(clip_model=clip_model, iqa_model=iqa_model, detector=detector,
-                       thresholds=thresholds or {}, min_kept_fraction=min_kept_fraction, batch_size=batch_size,
-                       report_only=tuple(report_only) if report_only is not None else None)
     ds = Dataset.open(dataset_uri, endpoint_url)
     ds.require_real("curation")
+    defaults = default_models(is_tiny(ds))
+    cfg = CurateConfig(clip_model=clip_model or defaults["clip_model"], iqa_model=iqa_model or defaults["iqa_model"],
+                       detector=detector or defaults["detector"],
+                       thresholds=thresholds or {}, min_kept_fraction=min_kept_fraction, batch_size=batch_size,
+                       report_only=tuple(report_only) if report_only is not None else None)
     models = score_models(cfg)
     key = scores_key(models)
     root = ds.root_store()
@@ -96,7 +110,7 @@ def curate_pairs(
         if prior is not None:
             return {**prior, "skipped": True}
         shards = ds.committed_shards()
-        todo = [s for s in shards if not ds.store.exists(scores_object(key, s))]
+        todo = list(unscored(ds, key, shards))
         logger.info("curating %s: %d shards, %d to score (scores %s%s)", ds.uri, len(shards), len(todo), key,
                     "; tiny profile: the semantic filters report only" if is_tiny(ds) else "")
         with tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard", desc="score",

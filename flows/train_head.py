@@ -12,6 +12,7 @@ from prefect.events import emit_event
 from facelift import done
 from facelift.dataset import Dataset
 from facelift.ids import artifact_key
+from facelift.tasks.curate.run import resolve_curation
 from facelift.tasks.train import TrainConfig, png_markdown, train, write_reports
 
 
@@ -68,33 +69,39 @@ def train_head(
     skip_completed: bool = False,
     selection: str = "auto",
     inception_weights: str | None = None,
+    curation: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, given the same run_id) one head; returns the run URI and the exported head.
 
     ``early_stopping`` None: the head's default (U-Net: stop after ``patience`` epochs without improvement;
     CycleGANs: train the fixed schedule, whose linear lr decay early stopping would cut). ``skip_completed``
     (set by the event trigger): if this head was already trained with this config on a dataset with the same
-    content fingerprint, return that run instead of training again (and emit no event)."""
+    content fingerprint, return that run instead of training again (and emit no event). ``curation``: a curation
+    id, or ``latest``, whose kept pairs train and validate (None: every pair); the run and its completion key
+    record the id, so a new curation trains again."""
     logger = get_run_logger()
+    ds = Dataset.open(dataset_uri, endpoint_url)
+    ds.require_real("training")
+    curation = resolve_curation(ds, curation)
     cfg = TrainConfig(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                       batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=use_gpu,
                       resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
                       checkpoint_every=checkpoint_every,
                       compile=compile, endpoint_url=endpoint_url, run_id=run_id,
                       head_overrides=head_overrides or {}, selection=selection,
-                      inception_weights=inception_weights)
-    Dataset.open(dataset_uri, endpoint_url).require_real("training")
+                      inception_weights=inception_weights, curation=curation)
     root, key = done.train_key(cfg)
     repeatable = skip_completed and run_id is None
-    what = f"head {head} ({flavor}) with this config on this build of the dataset"
+    what = f"head {head} ({flavor}) with this config on this build of the dataset" + (
+        f" and curation {curation}" if curation else "")
     with done.unless_done(root, key, "training", what, repeatable, logger) as prior:
         if prior is not None:
             return {**prior, "skipped": True}
         run = train_task(cfg, ray_address, max_failures)
         plots = report_task(run, cfg)
-        result = {**run, **plots, "head": head, "dataset_uri": dataset_uri}
+        result = {**run, **plots, "head": head, "dataset_uri": dataset_uri, "curation": curation}
         done.record_completed(root, key, {"run_id": run["run_id"], "run_uri": run["run_uri"], "result": result})
-    logger.info("head %s trained: %s", head, run["head_uri"])
+    logger.info("head %s trained%s: %s", head, f" on curation {curation}" if curation else "", run["head_uri"])
     emit_event(event="facelift.head.trained",
                resource={"prefect.resource.id": f"facelift.run.{run['run_id']}"},
                payload={"run_uri": run["run_uri"], "dataset_uri": dataset_uri, "head": head})

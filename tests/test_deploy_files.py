@@ -80,12 +80,13 @@ def test_triggers_chain_on_emitted_events_with_valid_parameters(prefect_yaml):
                 chained[event] = chained.get(event, []) + [dep["name"]]
             assert trig["match_related"] == {"prefect.resource.role": "deployment"}
             assert set(trig["parameters"]) <= set(flows[module][func][1]), dep["name"]
-            if "facelift.dataset.built" in trig["expect"]:  # a repeated event trains/audits nothing again
+            if set(trig["expect"]) & {"facelift.dataset.built", "facelift.curation.completed"}:  # a repeat: no rerun
                 assert trig["parameters"].get("skip_completed") is True, dep["name"]
             for value in (v for k, v in trig["parameters"].items() if k != "skip_completed"):
                 for item in value if isinstance(value, list) else [value]:
                     assert re.fullmatch(r"\{\{ event\.payload\.\w+ \}\}", item), item
-    assert sorted(chained["facelift.dataset.built"]) == ["audit", "train"]
+    assert sorted(chained["facelift.dataset.built"]) == ["audit", "curate"]  # build -> curate -> train
+    assert chained["facelift.curation.completed"] == ["train"]
     assert chained["facelift.head.trained"] == ["evaluate"]
 
 

@@ -57,7 +57,8 @@ def test_everything_deployed_with_triggers_schedule_and_queues(deploy_stack, api
         gpu = c.read_work_queue_by_name("gpu", work_pool_name="facelift")
         assert gpu.concurrency_limit == 1
         autos = {a.name: a for a in c.read_automations()}
-        assert {"train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"} <= set(autos)
+        assert {"curate-new-dataset", "train-on-new-curation", "audit-new-dataset", "evaluate-new-head"} <= set(autos)
+        assert autos["train-on-new-curation"].trigger.expect == {"facelift.curation.completed"}
         assert autos["evaluate-new-head"].trigger.expect == {"facelift.head.trained"}
         assert autos["audit-new-dataset"].actions[0].parameters == {
             "dataset_uris": ["{{ event.payload.dataset_uri }}"], "skip_completed": True}
@@ -89,7 +90,8 @@ def _pause_automations(api: str, resume: bool = False) -> None:
             (c.resume_automation if resume else c.pause_automation)(auto.id)
 
 
-def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
+def test_rebuild_triggers_curate_train_audit_then_evaluate(deploy_stack, api):
+    """build -> curate + audit; curate -> train on the curation's kept pairs; train -> evaluate."""
     build = ds.run_build(deploy_stack, "chain", profile="tiny", count=ds.COUNT, root=deploy_stack.root)
     assert build.state_name == "Completed", deploy_stack.worker_log()
     out = _result(build, api)
@@ -99,12 +101,21 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
     def on_dataset(r):
         return r.parameters.get("dataset_uri") == uri or r.parameters.get("dataset_uris") == [uri]
 
-    [train] = ds.wait_for_runs(api, "train-head/train", on_dataset, 60, deploy_stack)
+    [curate] = ds.wait_for_runs(api, "curate-pairs/curate", on_dataset, 60, deploy_stack)
     [audit] = ds.wait_for_runs(api, "audit-diversity/audit", on_dataset, 60, deploy_stack)
+    curate = ds.wait_run(api, curate.id, 300, deploy_stack)
+    assert curate.state_name == "Completed", deploy_stack.worker_log()
+    curation = _result(curate, api)
+    assert curation["pairs"] == ds.COUNT and "tiny profile" in curation["report_only_why"]
+    [train] = ds.wait_for_runs(api, "train-head/train", on_dataset, 60, deploy_stack)
     assert train.parameters["flavor"] == "debug"  # deployment defaults merged under the trigger's parameters
+    assert train.parameters["curation"] == curation["curation_id"]
     train = ds.wait_run(api, train.id, 300, deploy_stack)
     assert train.state_name == "Completed", deploy_stack.worker_log()
     run_uri = _result(train, api)["run_uri"]
+    run = json.loads(s3fs.S3FileSystem(client_kwargs={"endpoint_url": deploy_stack.weed.endpoint},
+                                       skip_instance_cache=True).cat_file(f"{run_uri.removeprefix('s3://')}/run.json"))
+    assert run["config"]["curation"] == curation["curation_id"]  # the run records what it trained on
     [evaluate] = ds.wait_for_runs(api, "evaluate/evaluate", on_dataset, 60, deploy_stack)
     assert evaluate.parameters["heads"] == [run_uri]
     audit = ds.wait_run(api, audit.id, 300, deploy_stack)
@@ -135,7 +146,7 @@ def test_rebuild_triggers_train_audit_then_evaluate(deploy_stack, api):
     same = _result(again, api)
     assert same["dataset_uri"] == uri and same["changed"] is False and same["generated_pairs"] == 0
     time.sleep(8)  # triggers fire within ~0.1 s of an event
-    for dep in ("train-head/train", "audit-diversity/audit", "evaluate/evaluate"):
+    for dep in ("curate-pairs/curate", "train-head/train", "audit-diversity/audit", "evaluate/evaluate"):
         assert len([r for r in ds.runs_of(api, dep) if on_dataset(r)]) == 1, dep
 
 
@@ -152,7 +163,7 @@ def test_a_sim_build_starts_no_train_or_audit_run(deploy_stack, api):
         time.sleep(1)
     assert built and built[0].resource["facelift.simulated"] == "true" and built[0].payload["simulated"] is True
     time.sleep(8)  # triggers fire within ~0.1 s of an event
-    for dep in ("train-head/train", "audit-diversity/audit"):
+    for dep in ("curate-pairs/curate", "train-head/train", "audit-diversity/audit"):
         assert not [r for r in ds.runs_of(api, dep)
                     if uri in (r.parameters.get("dataset_uri"), *(r.parameters.get("dataset_uris") or []))], dep
 
@@ -201,7 +212,8 @@ def test_same_parameters_resume_and_changed_parameters_make_a_new_dataset(deploy
 
 
 def test_pipeline_runs_stages_as_subflows_without_starting_the_chain(deploy_stack, api):
-    """build (resumed: nothing to generate) -> train -> evaluate as subflows of one run; no trigger fires."""
+    """build (resumed: nothing to generate) -> curate -> train -> evaluate as subflows of one run; no trigger
+    fires."""
     import time
 
     from facelift.cli.ops import run_deployment_now
@@ -213,7 +225,7 @@ def test_pipeline_runs_stages_as_subflows_without_starting_the_chain(deploy_stac
     finally:
         _pause_automations(api, resume=True)
     time.sleep(5)  # a trigger that still saw that build's event has fired by now, and counts as "before"
-    chained = ("train-head/train", "audit-diversity/audit")
+    chained = ("curate-pairs/curate", "train-head/train", "audit-diversity/audit")
     before = {r.id for dep in chained for r in ds.runs_of(api, dep)}
     run = run_deployment_now("pipeline/pipeline", {
         "profile": "tiny", "count": ds.COUNT, "root": deploy_stack.root, "heads": ["cyclegan"], "audit": False,
@@ -230,7 +242,8 @@ def test_pipeline_runs_stages_as_subflows_without_starting_the_chain(deploy_stac
 
         subs = c.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
             any_=[run.id])))
-    assert len(subs) == 3 and all(r.state_name == "Completed" for r in subs)  # build, train, evaluate
+    assert len(subs) == 4 and all(r.state_name == "Completed" for r in subs)  # build, curate, train, evaluate
+    assert out["curation_id"]
     time.sleep(5)  # triggers fire within ~0.1 s of an event
     # subflow events carry no deployment: the chain is not started a second time
     assert not [r.name for d in chained for r in ds.runs_of(api, d) if r.id not in before]

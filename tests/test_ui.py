@@ -150,6 +150,6 @@ def test_ui_lists_chaining_automations(deploy_stack, browser, tmp_path):
     page = browser.new_page()
     page.set_default_timeout(60_000)
     page.goto(f"{deploy_stack.server.ui_url}/automations", wait_until="networkidle")
-    for name in ("train-on-new-dataset", "audit-new-dataset", "evaluate-new-head"):
+    for name in ("curate-new-dataset", "train-on-new-curation", "audit-new-dataset", "evaluate-new-head"):
         expect(page.get_by_text(name).first).to_be_visible(timeout=60_000)
     _save(page, tmp_path, "automations")

@@ -117,6 +117,9 @@ from facelift.cli import train as cli_train  # noqa: E402
 
 app.command("train")(cli_train.train)
 app.command("sweep")(cli_train.sweep)
+from facelift.cli import curate as cli_curate  # noqa: E402
+
+app.command("curate")(cli_curate.curate)
 from facelift.cli import ops as cli_ops  # noqa: E402
 
 app.command("rebuild")(cli_ops.rebuild)

@@ -20,8 +20,9 @@ def _errors() -> tuple[type[BaseException], ...]:
     from facelift.dataset import DatasetError
     from facelift.models.heads import HeadError
     from facelift.storage import StorageError
+    from facelift.tasks.curate import CurationError
 
-    return (DatasetError, StorageError, HeadError, ValidationError, FileNotFoundError, ValueError)
+    return (DatasetError, StorageError, HeadError, ValidationError, FileNotFoundError, ValueError, CurationError)
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -39,6 +40,14 @@ def _dataset_at_the_door(uri: str, endpoint_url: str | None) -> str:
     uri = absolute_uri(uri)
     Dataset.open(uri, endpoint_url).require_real("training")
     return uri
+
+
+def _curation_at_the_door(uri: str, endpoint_url: str | None, curation: str | None) -> str | None:
+    """``--curation`` as an id (``latest`` resolved), checked to exist before Prefect and Ray start."""
+    from facelift.dataset import Dataset
+    from facelift.tasks.curate import resolve_curation
+
+    return resolve_curation(Dataset.open(uri, endpoint_url), curation)
 
 
 Head = Annotated[str, typer.Option(help="unet_cbam, cyclegan or esa_cyclegan")]
@@ -78,6 +87,8 @@ def train(
     selection: Selection = "auto",
     inception_weights: Inception = None,
     set_: SetOpt = None,
+    curation: Annotated[str | None, typer.Option(help="train on a curation's kept pairs: its id, or latest "
+                                                      "(facelift curate); default: every pair")] = None,
     verbose: bool = False,
 ) -> None:
     """Train (or resume) a head with Ray Train; prints the run URI (load it with models.heads.load_head)."""
@@ -91,13 +102,14 @@ def train(
         if run_id:
             check_id(run_id, "run id")
         dataset_uri = _dataset_at_the_door(dataset_uri, endpoint_url)
+        curation = _curation_at_the_door(dataset_uri, endpoint_url, curation)
         out = train_head(dataset_uri=dataset_uri, head=head, flavor=flavor, max_steps=max_steps, epochs=epochs,
                          batch_size=batch_size, lr=lr, num_workers=num_workers, use_gpu=gpu,
                          resolution=resolution, crop=crop, patience=patience, early_stopping=early_stopping,
                          checkpoint_every=checkpoint_every,
                          compile=compile_mode or compile, endpoint_url=endpoint_url, run_id=run_id,
                          ray_address=ray_address, selection=selection, inception_weights=inception_weights,
-                         head_overrides=overrides)
+                         head_overrides=overrides, curation=curation)
     except _errors() as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(out, indent=2))

@@ -105,7 +105,8 @@ def scores_key(models: dict[str, str]) -> str:
     return _digest({"models": models, "version": SCORE_VERSION})
 
 
-def curation_id(scores: str, cfg: CurateConfig, enforced: frozenset[str]) -> str:
-    """The decision's id: the scores it reads and every setting that changes a decision."""
-    return "c-" + _digest({"scores": scores, "thresholds": cfg.thresholds.model_dump(),
+def curation_id(dataset: str, scores: str, cfg: CurateConfig, enforced: frozenset[str]) -> str:
+    """The decision's id: the build it curates (``done.dataset_identity``), the scores it reads and every setting
+    that changes a decision."""
+    return "c-" + _digest({"dataset": dataset, "scores": scores, "thresholds": cfg.thresholds.model_dump(),
                            "enforced": sorted(enforced), "min_kept": cfg.min_kept_fraction})

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from facelift import done
 from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
 from facelift.ids import check_id
 from facelift.tasks.curate.config import REASONS, CurateConfig, curation_id
@@ -63,7 +64,7 @@ def decide_curation(ds: Dataset, key: str, models: dict[str, str], cfg: CurateCo
     :class:`CurationError` (after writing, so the report shows why) if it keeps less than the guard allows."""
     tiny = is_tiny(ds)
     enforced = cfg.enforced(tiny)
-    cid = curation_id(key, cfg, enforced)
+    cid = curation_id(done.dataset_identity(ds), key, cfg, enforced)
     scores = load_scores(ds, key, shards).to_pandas()
     scores["split"] = ds.splits().assign(scores["pair_id"])
     th = cfg.thresholds

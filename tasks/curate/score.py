@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
+from facelift.dataset import Dataset, read_parquet_bytes, shard_key, table_to_parquet_bytes
 from facelift.tasks.curate.config import CurateConfig
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,20 @@ def scores_prefix(key: str) -> str:
     return f"{CURATION_DIR}/scores-{key}"
 
 
-def scores_object(key: str, shard: int) -> str:
-    return f"{scores_prefix(key)}/{shard:05d}.parquet"
+def shard_version(ds: Dataset, shard: int) -> str:
+    """A short hash of the shard object's version tag: scores name the shard version they were computed from, so
+    a shard rewritten by a rebuild at the same URI is scored again."""
+    return hashlib.sha256(ds.store.tag(shard_key(shard)).encode()).hexdigest()[:10]
+
+
+def scores_object(key: str, shard: int, version: str) -> str:
+    return f"{scores_prefix(key)}/{shard:05d}-{version}.parquet"
+
+
+def unscored(ds: Dataset, key: str, shards: list[int]) -> dict[int, str]:
+    """The shards (and their versions) with no scores for their current version."""
+    versions = {s: shard_version(ds, s) for s in shards}
+    return {s: v for s, v in versions.items() if not ds.store.exists(scores_object(key, s, v))}
 
 
 @dataclass(frozen=True)
@@ -199,13 +211,14 @@ def score_rows(table: pa.Table, shard: int, scorer: Scorer) -> list[dict[str, An
 
 
 def score_shard(ds: Dataset, shard: int, key: str, scorer: Scorer) -> ShardScores:
-    """Score one shard and commit its scores object (skipped when it exists)."""
-    if ds.store.exists(scores_object(key, shard)):
+    """Score one shard and commit its scores object (skipped when it exists for this version of the shard)."""
+    version = shard_version(ds, shard)
+    if ds.store.exists(scores_object(key, shard, version)):
         return ShardScores(shard, 0, 0, 0.0, skipped=True)
     start = time.perf_counter()
     rows = score_rows(ds.read_shard(shard, READ), shard, scorer)
     table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
-    ds.store.write_bytes(scores_object(key, shard), table_to_parquet_bytes(table))
+    ds.store.write_bytes(scores_object(key, shard, version), table_to_parquet_bytes(table))
     res = ShardScores(shard, len(rows), sum(r["corrupt"] is not None for r in rows), time.perf_counter() - start)
     log.info("curation scores of shard %05d (%s): %d pairs, %d corrupt, %.1fs", shard, ds.dataset_id, res.pairs,
              res.corrupt, res.seconds)
@@ -216,9 +229,10 @@ def load_scores(ds: Dataset, key: str, shards: list[int]) -> pa.Table:
     """Every shard's scores (the flow scores them first); a missing object is an error naming it."""
     tables = []
     for shard in shards:
+        name = scores_object(key, shard, shard_version(ds, shard))
         try:
-            tables.append(read_parquet_bytes(ds.store.read_bytes(scores_object(key, shard))))
+            tables.append(read_parquet_bytes(ds.store.read_bytes(name)))
         except FileNotFoundError:
-            raise FileNotFoundError(f"no curation scores for shard {shard:05d} at "
-                                    f"{ds.store.url(scores_object(key, shard))}: score it first") from None
+            raise FileNotFoundError(f"no curation scores for this version of shard {shard:05d} at "
+                                    f"{ds.store.url(name)}: score it first") from None
     return pa.concat_tables(tables) if tables else SCORES_SCHEMA.empty_table()

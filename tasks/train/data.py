@@ -48,6 +48,7 @@ class DataConfig:
     seed: int = 0
     decode_workers: int = 2  # PNG decode threads ahead of the stream; 0 = inline on the training thread
     prefetch_batches: int = 4  # batches built ahead on a background thread
+    keep: frozenset[str] | None = None  # a curation's kept pair ids (train and val read only these); None: all
 
     def __post_init__(self) -> None:
         if self.resolution < 8:
@@ -73,12 +74,16 @@ def open_training_dataset(uri: str, endpoint_url: str | None = None) -> tuple[Da
     return ds, shards
 
 
-def split_counts(ds: Dataset, shards: list[int], spec: SplitSpec) -> dict[str, int]:
-    """Pairs in the train / val / test splits, from the manifest (only committed shards count)."""
+def split_counts(ds: Dataset, shards: list[int], spec: SplitSpec,
+                 keep: frozenset[str] | None = None) -> dict[str, int]:
+    """Pairs in the train / val / test splits, from the manifest (only committed shards count; with ``keep``,
+    only a curation's kept pairs)."""
     manifest = ds.manifest()
-    counts = spec.counts(manifest.loc[manifest["shard"].isin(shards), "pair_id"])
+    ids = manifest.loc[manifest["shard"].isin(shards), "pair_id"]
+    counts = spec.counts(ids if keep is None else ids[ids.isin(keep)])
     if counts["train"] == 0:
-        raise DatasetError(f"dataset {ds.uri}: no training pairs in its splits ({spec.describe()})")
+        raise DatasetError(f"dataset {ds.uri}: no training pairs in its splits ({spec.describe()})"
+                           + ("" if keep is None else " among the curation's kept pairs"))
     return counts
 
 
@@ -172,7 +177,8 @@ class PairStream:
     def _mine(self, rows: list[dict]) -> set[int]:
         """Indices of the rows this worker trains on: the train split, and its share when workers share shards."""
         train = self.cfg.splits.assign([row["pair_id"] for row in rows]) == "train"
-        return {i for i, row in enumerate(rows) if train[i] and (
+        keep = self.cfg.keep
+        return {i for i, row in enumerate(rows) if train[i] and (keep is None or row["pair_id"] in keep) and (
             self.row_stride == 1 or int(pair_hash(row["pair_id"], "worker") * 2**32) % self.row_stride == self.rank)}
 
     def _pairs(self) -> Iterator[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
@@ -266,7 +272,7 @@ def load_validation(ds: Dataset, shards: list[int], cfg: DataConfig, rank: int =
         for row in table.to_pylist():
             if len(pairs) >= cfg.max_val_pairs:
                 break
-            if cfg.splits.assign([row["pair_id"]])[0] == "val":
+            if cfg.splits.assign([row["pair_id"]])[0] == "val" and (cfg.keep is None or row["pair_id"] in cfg.keep):
                 pairs.append((row["schnell_image"], row["dev_image"]))
         if len(pairs) >= cfg.max_val_pairs:
             break

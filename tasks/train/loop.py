@@ -33,8 +33,8 @@ from facelift.dataset import Dataset
 from facelift.ids import check_id
 from facelift.lease import Fence, Lease
 from facelift.models.heads import Head, HeadError, build_head, compile_mode, load_head, train_step
-from facelift.splits import SplitSpec
 from facelift.storage import Store, absolute_uri
+from facelift.tasks.curate.run import kept_pairs
 from facelift.tasks.train.checkpoint import (
     checkpoint_folder,
     restore_checkpoint,
@@ -97,6 +97,8 @@ class TrainConfig(BaseModel):
     inception_weights: str | None = Field(None, description="FID Inception weights for selection=kid "
                                                             "(default: evaluation's search path)")
     log_every: int = Field(10, ge=1)
+    curation: str | None = Field(None, description="curation id (tasks/curate): train and val read only its kept "
+                                                   "pairs; None: every pair")
     compile: Literal["none", "regional", "full"] = Field(
         "none", description="torch.compile the networks: regional = each generator's stem, residual block "
                             "(one shared graph) and tail, and each discriminator (fast to compile); full = each "
@@ -121,10 +123,19 @@ class TrainConfig(BaseModel):
     def _valid_run_id(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "run id")
 
-    def data_config(self, splits: SplitSpec) -> DataConfig:
-        """The data settings, with the dataset's fixed splits (train for steps, val for model selection)."""
-        return DataConfig(self.resolution, self.crop, self.flip, splits, self.max_val_pairs, self.shuffle_buffer,
-                          self.seed, self.decode_workers, self.prefetch_batches)
+    @field_validator("curation")
+    @classmethod
+    def _valid_curation(cls, v: str | None) -> str | None:
+        if v == "latest":
+            raise ValueError("curation 'latest' is resolved to an id before training (tasks.curate.resolve_curation)")
+        return None if v is None else check_id(v, "curation id")
+
+    def data_config(self, ds: Dataset) -> DataConfig:
+        """The data settings, with the dataset's fixed splits (train for steps, val for model selection) and the
+        curation's kept pairs."""
+        keep = kept_pairs(ds, self.curation) if self.curation else None
+        return DataConfig(self.resolution, self.crop, self.flip, ds.splits(), self.max_val_pairs,
+                          self.shuffle_buffer, self.seed, self.decode_workers, self.prefetch_batches, keep)
 
 
 @dataclass
@@ -216,8 +227,8 @@ def run_loop(cfg: TrainConfig, env: LoopEnv) -> dict[str, Any]:
     """The training loop, identical in every worker; returns the final history (rank 0 writes outputs)."""
     torch.manual_seed(cfg.seed + env.rank)
     ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
-    data_cfg = cfg.data_config(ds.splits())
-    counts = split_counts(ds, shards, data_cfg.splits)
+    data_cfg = cfg.data_config(ds)
+    counts = split_counts(ds, shards, data_cfg.splits, data_cfg.keep)
     steps_per_epoch = cfg.steps_per_epoch or max(1, counts["train"] // (cfg.batch_size * env.world))
     max_steps = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.max_steps
     head = build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
@@ -371,7 +382,7 @@ def check_config(cfg: TrainConfig) -> None:
     """Fail fast, before Ray starts: unknown head/flavor/field, missing or empty dataset, no train split."""
     head = build_head(cfg.head, cfg.flavor, **cfg.head_overrides)
     ds, shards = open_training_dataset(cfg.dataset_uri, cfg.endpoint_url)
-    counts = split_counts(ds, shards, ds.splits())
+    counts = split_counts(ds, shards, ds.splits(), cfg.data_config(ds).keep)
     if (head.selection if cfg.selection == "auto" else cfg.selection) == "kid":
         from facelift.models.metrics import resolve_fid_weights
 
