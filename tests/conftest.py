@@ -40,6 +40,22 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def deepface_home(tmp_path_factory: pytest.TempPathFactory):
+    """Random-weight DeepFace files (compact form) in a temporary DEEPFACE_HOME, made once."""
+    from facelift.models.deepface_weights import build_random_weights
+
+    home = tmp_path_factory.mktemp("deepface-home")
+    old = os.environ.get("DEEPFACE_HOME")
+    os.environ["DEEPFACE_HOME"] = str(home)
+    build_random_weights(home)
+    yield home
+    if old is None:
+        os.environ.pop("DEEPFACE_HOME", None)
+    else:
+        os.environ["DEEPFACE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """A local Ray (2 CPUs) shared by the session."""
     import tempfile

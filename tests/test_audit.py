@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import uuid
 
 import numpy as np
@@ -46,22 +45,6 @@ from facelift.tasks.audit.tsne import plot_tsne, tsne_embed
 from facelift.testing import make_synthetic_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def deepface_home(tmp_path_factory: pytest.TempPathFactory):
-    """Random-weight DeepFace files (compact form) in a temporary DEEPFACE_HOME, made once."""
-    from facelift.models.deepface_weights import build_random_weights
-
-    home = tmp_path_factory.mktemp("deepface-home")
-    old = os.environ.get("DEEPFACE_HOME")
-    os.environ["DEEPFACE_HOME"] = str(home)
-    build_random_weights(home)
-    yield home
-    if old is None:
-        os.environ.pop("DEEPFACE_HOME", None)
-    else:
-        os.environ["DEEPFACE_HOME"] = old
 
 
 def _s3_root(seaweed) -> Store:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,29 +45,40 @@ class FaceModel(Protocol):
 
 
 class DeepFaceFaces:
-    """DeepFace: one detector pass counts the faces and aligns the largest, which ArcFace then embeds."""
+    """DeepFace: one detector pass counts the faces and aligns the largest, which ArcFace then embeds.
 
-    def __init__(self, detector: str) -> None:
+    ``embedder`` (tests) replaces ArcFace on the aligned face (RGB uint8 -> vector); detector ``skip`` takes the
+    whole image as the one face."""
+
+    def __init__(self, detector: str, embedder: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         from facelift.models.deepface_weights import check_weights
 
-        check_weights(models=("arcface",), detector=detector)
-        self.detector, self.name = detector, f"ArcFace+{detector}"
+        check_weights(models=() if embedder else ("arcface",), detector=detector)
+        self.detector, self.embedder = detector, embedder
+        self.name = f"{'custom' if embedder else 'ArcFace'}+{detector}"
 
     def __call__(self, rgb: np.ndarray) -> tuple[int, np.ndarray | None]:
         from facelift.models.deepface_weights import import_deepface
 
         deepface = import_deepface()
-        # enforce_detection=False hands back the whole image with confidence 0 when there is no face
-        found = deepface.extract_faces(np.ascontiguousarray(rgb[:, :, ::-1]), detector_backend=self.detector,
-                                       enforce_detection=False, align=True)
-        faces = [f for f in found if float(f.get("confidence") or 0) > 0]
-        if not faces:
-            return 0, None  # no ArcFace pass on a faceless picture
-        largest = max(faces, key=lambda f: f["facial_area"]["w"] * f["facial_area"]["h"])
-        crop = np.ascontiguousarray((np.asarray(largest["face"]) * 255).clip(0, 255).astype(np.uint8)[:, :, ::-1])
-        rep = deepface.represent(crop, model_name="ArcFace", detector_backend="skip", enforce_detection=False)
-        emb = np.asarray(rep[0]["embedding"], dtype=np.float32)
-        return len(faces), emb / max(float(np.linalg.norm(emb)), 1e-12)
+        if self.detector == "skip":
+            count, face = 1, rgb
+        else:
+            # enforce_detection=False hands back the whole image with confidence 0 when there is no face
+            found = deepface.extract_faces(np.ascontiguousarray(rgb[:, :, ::-1]), detector_backend=self.detector,
+                                           enforce_detection=False, align=True)
+            faces = [f for f in found if float(f.get("confidence") or 0) > 0]
+            if not faces:
+                return 0, None  # no ArcFace pass on a faceless picture
+            largest = max(faces, key=lambda f: f["facial_area"]["w"] * f["facial_area"]["h"])
+            count, face = len(faces), (np.asarray(largest["face"]) * 255).clip(0, 255).astype(np.uint8)
+        if self.embedder is not None:
+            emb = np.asarray(self.embedder(face), dtype=np.float32)
+        else:
+            rep = deepface.represent(np.ascontiguousarray(face[:, :, ::-1]), model_name="ArcFace",
+                                     detector_backend="skip", enforce_detection=False)
+            emb = np.asarray(rep[0]["embedding"], dtype=np.float32)
+        return count, emb / max(float(np.linalg.norm(emb)), 1e-12)
 
 
 def model_identity(name: str) -> str:
