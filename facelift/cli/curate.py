@@ -51,7 +51,10 @@ def curate(
                               min_kept_fraction=min_kept_fraction, endpoint_url=endpoint_url)
     except (DatasetError, StorageError, CurationError, MissingWeightsError, MetricWeightsError, ValidationError,
             ValueError) as exc:
-        raise fail(str(exc).splitlines()[0] if isinstance(exc, ValidationError) else str(exc)) from None
+        if isinstance(exc, ValidationError):  # name each bad field in one line
+            raise fail("invalid curation setting: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise fail(str(exc)) from None
     typer.echo(summary(result))
     typer.echo(json.dumps({k: result[k] for k in ("curation_id", "curation_uri", "report_uri")}, indent=2))
 
