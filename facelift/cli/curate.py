@@ -68,3 +68,24 @@ def summary(result: dict) -> str:
         lines.append(f"report only: {', '.join(result['report_only'])} ({result['report_only_why']})")
     lines.append(f"reasons, histograms, examples: {result['report_uri']}")
     return "\n".join(lines)
+
+
+def demo_step(ctx: dict) -> dict:
+    """Demo: curate the demo dataset (tiny profile: the semantic filters report only; offline models)."""
+    import os
+    from pathlib import Path
+
+    from facelift.cli.common import rel, section
+    from facelift.flows.curate_pairs import curate_pairs
+    from facelift.models.deepface_weights import build_random_weights, missing_weights
+
+    if missing_weights(("arcface",)):
+        cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")
+        os.environ["DEEPFACE_HOME"] = str(cache / "deepface")
+        build_random_weights(os.environ["DEEPFACE_HOME"])
+    result = curate_pairs(ctx["dataset_uri"])
+    section("curate (score every pair, drop with reasons; train reads the kept pairs)")
+    typer.echo(summary({**result, "report_uri": rel(ctx, result["report_uri"])}))
+    where = rel(ctx, result["curation_uri"])
+    return {"curation_id": result["curation_id"],
+            "summary": [("curate", f"{where}/keep.parquet", f"{where}/report.md (reasons, histograms, examples)")]}

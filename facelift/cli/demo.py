@@ -47,6 +47,10 @@ def build_step(ctx: dict[str, Any]) -> dict[str, Any]:
 
 DEMO_STEPS: list[Step] = [build_step]
 
+from facelift.cli.curate import demo_step as curate_demo_step  # noqa: E402
+
+DEMO_STEPS.append(curate_demo_step)  # curate the pairs; train reads the kept ones
+
 from facelift.cli.audit import demo_step as audit_demo_step  # noqa: E402
 
 DEMO_STEPS.append(audit_demo_step)  # diversity audit: baseline vs enriched, rebalance weights

@@ -200,7 +200,8 @@ def demo_step(ctx: dict) -> dict:
         for name in HEADS:
             overrides = {"lpips_backbone": str(backbone)} if name == "unet_cbam" else {}
             out = train_head(dataset_uri=ctx["dataset_uri"], head=name, flavor="debug", max_steps=4,
-                             batch_size=2, resolution=32, checkpoint_every=2, head_overrides=overrides)
+                             batch_size=2, resolution=32, checkpoint_every=2, head_overrides=overrides,
+                             curation=ctx.get("curation_id"))
             runs[name] = out["run_uri"]
             run = rel(ctx, out["run_uri"])
             typer.echo(f"{name}: {run}")
