@@ -19,6 +19,7 @@ def _scores(ds) -> list[str]:
     return sorted(k for k in ds.store.list("curation") if k.startswith("scores-"))
 
 
+@pytest.mark.slow  # two minutes of flow runs: `make test-slow` (CI runs both suites)
 def test_curate_on_s3_writes_keep_and_artifacts_then_reruns_nothing(seaweed, deepface_home, cache_dir,
                                                                      monkeypatch):
     from prefect.client.orchestration import get_client
