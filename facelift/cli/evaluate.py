@@ -149,7 +149,7 @@ def demo_step(ctx: dict) -> dict:
     from facelift.flows.evaluate import evaluate as evaluate_flow
     from facelift.models.tiny_metrics import ensure_random_fid_weights, ensure_tiny_clip
     from facelift.tasks.enhance import run_enhance
-    from facelift.tasks.evaluate import fid_below_zero, intervals_violated, table_markdown, timing_markdown
+    from facelift.tasks.evaluate import fid_below_zero, intervals_violated, table_markdown
 
     heads = list((ctx.get("head_runs") or {}).values())
     if not heads:
@@ -163,14 +163,13 @@ def demo_step(ctx: dict) -> dict:
 
     section("evaluation (random-weight Inception and CLIP on tiny images: mechanics, not quality)")
     table = pd.DataFrame(result["table"])
-    typer.echo(table_markdown(table))
-    bad = intervals_violated(table)
-    typer.echo("every point estimate lies inside its 95% interval" if not bad else
-               f"estimates outside their intervals: {', '.join(bad)}")
-    negative = fid_below_zero(table)
-    typer.echo("no FID or FID interval below 0" if not negative else f"FIDs below 0: {', '.join(negative)}")
-    section("timing (tiny random-weight FLUX and heads on this CPU: not FLUX or GPU speed)")
-    typer.echo(timing_markdown(pd.DataFrame(result["timing"])))
+    report = next((rel(ctx, str(u)) for u in result["files"].values() if str(u).endswith("report.md")), "report.md")
+    typer.echo(table_markdown(table).split("\n\nPaired comparisons")[0])  # the paired table: in report.md
+    bad, negative = intervals_violated(table), fid_below_zero(table)
+    typer.echo(("every point estimate lies inside its 95% interval" if not bad else
+                f"estimates outside their intervals: {', '.join(bad)}") + "; "
+               + ("no FID or FID interval below 0" if not negative else f"FIDs below 0: {', '.join(negative)}")
+               + f"; paired comparisons with schnell and the timing table (tiny FLUX on this CPU): {report}")
 
     folder = Path(ctx["root"]) / "enhance-demo"
     (folder / "in").mkdir(parents=True, exist_ok=True)
