@@ -311,6 +311,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot parse config file {p}: {exc}") from exc
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error in one line: ``field.sub: message; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+
+
 def resolve_config(
     profile: str | None = None,
     *,
@@ -332,7 +337,4 @@ def resolve_config(
     try:
         return BuildConfig.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration (profile {profile!r}): {problems}") from None
+        raise ConfigError(f"invalid configuration (profile {profile!r}): {validation_problems(exc)}") from None

@@ -95,15 +95,15 @@ class SeaweedS3:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         picked = not self.s3_port and not self.ports
-        for attempt in range(1, tries + 1):
+        for attempt in range(1, tries):
             try:
                 return self._start_once(timeout_s)
             except _WeedExited:
-                if not picked or attempt == tries:
+                if not picked:
                     raise
                 log.warning("weed exited on start (attempt %d of %d); retrying on fresh ports", attempt, tries)
                 self.s3_port, self.ports = 0, None
-        raise AssertionError("unreachable")
+        return self._start_once(timeout_s)
 
     def _start_once(self, timeout_s: float) -> SeaweedS3:
         self.s3_port = self.s3_port or free_port()

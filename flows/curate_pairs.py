@@ -31,8 +31,7 @@ def default_models(tiny: bool) -> dict[str, str]:
 
         clip = str(ensure_tiny_clip())
         return {"clip_model": clip, "iqa_model": clip, "detector": "opencv"}
-    return {"clip_model": CurateConfig.model_fields["clip_model"].default,
-            "iqa_model": CurateConfig.model_fields["iqa_model"].default, "detector": "retinaface"}
+    return {f: CurateConfig.model_fields[f].default for f in ("clip_model", "iqa_model", "detector")}
 
 
 @functools.lru_cache(maxsize=2)
@@ -42,8 +41,9 @@ def _scorer(cfg: CurateConfig) -> Scorer:
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="score-{shard:05d}")
-def score_task(dataset_uri: str, endpoint_url: str | None, shard: int, key: str, cfg: CurateConfig) -> dict:
-    res = score_shard(Dataset.open(dataset_uri, endpoint_url), shard, key, _scorer(cfg))
+def score_task(dataset_uri: str, endpoint_url: str | None, shard: int, version: str, key: str,
+               cfg: CurateConfig) -> dict:
+    res = score_shard(Dataset.open(dataset_uri, endpoint_url), shard, key, _scorer(cfg), version)
     return {"shard": res.shard, "pairs": res.pairs, "corrupt": res.corrupt, "seconds": round(res.seconds, 2)}
 
 
@@ -96,7 +96,8 @@ def curate_pairs(
     logger = get_run_logger()
     ds = Dataset.open(dataset_uri, endpoint_url)
     ds.require_real("curation")
-    defaults = default_models(is_tiny(ds))
+    tiny = is_tiny(ds)
+    defaults = default_models(tiny)
     cfg = CurateConfig(clip_model=clip_model or defaults["clip_model"], iqa_model=iqa_model or defaults["iqa_model"],
                        detector=detector or defaults["detector"],
                        thresholds=thresholds or {}, min_kept_fraction=min_kept_fraction, batch_size=batch_size,
@@ -110,14 +111,14 @@ def curate_pairs(
         if prior is not None:
             return {**prior, "skipped": True}
         shards = ds.committed_shards()
-        todo = list(unscored(ds, key, shards))
+        todo = unscored(ds, key, shards)
         logger.info("curating %s: %d shards, %d to score (scores %s%s)", ds.uri, len(shards), len(todo), key,
-                    "; tiny profile: the semantic filters report only" if is_tiny(ds) else "")
+                    "; tiny profile: the semantic filters report only" if tiny else "")
         with tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard", desc="score",
                   disable=None) as bar, \
                 ProgressArtifact(len(shards) - len(todo), len(shards), f"shards scored for {ds.dataset_id}") as shown:
-            for shard in todo:
-                score_task(ds.uri, endpoint_url, shard, key, cfg)
+            for shard, version in todo.items():
+                score_task(ds.uri, endpoint_url, shard, version, key, cfg)
                 bar.update(1)
                 shown.value += 1
         result = decide_task(ds.uri, endpoint_url, key, models, cfg, shards)

@@ -24,6 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,14 +244,14 @@ class ClipIQA(nn.Module):
     """CLIP-IQA with an antonym prompt pair. Input: NCHW in [-1, 1]; output: (N,) scores in [0, 1]."""
 
     def __init__(self, model: nn.Module, text_features: torch.Tensor, mean: list[float], std: list[float],
-                 size: int, crop: int, source: str) -> None:
+                 size: int, crop: int, source: str, tokenizer: Any = None) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("text_features", F.normalize(text_features.float(), dim=-1))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.size, self.crop, self.source = size, crop, source
-        self.tokenizer = None  # set by from_pretrained: text_embeddings needs it
+        self.tokenizer = tokenizer  # text_embeddings needs it (from_pretrained passes the checkpoint's)
 
     @classmethod
     def from_pretrained(cls, checkpoint: str = DEFAULT_CLIP_IQA_MODEL,
@@ -276,9 +277,8 @@ class ClipIQA(nn.Module):
             text = _features(model.get_text_features(**tokens))
         size = proc.size.get("shortest_edge") or proc.size.get("height")
         crop = proc.crop_size.get("height") if proc.do_center_crop else size
-        out = cls(model, text, list(proc.image_mean), list(proc.image_std), int(size), int(crop), checkpoint)
-        out.tokenizer = tokenizer
-        return out
+        return cls(model, text, list(proc.image_mean), list(proc.image_std), int(size), int(crop), checkpoint,
+                   tokenizer)
 
     def variant(self) -> dict[str, str]:
         """What the table records: the checkpoint and how this CLIP-IQA differs from the original."""

@@ -52,8 +52,7 @@ def audit(
     typer.echo(json.dumps({k: result[k] for k in ("run_id", "run_uri", "files", "audit")}, indent=2))
 
 
-DEMO_SKIP_ROWS = ("images", "faces analysed", "detection failures", "man", "woman", "age under 18",
-                  *(f"race {r}" for r in ("asian", "black", "indian", "latino hispanic", "middle eastern", "white")))
+DEMO_SKIP_ROWS = ("images", "faces analysed", "detection failures", "man", "woman", "age under 18")
 
 
 def _table(result: dict, skip: tuple[str, ...] = ()) -> str:
@@ -117,25 +116,20 @@ def demo_step(ctx: dict) -> dict:
     ``DEEPFACE_HOME`` already holds real ones; tiny-FLUX images hold no faces, so the demo analyses the
     whole image (``detector="skip"``). The numbers show the mechanics, not real demographics.
     """
-    import os
-    from pathlib import Path
-
+    from facelift.cli.common import demo_deepface
     from facelift.dataset import Dataset
     from facelift.flows.audit_diversity import audit_diversity
     from facelift.flows.build_dataset import build_dataset
-    from facelift.models.deepface_weights import build_random_weights, missing_weights
     from facelift.tasks.audit import compute_weights, load_audit, parse_target, write_weights
+    from facelift.tasks.audit.analyze import RACES
 
-    if missing_weights():
-        cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")
-        os.environ["DEEPFACE_HOME"] = str(cache / "deepface")
-        build_random_weights(os.environ["DEEPFACE_HOME"])
+    demo_deepface()
     baseline = build_dataset(profile="tiny", count=ctx["count"], root=ctx["root"], mode="baseline")
     result = audit_diversity([baseline["dataset_uri"], ctx["dataset_uri"]], detector="skip")
     typer.echo("\n== diversity audit, Table 1 (random-weight DeepFace on faceless tiny images: mechanics only) ==\n"
-               + _table(result, skip=DEMO_SKIP_ROWS) + "\n(race rows: the table1.md in the summary)")
-    target = parse_target({"race": {r: 1 / 6 for r in ("asian", "black", "indian", "latino hispanic",
-                                                       "middle eastern", "white")},
+               + _table(result, skip=(*DEMO_SKIP_ROWS, *(f"race {r}" for r in RACES)))
+               + "\n(race rows: the table1.md in the summary)")
+    target = parse_target({"race": {r: 1 / len(RACES) for r in RACES},
                            "gender": {"man": 0.5, "woman": 0.5}})
     enriched = Dataset.open(ctx["dataset_uri"])
     weights, report = compute_weights(load_audit(enriched, "skip"), target)

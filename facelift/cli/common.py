@@ -103,3 +103,17 @@ def rel(ctx: dict, uri: str) -> str:
 
 def section(title: str) -> None:
     typer.echo(f"\n== {title} ==")
+
+
+def demo_deepface(models: tuple[str, ...] | None = None) -> None:
+    """Offline demo: DeepFace's ``models`` (default: every audit model) from ``DEEPFACE_HOME``, else random-weight
+    files made once under the facelift cache (``DEEPFACE_HOME`` is pointed there)."""
+    import os
+    from pathlib import Path
+
+    from facelift.models.deepface_weights import AUDIT_MODELS, build_random_weights, missing_weights
+
+    if missing_weights(models or AUDIT_MODELS):
+        cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")
+        os.environ["DEEPFACE_HOME"] = str(cache / "deepface")
+        build_random_weights(os.environ["DEEPFACE_HOME"])

@@ -34,7 +34,7 @@ def curate(
     Scores are stored per shard and resume; other thresholds decide again from them without a model run."""
     from pydantic import ValidationError
 
-    from facelift.config import parse_set_options
+    from facelift.config import parse_set_options, validation_problems
     from facelift.dataset import DatasetError
     from facelift.flows.curate_pairs import curate_pairs
     from facelift.models.deepface_weights import MissingWeightsError
@@ -51,10 +51,8 @@ def curate(
                               min_kept_fraction=min_kept_fraction, endpoint_url=endpoint_url)
     except (DatasetError, StorageError, CurationError, MissingWeightsError, MetricWeightsError, ValidationError,
             ValueError) as exc:
-        if isinstance(exc, ValidationError):  # name each bad field in one line
-            raise fail("invalid curation setting: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-        raise fail(str(exc)) from None
+        raise fail(f"invalid curation setting: {validation_problems(exc)}" if isinstance(exc, ValidationError)
+                   else str(exc)) from None
     typer.echo(summary(result))
     typer.echo(json.dumps({k: result[k] for k in ("curation_id", "curation_uri", "report_uri")}, indent=2))
 
@@ -72,17 +70,10 @@ def summary(result: dict) -> str:
 
 def demo_step(ctx: dict) -> dict:
     """Demo: curate the demo dataset (tiny profile: the semantic filters report only; offline models)."""
-    import os
-    from pathlib import Path
-
-    from facelift.cli.common import rel, section
+    from facelift.cli.common import demo_deepface, rel, section
     from facelift.flows.curate_pairs import curate_pairs
-    from facelift.models.deepface_weights import build_random_weights, missing_weights
 
-    if missing_weights(("arcface",)):
-        cache = Path(os.environ.get("FACELIFT_CACHE") or Path.home() / ".cache" / "facelift")
-        os.environ["DEEPFACE_HOME"] = str(cache / "deepface")
-        build_random_weights(os.environ["DEEPFACE_HOME"])
+    demo_deepface(("arcface",))
     result = curate_pairs(ctx["dataset_uri"])
     section("curate (score every pair, drop with reasons; train reads the kept pairs)")
     typer.echo(summary({**result, "report_uri": rel(ctx, result["report_uri"])}))

@@ -163,13 +163,14 @@ def demo_step(ctx: dict) -> dict:
 
     section("evaluation (random-weight Inception and CLIP on tiny images: mechanics, not quality)")
     table = pd.DataFrame(result["table"])
-    report = next((rel(ctx, str(u)) for u in result["files"].values() if str(u).endswith("report.md")), "report.md")
+    files = result["files"]
+    report_md = rel(ctx, str(next((u for u in files.values() if str(u).endswith("report.md")), result["run_uri"])))
     typer.echo(table_markdown(table).split("\n\nPaired comparisons")[0])  # the paired table: in report.md
     bad, negative = intervals_violated(table), fid_below_zero(table)
     typer.echo(("every point estimate lies inside its 95% interval" if not bad else
                 f"estimates outside their intervals: {', '.join(bad)}") + "; "
                + ("no FID or FID interval below 0" if not negative else f"FIDs below 0: {', '.join(negative)}")
-               + f"; paired comparisons with schnell and the timing table (tiny FLUX on this CPU): {report}")
+               + f"; paired comparisons with schnell and the timing table (tiny FLUX on this CPU): {report_md}")
 
     folder = Path(ctx["root"]) / "enhance-demo"
     (folder / "in").mkdir(parents=True, exist_ok=True)
@@ -181,9 +182,7 @@ def demo_step(ctx: dict) -> dict:
     out = rel(ctx, str(folder / "out"))
     typer.echo(f"enhance: {report.processed} images -> {out}, skipped "
                f"{[Path(p).name for p, _ in report.failed]} (a corrupt file, on purpose)")
-    files = result["files"]
     pictures = ", ".join(rel(ctx, uri) for key, uri in files.items() if str(uri).endswith(".png"))
-    report_md = next((uri for uri in files.values() if str(uri).endswith("report.md")), result["run_uri"])
     return {"evaluation_uri": result["run_uri"], "enhance_out": str(folder / "out"),
-            "summary": [("evaluate", rel(ctx, str(report_md)), pictures),
+            "summary": [("evaluate", report_md, pictures),
                         ("enhance", out, f"{rel(ctx, str(folder / 'in'))} for the inputs")]}

@@ -32,6 +32,7 @@ def serve(
     """Serve schnell + head over HTTP on Ray Serve: POST /generate, a web page at /, /healthz and /readyz."""
     from pydantic import ValidationError
 
+    from facelift.config import validation_problems
     from facelift.models.heads import HeadError, read_head_config
     from facelift.storage import absolute_uri
     from facelift.tasks.serve import ServeConfig, serve_app
@@ -49,7 +50,7 @@ def serve(
     except HeadError as exc:
         raise fail(str(exc)) from None
     except ValidationError as exc:
-        raise fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())) from None
+        raise fail(validation_problems(exc)) from None
     import ray
 
     for name, value in LOCAL_RAY_ENV.items():  # before Ray starts: its actors inherit this environment

@@ -44,7 +44,11 @@ def reason_masks(scores: pd.DataFrame, dropped_duplicates: set[str], th: Thresho
 def decide(scores: pd.DataFrame, dropped_duplicates: set[str], th: Thresholds,
            enforced: frozenset[str]) -> pd.DataFrame:
     """One row per pair: ``KEEP_COLUMNS``. ``scores`` carries the statistics and ``split``."""
-    masks = reason_masks(scores, dropped_duplicates, th)
+    return decide_masks(scores, reason_masks(scores, dropped_duplicates, th), enforced)
+
+
+def decide_masks(scores: pd.DataFrame, masks: dict[str, np.ndarray], enforced: frozenset[str]) -> pd.DataFrame:
+    """:func:`decide` from the reason masks already computed."""
     failed = [[r for r in REASON_NAMES if masks[r][i]] for i in range(len(scores))]
     reasons = [[r for r in f if r in enforced] for f in failed]
     return pd.DataFrame({

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from facelift.dataset import Dataset, decode_image
+from facelift.tasks.audit.report import to_markdown as _md
 from facelift.tasks.curate.config import REASONS, Thresholds
 from facelift.tasks.curate.decide import decide
 from facelift.tasks.curate.run import Curation
@@ -151,17 +152,11 @@ def _img(data: bytes, alt: str) -> str:
     return f"![{alt}](data:image/{kind};base64,{base64.b64encode(data).decode()})"
 
 
-def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)])
-
-
 def build_report(ds: Dataset, cur: Curation, th: Thresholds) -> tuple[str, dict[str, bytes]]:
     """(markdown with embedded PNGs, the PNG files by name) of a decided curation; also written beside it."""
     info, files = cur.info, {"histograms.png": histograms_png(cur, th)}
     parts = [f"# Curation `{cur.curation_id}` of `{ds.dataset_id}`",
-             f"Kept **{info['kept']} of {info['pairs']}** pairs ({100 * cur.kept_fraction:.1f} %); "
+             f"Kept **{info['kept']} of {info['pairs']}** pairs ({100 * info['kept_fraction']:.1f} %); "
              f"files: `{cur.uri}`.",
              f"Models: {', '.join(f'{k} `{v}`' for k, v in info['models'].items())}."]
     if info.get("report_only_why"):

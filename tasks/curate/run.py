@@ -20,7 +20,7 @@ from facelift import done
 from facelift.dataset import Dataset, read_parquet_bytes, table_to_parquet_bytes
 from facelift.ids import check_id
 from facelift.tasks.curate.config import REASONS, CurateConfig, curation_id
-from facelift.tasks.curate.decide import decide, reason_counts, reason_masks
+from facelift.tasks.curate.decide import decide_masks, reason_counts, reason_masks
 from facelift.tasks.curate.dedup import near_duplicates
 from facelift.tasks.curate.score import CURATION_DIR, load_scores
 
@@ -53,10 +53,6 @@ class Curation:
     enforced: frozenset[str]
     info: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def kept_fraction(self) -> float:
-        return float(self.keep["keep"].mean()) if len(self.keep) else 0.0
-
 
 def decide_curation(ds: Dataset, key: str, models: dict[str, str], cfg: CurateConfig,
                     shards: list[int]) -> Curation:
@@ -72,8 +68,9 @@ def decide_curation(ds: Dataset, key: str, models: dict[str, str], cfg: CurateCo
     clip_dedup = "scene_changed" in enforced
     clusters = near_duplicates(scores, th.phash_max, th.dup_clip_min if clip_dedup else None)
     dropped = set(clusters.loc[~clusters["kept"], "pair_id"]) if len(clusters) else set()
-    keep = decide(scores, dropped, th, enforced)
-    counts = reason_counts(keep, reason_masks(scores, dropped, th))
+    masks = reason_masks(scores, dropped, th)
+    keep = decide_masks(scores, masks, enforced)
+    counts = reason_counts(keep, masks)
     out = ds.store.child(f"{CURATION_DIR}/{cid}")
     out.write_bytes("keep.parquet", table_to_parquet_bytes(pa.Table.from_pandas(keep, preserve_index=False)))
     kept = float(keep["keep"].mean()) if len(keep) else 0.0

@@ -88,9 +88,9 @@ def model_identity(name: str) -> str:
     files = [f for f in files if f.is_file()]
     if not files:
         return name
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.read_bytes())
+    from facelift.models.metrics import file_sha256
+
+    digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode())
     return f"{name}@sha256:{digest.hexdigest()[:16]}"
 
 
@@ -222,9 +222,10 @@ def score_rows(table: pa.Table, shard: int, scorer: Scorer) -> list[dict[str, An
     return rows
 
 
-def score_shard(ds: Dataset, shard: int, key: str, scorer: Scorer) -> ShardScores:
-    """Score one shard and commit its scores object (skipped when it exists for this version of the shard)."""
-    version = shard_version(ds, shard)
+def score_shard(ds: Dataset, shard: int, key: str, scorer: Scorer, version: str | None = None) -> ShardScores:
+    """Score one shard and commit its scores object (skipped when it exists for this version of the shard;
+    ``version``: :func:`shard_version`, when the caller has it already)."""
+    version = version or shard_version(ds, shard)
     if ds.store.exists(scores_object(key, shard, version)):
         return ShardScores(shard, 0, 0, 0.0, skipped=True)
     start = time.perf_counter()

@@ -63,6 +63,10 @@ class DataConfig:
     def size(self) -> int:
         return self.crop or self.resolution
 
+    def kept(self, pair_id: str) -> bool:
+        """Whether the curation keeps this pair (every pair, without a curation)."""
+        return self.keep is None or pair_id in self.keep
+
 
 def open_training_dataset(uri: str, endpoint_url: str | None = None) -> tuple[Dataset, list[int]]:
     """The dataset and its committed shards; clear error when there is nothing to train on."""
@@ -177,8 +181,7 @@ class PairStream:
     def _mine(self, rows: list[dict]) -> set[int]:
         """Indices of the rows this worker trains on: the train split, and its share when workers share shards."""
         train = self.cfg.splits.assign([row["pair_id"] for row in rows]) == "train"
-        keep = self.cfg.keep
-        return {i for i, row in enumerate(rows) if train[i] and (keep is None or row["pair_id"] in keep) and (
+        return {i for i, row in enumerate(rows) if train[i] and self.cfg.kept(row["pair_id"]) and (
             self.row_stride == 1 or int(pair_hash(row["pair_id"], "worker") * 2**32) % self.row_stride == self.rank)}
 
     def _pairs(self) -> Iterator[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
@@ -272,7 +275,7 @@ def load_validation(ds: Dataset, shards: list[int], cfg: DataConfig, rank: int =
         for row in table.to_pylist():
             if len(pairs) >= cfg.max_val_pairs:
                 break
-            if cfg.splits.assign([row["pair_id"]])[0] == "val" and (cfg.keep is None or row["pair_id"] in cfg.keep):
+            if cfg.splits.assign([row["pair_id"]])[0] == "val" and cfg.kept(row["pair_id"]):
                 pairs.append((row["schnell_image"], row["dev_image"]))
         if len(pairs) >= cfg.max_val_pairs:
             break
