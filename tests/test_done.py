@@ -69,31 +69,41 @@ def test_two_runs_that_start_together_compute_a_key_once(tmp_path):
         assert busy is None
 
 
-def test_unless_done_computes_once_and_says_why_it_skips_in_one_line(tmp_path, caplog):
+def test_unless_done_computes_once_and_says_why_it_skips_in_one_line(tmp_path):
     """The flows' skip logic: compute (None) the first time and hold the claim meanwhile; then the recorded
     result, with one 'skipped:' line; while another run holds the claim, ``{}`` and who holds it."""
     import logging
 
-    root, log = Store(str(tmp_path)), logging.getLogger("t")
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
 
-    def lines() -> list[str]:  # this test's lines only (not the lease's own), then forget them
-        out = [r.getMessage() for r in caplog.records if r.name == "t"]
-        caplog.clear()
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    # a logger of its own, outside logging's registry: no logging config another test (or Prefect) applies can
+    # disable or redirect it, and no other logger's lines reach it
+    log, got = logging.Logger("unless-done", logging.INFO), Lines()
+    log.addHandler(got)
+
+    def lines() -> list[str]:
+        out, got.lines = got.lines, []
         return out
 
-    with caplog.at_level(logging.INFO, "t"):
-        with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as prior:
-            assert prior is None
-            with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as other:
-                assert other == {}  # the first run holds the claim
-            [busy] = lines()
-            assert busy.startswith("skipped: curation of dataset d is being written by"), busy
-            done.record_completed(root, "curate-k", {"run_id": "c1", "result": {"curation_id": "c1"}})
-        with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as prior:
-            assert prior == {"curation_id": "c1"}
-        [skip] = lines()
-        assert skip.startswith("skipped: this curation would repeat run c1"), skip
-        with done.unless_done(root, "curate-k", "curation", "dataset d", False, log) as prior:
-            assert prior is None  # an explicit run always computes
-        assert lines() == []
+    root = Store(str(tmp_path))
+    with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as prior:
+        assert prior is None
+        with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as other:
+            assert other == {}  # the first run holds the claim
+        [busy] = lines()
+        assert busy.startswith("skipped: curation of dataset d is being written by"), busy
+        done.record_completed(root, "curate-k", {"run_id": "c1", "result": {"curation_id": "c1"}})
+    with done.unless_done(root, "curate-k", "curation", "dataset d", True, log) as prior:
+        assert prior == {"curation_id": "c1"}
+    [skip] = lines()
+    assert skip.startswith("skipped: this curation would repeat run c1"), skip
+    with done.unless_done(root, "curate-k", "curation", "dataset d", False, log) as prior:
+        assert prior is None  # an explicit run always computes
+    assert lines() == []
     assert "skipped: skipped" not in busy + skip
