@@ -1,86 +1,75 @@
 """The Ray Serve application of ``facelift serve``: an HTTP ingress in front of one model deployment per GPU.
 
-- ``ModelServer`` (one replica per GPU, autoscaled between ``min_replicas`` and ``max_replicas``) holds
-  FLUX.1-schnell and the head (:class:`facelift.tasks.generate.Generator`), loaded once in the constructor: a
-  replica takes traffic only after it. Requests are batched dynamically with ``@serve.batch``;
-  ``max_ongoing_requests`` is set to at least the batch size (Ray's default of 5 would silently cap every batch
-  at 5) and ``max_queued_requests`` bounds the queue: past it the caller gets ``BackPressureError``.
-- ``Gateway`` (the ingress, FastAPI): ``POST /generate`` -> ``image/png`` (schnell + head), ``POST /compare`` ->
-  both images as JSON (the page uses it), ``GET /healthz`` (the process is up), ``GET /readyz`` (a model
-  replica answers: the models are loaded), ``GET /`` (the page). A full queue answers 503 with ``Retry-After``,
-  a request over ``timeout_s`` 504, a replica that died under the request 503 with the reason.
+- ``ModelServer`` (:mod:`.model`; one replica per GPU, autoscaled between ``min_replicas`` and ``max_replicas``)
+  holds FLUX.1-schnell and the head, loaded and warmed up in the constructor: a replica takes traffic only
+  after it. Requests are batched with ``@serve.batch``; one request's failure fails only that request.
+  ``max_ongoing_requests`` is at least the batch size (Ray's default of 5 would cap every batch at 5) and
+  ``max_queued_requests`` bounds the queue: past it the caller gets ``BackPressureError``.
+- ``Gateway`` (the ingress, FastAPI): the API key, request validation (:mod:`.schema`, before batching),
+  ``POST /generate`` (one image, or JSON for several), ``POST /compare`` (the page), ``GET /healthz`` (the
+  process is up), ``GET /readyz`` (the Serve controller's view: a model replica is RUNNING; never through the
+  model's queue), ``GET /`` (the page). A full queue answers 503 with ``Retry-After``, a request over
+  ``timeout_s`` 504, a replica that died under the request 503 with the reason; every error body is JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
 from ray import serve
 
 from facelift.errors import first_line
-from facelift.tasks.generate import GenerateOptions, Generator, png_bytes
+from facelift.tasks.generate import GenerateOptions
+from facelift.tasks.serve.auth import bearer_ok, read_api_key
 from facelift.tasks.serve.config import ServeConfig
+from facelift.tasks.serve.model import Item, ModelServer
 from facelift.tasks.serve.page import PAGE
+from facelift.tasks.serve.readiness import readiness
+from facelift.tasks.serve.schema import MEDIA_TYPES, BadRequest, GenerateRequest, parse_request
 
 log = logging.getLogger(__name__)
-
-
-class GenerateRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=1000, pattern=r"\S")  # a word, not only blanks
-    seed: int = Field(0, ge=0, lt=2**63)
-
-
-class ModelServer:
-    """schnell + head on one GPU (or CPU for the tiny profile), batched dynamically."""
-
-    def __init__(self, head: str, options: dict[str, Any], max_batch_size: int, batch_wait_s: float) -> None:
-        self.generator = Generator(head, GenerateOptions(**options))
-        self.generate_batch.set_max_batch_size(max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(batch_wait_s)
-
-    def ready(self) -> dict[str, Any]:
-        return self.generator.base_provenance
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate_batch(self, prompts: list[str], seeds: list[int], schnell: list[bool]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._generate, prompts, seeds, schnell)  # the event loop keeps serving
-
-    def _generate(self, prompts: list[str], seeds: list[int], schnell: list[bool]) -> list[dict[str, Any]]:
-        """The batch's images as PNG; schnell's own only for the requests that asked for it (``/compare``)."""
-        results = self.generator(prompts, seeds)
-        return [{"schnell": png_bytes(g.schnell, {**g.provenance, "image": "schnell"}, compress_level=1)
-                 if want else None,
-                 "enhanced": png_bytes(g.enhanced, {**g.provenance, "image": "schnell+head"}, compress_level=1),
-                 "seconds": g.seconds, "batch": len(prompts)} for g, want in zip(results, schnell, strict=True)]
-
-    async def generate(self, prompt: str, seed: int, schnell: bool = False) -> dict[str, Any]:
-        return await self.generate_batch(prompt, seed, schnell)
-
-
+MODEL_DEPLOYMENT = "ModelServer"
 api = FastAPI(title="facelift", description="FLUX.1-schnell + a trained head")
 
 
+def _header_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)  # ASCII only: a valid header value
+
+
 class Gateway:
-    """The HTTP ingress: validation, timeouts, back-pressure answers, health and the page."""
+    """The HTTP ingress: the API key, validation, timeouts, back-pressure answers, health and the page."""
 
-    def __init__(self, model: Any, timeout_s: float, retry_after_s: int) -> None:
-        self.model, self.timeout_s, self.retry_after_s = model, timeout_s, retry_after_s
+    def __init__(self, model: Any, timeout_s: float, retry_after_s: int, api_key_file: str | None,
+                 info: dict[str, str]) -> None:
+        self.model, self.timeout_s, self.retry_after_s, self.info = model, timeout_s, retry_after_s, info
+        self.api_key = read_api_key(api_key_file) if api_key_file else None
+        self.app_name = serve.get_replica_context().app_name
 
-    async def _generate(self, req: GenerateRequest, schnell: bool = False) -> dict[str, Any] | Response:
+    async def _request(self, request: Request) -> GenerateRequest | Response:
+        """The validated request, or the answer that refuses it (401 before anything is parsed, 413, 422)."""
+        if self.api_key is not None and not bearer_ok(request.headers.get("authorization"), self.api_key):
+            return JSONResponse({"error": "unauthorized: send 'Authorization: Bearer <API key>'"}, 401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return parse_request(await request.body())
+        except BadRequest as exc:
+            return JSONResponse(exc.body, exc.status)
+
+    async def _one(self, item: Item) -> dict[str, Any] | Response:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         busy = {"Retry-After": str(self.retry_after_s)}
-        response = self.model.generate.remote(req.prompt, req.seed, schnell)
+        response = self.model.generate.remote(item)
         try:
-            return await asyncio.wait_for(response, self.timeout_s)
+            out = await asyncio.wait_for(response, self.timeout_s)
         except BackPressureError:
             return JSONResponse({"error": "busy: the generation queue is full, retry later"}, 503, headers=busy)
         except TimeoutError:
@@ -90,6 +79,16 @@ class Gateway:
             first = first_line(exc, 200) or type(exc).__name__
             return JSONResponse({"error": f"model replica failed during the request ({type(exc).__name__}: "
                                           f"{first}); retry"}, 503, headers=busy)
+        if "error" in out:
+            headers = busy if out["status"] == 503 else None
+            return JSONResponse({"error": out["error"]}, out["status"], headers=headers)
+        return out
+
+    async def _render(self, req: GenerateRequest, schnell: bool = False) -> list[dict[str, Any]] | Response:
+        items = [Item(req.prompt, seed, req.output_format, req.output_quality, schnell) for seed in req.seeds()]
+        outs = await asyncio.gather(*(self._one(item) for item in items))
+        failed = [o for o in outs if isinstance(o, Response)]
+        return failed[0] if failed else outs  # type: ignore[return-value]
 
     async def page(self) -> HTMLResponse:
         return HTMLResponse(PAGE)
@@ -98,41 +97,60 @@ class Gateway:
         return {"status": "ok"}
 
     async def readyz(self) -> Response:
-        try:
-            info = await asyncio.wait_for(self.model.ready.remote(), 5.0)
-        except Exception as exc:  # noqa: BLE001 - not ready, whatever the reason
-            return JSONResponse({"ready": False, "reason": type(exc).__name__}, 503)
-        return JSONResponse({"ready": True, "schnell": info["schnell_model"], "head_run_id": info["head_run_id"]})
+        ready, reason = await asyncio.to_thread(readiness, self.app_name, MODEL_DEPLOYMENT)
+        if not ready:
+            return JSONResponse({"ready": False, "reason": reason}, 503)
+        return JSONResponse({"ready": True, **self.info})
 
-    async def generate(self, req: GenerateRequest) -> Response:
-        out = await self._generate(req)
-        if isinstance(out, Response):
-            return out
-        return Response(out["enhanced"], media_type="image/png",
-                         headers={"X-Batch-Size": str(out["batch"]),
-                                  "X-Seconds-Schnell": f"{out['seconds']['schnell_s']:.4f}",
-                                  "X-Seconds-Head": f"{out['seconds']['head_s']:.4f}"})
+    async def generate(self, request: Request) -> Response:
+        req = await self._request(request)
+        if isinstance(req, Response):
+            return req
+        outs = await self._render(req)
+        if isinstance(outs, Response):
+            return outs
+        media = MEDIA_TYPES[req.output_format]
+        if len(outs) == 1:
+            [out] = outs
+            return Response(out["image"], media_type=media,
+                            headers={"X-Seed": str(out["seed"]), "X-Provenance": _header_json(out["provenance"]),
+                                     "X-Batch-Size": str(out["batch"]),
+                                     "X-Seconds-Schnell": f"{out['seconds']['schnell_s']:.4f}",
+                                     "X-Seconds-Head": f"{out['seconds']['head_s']:.4f}"})
+        return JSONResponse({"seeds": [o["seed"] for o in outs], "format": req.output_format,
+                             "images": [_data_url(o["image"], media) for o in outs],
+                             "provenance": [o["provenance"] for o in outs], "batch": [o["batch"] for o in outs]})
 
-    async def compare(self, req: GenerateRequest) -> Response:
-        out = await self._generate(req, schnell=True)
-        if isinstance(out, Response):
-            return out
+    async def compare(self, request: Request) -> Response:
+        req = await self._request(request)
+        if isinstance(req, Response):
+            return req
+        outs = await self._render(req.model_copy(update={"num_outputs": 1}), schnell=True)
+        if isinstance(outs, Response):
+            return outs
+        [out] = outs
+        media = MEDIA_TYPES[req.output_format]
+        return JSONResponse({"schnell": _data_url(out["schnell"], media), "enhanced": _data_url(out["image"], media),
+                             "seed": out["seed"], "provenance": out["provenance"], "seconds": out["seconds"],
+                             "batch": out["batch"]})
 
-        def url(data: bytes) -> str:
-            return "data:image/png;base64," + base64.b64encode(data).decode()
 
-        return JSONResponse({"schnell": url(out["schnell"]), "enhanced": url(out["enhanced"]),
-                             "seconds": out["seconds"], "batch": out["batch"]})
+def _data_url(data: bytes, media: str) -> str:
+    return f"data:{media};base64," + base64.b64encode(data).decode()
 
 
 def _routes() -> type:
-    """Bind the Gateway's methods to FastAPI routes (class-based ingress)."""
+    """Bind the Gateway's methods to FastAPI routes (class-based ingress); the body schema is documented here
+    because the handlers parse it themselves (after the API key, with a capped 422)."""
+    body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": GenerateRequest.model_json_schema()}}}}
     api.get("/", response_class=HTMLResponse)(Gateway.page)
     api.get("/healthz")(Gateway.healthz)
     api.get("/readyz")(Gateway.readyz)
-    api.post("/generate", response_class=Response,
-             responses={200: {"content": {"image/png": {}}}, 503: {}, 504: {}})(Gateway.generate)
-    api.post("/compare")(Gateway.compare)
+    api.post("/generate", response_class=Response, openapi_extra=body,
+             responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, 401: {}, 422: {}, 503: {},
+                        504: {}})(Gateway.generate)
+    api.post("/compare", openapi_extra=body)(Gateway.compare)
     return serve.ingress(api)(Gateway)
 
 
@@ -141,8 +159,11 @@ _Ingress = _routes()
 
 def build_app(cfg: ServeConfig) -> Any:
     """The Serve application for ``cfg`` (deploy it with ``serve.run``)."""
+    from facelift.config import resolve_config
+    from facelift.tasks.generate import head_run_id
+
     model = serve.deployment(
-        ModelServer, name="ModelServer",
+        ModelServer, name=MODEL_DEPLOYMENT,
         ray_actor_options={"num_gpus": cfg.num_gpus, "num_cpus": cfg.num_cpus},
         max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests,
         autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
@@ -155,8 +176,9 @@ def build_app(cfg: ServeConfig) -> Any:
                                ray_actor_options={"num_cpus": 0})
     options = asdict(GenerateOptions(profile=cfg.profile, size=cfg.size, batch_size=cfg.max_batch_size,
                                      device=cfg.device, endpoint_url=cfg.endpoint_url, cache_dir=cfg.cache_dir))
-    return gateway.bind(model.bind(cfg.head, options, cfg.max_batch_size, cfg.batch_wait_s), cfg.timeout_s,
-                        cfg.retry_after_s)
+    info = {"schnell": resolve_config(cfg.profile).generation.schnell.model, "head_run_id": head_run_id(cfg.head)}
+    return gateway.bind(model.bind(cfg.head, options, cfg.max_batch_size, cfg.batch_wait_s, cfg.warmup_sizes),
+                        cfg.timeout_s, cfg.retry_after_s, cfg.api_key_file, info)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

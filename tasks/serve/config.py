@@ -30,6 +30,10 @@ class ServeConfig(BaseModel):
                                                                           "default: max_batch_size")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per model replica (default: 1 for flux, else 0)")
     num_cpus: float = Field(1, ge=0)
+    api_key_file: str | None = Field(None, description="file holding the bearer API key; None serves without "
+                                                       "a key, which facelift serve does only with --no-api-key")
+    warmup_sizes: list[int] | None = Field(None, description="batch sizes each replica runs once before it is "
+                                                             "ready; default every size 1..max_batch_size")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -49,6 +53,11 @@ class ServeConfig(BaseModel):
                              f"assigned)")
         if self.target_ongoing_requests is None:
             self.target_ongoing_requests = float(self.max_batch_size)
+        if self.warmup_sizes is None:
+            self.warmup_sizes = list(range(1, self.max_batch_size + 1))
+        if any(not 1 <= n <= self.max_batch_size for n in self.warmup_sizes):
+            raise ValueError(f"warmup_sizes {self.warmup_sizes}: each must be in 1..max_batch_size "
+                             f"({self.max_batch_size})")
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
         return self

@@ -1,0 +1,170 @@
+"""facelift serve without Ray (fast): request validation before batching, per-request isolation inside a batch
+(a bad item, a CUDA OOM split once), the API key file and header, the warm-up and the tiny-profile notice."""
+
+from __future__ import annotations
+
+import gc
+import json
+import stat
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from facelift.tasks.serve.batching import ItemError, run_isolated
+from facelift.tasks.serve.schema import BadRequest, GenerateRequest, parse_request
+
+
+def _parse(body: object) -> GenerateRequest:
+    return parse_request(json.dumps(body).encode())
+
+
+def test_unknown_fields_are_refused_with_a_short_body() -> None:
+    """An unknown field is a 422 naming it; a 10 MB prompt is refused without being echoed back."""
+    with pytest.raises(BadRequest) as err:
+        _parse({"prompt": "Ada", "width": 512})
+    assert err.value.status == 422 and "width" in err.value.body["error"]
+    huge = "x" * 60_000
+    with pytest.raises(BadRequest) as err:
+        _parse({"prompt": huge, "num_outputs": 9})
+    text = json.dumps(err.value.body)
+    assert err.value.status == 422 and len(text) < 3000 and "xxxxxxxxxx" not in text
+    assert "prompt" in text and "num_outputs" in text
+    with pytest.raises(BadRequest) as err:
+        parse_request(json.dumps({"prompt": "x" * 10_000_000}).encode())
+    assert err.value.status == 413 and len(json.dumps(err.value.body)) < 200
+
+
+def test_request_fields_and_seeds() -> None:
+    req = _parse({"prompt": "Ada", "seed": 7, "num_outputs": 3, "output_format": "webp", "output_quality": 80})
+    assert req.seeds() == [7, 8, 9] and req.output_format == "webp"
+    a, b = _parse({"prompt": "Ada"}).seeds(), _parse({"prompt": "Ada"}).seeds()
+    assert len(a) == 1 and a != b  # random when absent (a 1 in 2**32 clash)
+    for bad in ({"prompt": "Ada", "num_outputs": 0}, {"prompt": "Ada", "num_outputs": 5},
+                {"prompt": "Ada", "output_format": "gif"}, {"prompt": "Ada", "seed": -1},
+                {"prompt": "Ada", "seed": 2**63}):
+        with pytest.raises(BadRequest):
+            _parse(bad)
+
+
+@pytest.mark.parametrize("prompt", ["", " ", "\t\n", "\u3000", "\x1f", "\x1c \x1d"])
+def test_a_prompt_without_text_is_refused_before_batching(prompt: str) -> None:
+    """U+001C-U+001F pass a regex `\\S` but not `str.strip()`, the generator's own test: refused here."""
+    with pytest.raises(BadRequest) as err:
+        _parse({"prompt": prompt})
+    assert err.value.status == 422 and "prompt" in err.value.body["error"]
+
+
+def test_one_failing_item_fails_only_itself() -> None:
+    calls: list[int] = []
+
+    def render(items: list[str]) -> list[str]:
+        calls.append(len(items))
+        if "bad" in items:
+            raise ValueError("cannot render 'bad'")
+        return [i.upper() for i in items]
+
+    out = run_isolated(render, ["a", "b", "bad", "c"])
+    assert out[:2] == ["A", "B"] and out[3] == "C"
+    assert isinstance(out[2], ItemError) and out[2].status == 422 and "cannot render" in out[2].error
+    assert calls == [4, 1, 1, 1, 1]
+    boom = run_isolated(lambda items: [1 / 0 for _ in items], ["a"])
+    assert boom == [ItemError(500, "generation failed (ZeroDivisionError: division by zero)")]
+
+
+def test_oom_splits_the_batch_once_and_frees_the_failed_batch() -> None:
+    """A CUDA OOM at 8 retries as 4 + 4, after the failed attempt's tensors are gone (weakref check); a half that
+    runs out of memory again answers 503, with no further split."""
+    calls: list[int] = []
+    refs: list[weakref.ref] = []
+
+    def render(items: list[int]) -> list[int]:
+        assert all(r() is None for r in refs), "the failed batch's tensor is still alive during the retry"
+        calls.append(len(items))
+        batch = torch.zeros(len(items), 16)
+        refs.append(weakref.ref(batch))
+        if len(items) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [i * 10 for i in items]
+
+    gc.disable()  # the weakref must die from reference counting alone, not a lucky collection
+    try:
+        assert run_isolated(render, list(range(8))) == [i * 10 for i in range(8)]
+    finally:
+        gc.enable()
+    assert calls == [8, 4, 4]
+
+    calls.clear()
+
+    def always_oom(items: list[int]) -> list[int]:
+        calls.append(len(items))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    out = run_isolated(always_oom, list(range(5)))
+    assert calls == [5, 3, 2] and all(isinstance(o, ItemError) and o.status == 503 for o in out)
+
+
+def test_bearer_header() -> None:
+    from facelift.tasks.serve.auth import bearer_ok
+
+    assert bearer_ok("Bearer s3cret", "s3cret") and bearer_ok("bearer  s3cret ", "s3cret")
+    assert not bearer_ok(None, "s3cret") and not bearer_ok("Bearer wrong", "s3cret")
+    assert not bearer_ok("Basic s3cret", "s3cret") and not bearer_ok("Bearer ", "s3cret")
+
+
+def test_cli_creates_a_private_key_file_prints_its_path_and_the_tiny_notice(tmp_path: Path, monkeypatch) -> None:
+    """`facelift serve` creates the key file 0600 with a fresh key, prints its path but never the key, says the
+    tiny profile is the test profile, and a start failure is one line."""
+    import ray
+
+    from facelift.cli.main import app
+    from facelift.cli.serve import TINY_NOTICE
+    from facelift.models.heads import build_head
+
+    build_head("esa_cyclegan", "debug").save(str(tmp_path / "runs" / "r1" / "head"))
+
+    def no_cluster(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("could not reach the Ray cluster at ray://nowhere:10001")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    key_file = tmp_path / "secrets" / "api-key"
+    res = CliRunner().invoke(app, ["serve", "--head", str(tmp_path / "runs" / "r1"), "--api-key-file", str(key_file)])
+    key = key_file.read_text().strip()
+    assert len(key) >= 32 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert str(key_file) in res.output and key not in res.output
+    assert TINY_NOTICE in res.output and res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("error: the serve application failed to start")
+    again = CliRunner().invoke(app, ["serve", "--head", str(tmp_path / "runs" / "r1"), "--api-key-file",
+                                     str(key_file), "--profile", "flux"])
+    assert key_file.read_text().strip() == key and TINY_NOTICE not in again.output  # kept, not replaced
+    key_file.write_text("")
+    empty = CliRunner().invoke(app, ["serve", "--head", str(tmp_path / "runs" / "r1"), "--api-key-file",
+                                     str(key_file)])
+    assert empty.exit_code == 2 and "is empty" in empty.output and "Traceback" not in empty.output
+
+
+def test_replica_warms_up_at_every_batch_size(monkeypatch) -> None:
+    """The model replica runs one batch at each configured size in its constructor, before Serve routes to it."""
+    from facelift.tasks.serve import model as model_mod
+    from facelift.tasks.serve.config import ServeConfig
+
+    seen: list[int] = []
+
+    class FakeGenerator:
+        def __init__(self, head: str, options: object) -> None:
+            pass
+
+        def __call__(self, prompts: list[str], seeds: list[int]) -> list[object]:
+            seen.append(len(prompts))
+            return []
+
+    monkeypatch.setattr(model_mod, "Generator", FakeGenerator)
+    cfg = ServeConfig(head="h", max_batch_size=4)
+    assert cfg.warmup_sizes == [1, 2, 3, 4]
+    server = model_mod.ModelServer("h", {}, 4, 0.01, cfg.warmup_sizes)
+    assert seen == [1, 2, 3, 4] and set(server.warmup_seconds) == {1, 2, 3, 4}
+    with pytest.raises(ValueError, match="warmup_sizes"):
+        ServeConfig(head="h", max_batch_size=4, warmup_sizes=[8])
