@@ -99,6 +99,17 @@ def file_sha256(path: str | os.PathLike[str], _cache: dict[tuple[str, int, int],
     return _cache[key]
 
 
+def model_identity(name: str) -> str:
+    """``name`` plus a hash of its weights when it is a local folder or file (a hub id names its own revision)."""
+    path = Path(name).expanduser()
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return name
+    digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode())
+    return f"{name}@sha256:{digest.hexdigest()[:16]}"
+
+
 def _fid_blocks():
     from torchvision.models import inception as tv
 
@@ -304,10 +315,13 @@ class ClipIQA(nn.Module):
         tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.mean.device)
         return F.normalize(_features(self.model.get_text_features(**tokens)).float(), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        image = self.image_embeddings(x)
+    def scores(self, image: torch.Tensor) -> torch.Tensor:
+        """CLIP-IQA from unit-norm image embeddings (:meth:`image_embeddings`)."""
         logits = self.model.logit_scale.exp().float() * image @ self.text_features.T
         return logits.softmax(dim=-1)[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(self.image_embeddings(x))
 
 
 def _architecture(model: nn.Module) -> str:

@@ -15,7 +15,8 @@ import pytest
 
 from facelift.storage import Store
 from facelift.tasks.evaluate import flux as eval_flux
-from facelift.tasks.evaluate.joint import VERDICTS, fid_with_ci, mean_t, verdict
+from facelift.tasks.evaluate.family import VERDICTS, verdict
+from facelift.tasks.evaluate.joint import fid_with_ci, mean_t
 from facelift.tasks.evaluate.metrics import Estimate
 from facelift.tasks.evaluate.report import (
     comparison_columns,
@@ -38,8 +39,9 @@ def _table(n: int, d: int, seed: int = 0, baseline: int = 0) -> pd.DataFrame:
     feats = [x, dev(x), 1.1 * x + 0.2 + noise[0], 1.25 * x + 0.45 + noise[1]]
     iqa = [rng.random(n) * 0.2 + 0.1 * k for k in range(4)]
     lp = [np.abs(f - feats[1]).mean(1) for f in feats]
+    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731  CLIP-like embeddings
     cols = metric_columns(feats, {"schnell": y, "dev": dev(y)}, iqa, lp, baseline, rounds=10, kid_subsets=20,
-                          seed=seed)
+                          seed=seed, clip=[unit(f) for f in feats], clip_ref=unit(dev(y)))
     return pd.DataFrame.from_records([{"row": r, "kind": "head", "source": r, "n": n, "n_reference": n, **c,
                                        "baseline": ROWS[baseline], "seconds_per_image": 0.01}
                                       for r, c in zip(ROWS, cols, strict=True)])
@@ -77,37 +79,38 @@ def test_paired_comparisons_share_the_resampling(table: pd.DataFrame) -> None:
     """Δ is exactly the difference of the rows' values (the same splits and subsets), the baseline row has none,
     and each Δ ends with a verdict."""
     head = table.iloc[2]
-    assert head["d_fid_target"] == "population (bias-corrected)"
+    assert head["d_fid_target"] == "population (bias-corrected)" and head["fid_bc_valid"]
+    assert head["d_cmmd_dev"] == pytest.approx(head["cmmd_dev"] - table.iloc[0]["cmmd_dev"], abs=1e-12)
     assert head["d_fid_dev"] == pytest.approx(head["fid_dev_bc"] - table.iloc[0]["fid_dev_bc"], abs=1e-9)
     assert head["d_kid_dev"] == pytest.approx(head["kid_dev"] - table.iloc[0]["kid_dev"], abs=1e-12)
     assert head["d_clip_iqa"] == pytest.approx(head["clip_iqa"] - table.iloc[0]["clip_iqa"])
     assert table.iloc[0][["d_fid_dev", "d_kid_dev", "d_clip_iqa"]].isna().all()
     assert (table.iloc[0][[c for c in table.columns if c.endswith("_verdict")]] == "").all()
-    # the dev-like heads are far closer to dev than schnell: both verdicts are decided
-    assert table.iloc[3]["d_fid_dev_verdict"] == "better" and table.iloc[3]["d_fid_diff_verdict"] == "better"
+    # the dev-like heads are far closer to dev than schnell: decided even at the family's level (1 − 0.05/18)
+    assert table.iloc[3]["d_kid_dev_verdict"] == "better" and table.iloc[3]["d_fid_diff_verdict"] == "better"
+    assert table.iloc[3]["d_fid_dev_p"] < 0.05 / 18 or table.iloc[3]["d_fid_dev_verdict"] == "inconclusive"
     assert table.iloc[3]["d_lpips_dev_verdict"] == "better" and table.iloc[1]["d_lpips_dev"] < 0
     assert set(table.iloc[1:][[c for c in table.columns if c.endswith("_verdict")]].to_numpy().ravel()) <= set(
         VERDICTS)
-    assert comparison_columns(table)[:5] == ["baseline", "d_fid_dev", "d_fid_dev_ci_low", "d_fid_dev_ci_high",
-                                             "d_fid_dev_verdict"]
+    assert comparison_columns(table)[:6] == ["baseline", "d_kid_dev", "d_kid_dev_ci_low", "d_kid_dev_ci_high",
+                                             "d_kid_dev_p", "d_kid_dev_verdict"]
+    # one family: 3 rows × 6 comparisons, each interval at 1 − 0.05/18
+    assert (table["family_size"] == 18).all() and (table["primary"] == "d_kid_dev").all()
 
 
 def test_verdicts() -> None:
-    def est(lo: float, hi: float) -> Estimate:
-        return Estimate((lo + hi) / 2, lo, hi, 10)
-
-    assert verdict(est(0.1, 0.3), higher_is_better=True) == "better"
-    assert verdict(est(0.1, 0.3), higher_is_better=False) == "worse"
-    assert verdict(est(-0.3, -0.1), higher_is_better=False) == "better"
-    assert verdict(est(-0.1, 0.3), higher_is_better=True) == "indistinguishable"
-    assert verdict(est(float("nan"), float("nan")), higher_is_better=True) == ""
+    assert verdict(0.1, 0.3, higher_is_better=True) == "better"
+    assert verdict(0.1, 0.3, higher_is_better=False) == "worse"
+    assert verdict(-0.3, -0.1, higher_is_better=False) == "better"
+    assert verdict(-0.1, 0.3, higher_is_better=True) == "inconclusive"
+    assert verdict(float("nan"), float("nan"), higher_is_better=True) == ""
 
 
 def test_table_leads_with_the_right_fid_and_compares_with_the_baseline(table: pd.DataFrame) -> None:
     md = table_markdown(table)
     lines = md.splitlines()
     assert lines[0].startswith("| row | N | FID_schnell | FID_dev ↓ | FID_diff ↑ | FID_schnell bias-corr. |")
-    assert "| KID_schnell ×10³ | KID_dev ×10³ ↓ | KID subsets |" in lines[0] and "±" not in md
+    assert "| KID_schnell ×10³ | KID_dev ×10³ ↓ | CMMD_dev ×10³ ↓ | KID subsets |" in lines[0] and "±" not in md
     schnell = lines[2]
     assert schnell.startswith("| schnell | 64 |") and "joint halves+quarters ×10" in schnell
     assert "| 20 × 32 |" in schnell
@@ -115,15 +118,23 @@ def test_table_leads_with_the_right_fid_and_compares_with_the_baseline(table: pd
     assert bc in schnell
     paired = md[md.index("Paired comparisons"):].splitlines()
     assert "baseline row `schnell`" in paired[0] and "population (bias-corrected)" in paired[0]
-    assert paired[2] == "| row | Δ FID_dev ↓ | Δ FID_diff ↑ | Δ KID_dev ×10³ ↓ | Δ CLIP-IQA ↑ | Δ LPIPS→dev ↓ |"
-    assert [p.split(" | ")[0] for p in paired[4:]] == ["| dev", "| head", "| better head"]  # not the baseline
-    assert paired[-1].split(" | ")[1].endswith("better")
+    assert paired[2] == ("| row | Δ KID_dev ×10³ ↓ | Δ CMMD_dev ×10³ ↓ | Δ FID_dev ↓ | Δ FID_diff ↑ | Δ CLIP-IQA ↑ "
+                         "| Δ LPIPS→dev ↓ |")
+    assert paired[-1].startswith("Family: every row × every Δ with a verdict, 18 comparisons, family-wise 95%")
+    assert [p.split(" | ")[0] for p in paired[4:-2]] == ["| dev", "| head", "| better head"]  # not the baseline
+    assert paired[-3].split(" | ")[1].endswith("better")  # the primary, Δ KID_dev
     # N < 2·d: KID first, FIDs starred, a note that FID rankings at this N are not population rankings
     small = _table(12, 8, seed=1)
     md = table_markdown(small)
-    assert md.splitlines()[0].startswith("| row | N | KID_schnell ×10³ | KID_dev ×10³ ↓ | KID subsets | FID_schnell* |")
+    assert md.splitlines()[0].startswith("| row | N | KID_schnell ×10³ | KID_dev ×10³ ↓ | CMMD_dev ×10³ ↓ | KID subsets "
+                                         "| FID_schnell* |")
     assert "FID rankings at this N are not population rankings" in md and "bias-corr." not in md.splitlines()[0]
-    assert "Δ FID: FID at this N" in md
+    assert "Δ FID: FID at this N, not a ranking" in md
+    # no FID verdict below 2·d: the Δ FIDs come last, marked, with no verdict, outside the family
+    assert (small["d_fid_dev_verdict"] == "").all() and small["fid_dev_bc"].isna().all()
+    assert not small["fid_bc_valid"].any() and (small["family_size"] == 12).all()
+    paired = md[md.index("Paired comparisons"):].splitlines()
+    assert paired[2].endswith("| Δ FID_dev ↓ | Δ FID_diff ↑ |") and "(at N, not a ranking)" in paired[4]
 
 
 def test_another_baseline_row() -> None:

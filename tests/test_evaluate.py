@@ -266,8 +266,12 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     for key in ("d_fid_dev", "d_fid_diff", "d_kid_dev", "d_clip_iqa", "d_lpips_dev"):
         rest = table.loc[1:]
         assert (rest[f"{key}_ci_low"] <= rest[key]).all() and (rest[key] <= rest[f"{key}_ci_high"]).all(), key
-        assert set(rest[f"{key}_verdict"]) <= {"better", "worse", "indistinguishable"}, key
+        assert set(rest[f"{key}_verdict"]) <= {"better", "worse", "inconclusive", ""}, key
     assert table.loc[1, "d_lpips_dev_verdict"] == "better"  # dev vs its own pairs: LPIPS 0
+    # N = 8 < 2·2048: no FID verdict, no bias-corrected FID; CMMD on the CLIP embeddings, judged with the family
+    assert (table["d_fid_dev_verdict"] == "").all() and table["fid_dev_bc"].isna().all()
+    assert table["cmmd_dev"].notna().all() and (table.loc[1:, "d_cmmd_dev_verdict"] != "").all()
+    assert (table["family_size"] == 4 * 4).all()  # 4 rows beside the baseline × KID, CMMD, CLIP-IQA, LPIPS
     assert table["clip_iqa"].between(0, 1).all()
     assert table.loc[1, "lpips_dev"] == pytest.approx(0, abs=1e-6)  # dev row vs its own pairs
     assert (table.loc[[0, 2, 3, 4], "lpips_dev"] > 0).all()

@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from facelift.dataset import Dataset, read_parquet_bytes, shard_key, table_to_parquet_bytes
+from facelift.models.metrics import model_identity
 from facelift.tasks.curate.config import CurateConfig
 
 log = logging.getLogger(__name__)
@@ -79,19 +79,6 @@ class DeepFaceFaces:
                                      detector_backend="skip", enforce_detection=False)
             emb = np.asarray(rep[0]["embedding"], dtype=np.float32)
         return count, emb / max(float(np.linalg.norm(emb)), 1e-12)
-
-
-def model_identity(name: str) -> str:
-    """``name`` plus a hash of its weights when it is a local folder or file (a hub id names its own revision)."""
-    path = Path(name).expanduser()
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
-    files = [f for f in files if f.is_file()]
-    if not files:
-        return name
-    from facelift.models.metrics import file_sha256
-
-    digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode())
-    return f"{name}@sha256:{digest.hexdigest()[:16]}"
 
 
 def score_models(cfg: CurateConfig, faces: str | None = None) -> dict[str, str]:

@@ -40,7 +40,7 @@ from facelift.tasks.evaluate.metrics import (
 JOINT_MIN_N = 8  # quarters of two images each
 HALVES_MIN_N = 4  # halves of two: below 8 images only halves, and the variance is taken as linear (conservative)
 FID_METHOD = "joint halves+quarters"
-VERDICTS = ("better", "worse", "indistinguishable")
+CMMD_SIGMA = 10.0  # Jayasumana et al. 2024: RBF bandwidth on unit-norm CLIP embeddings
 
 
 # -- the variance model ---------------------------------------------------------------------------
@@ -66,15 +66,6 @@ def satterthwaite(weights: tuple[float, float], values: tuple[float, float], dfs
 
 def t_quantile(df: float, alpha: float = 0.05) -> float:
     return float(stats.t.ppf(1 - alpha / 2, df))
-
-
-def verdict(est: Estimate, higher_is_better: bool) -> str:
-    """better / worse / indistinguishable: whether a difference's interval excludes 0, and on which side."""
-    if not np.isfinite(est.low) or not np.isfinite(est.high):
-        return ""
-    if est.low > 0 or est.high < 0:
-        return VERDICTS[0] if (est.low > 0) == higher_is_better else VERDICTS[1]
-    return VERDICTS[2]
 
 
 # -- FID ------------------------------------------------------------------------------------------
@@ -135,9 +126,14 @@ class FIDDraws:
     half: int  # images per half (twice a quarter)
 
 
-def fid_draws(rows: Sequence[np.ndarray], refs: Sequence[np.ndarray], rounds: int, seed: int) -> FIDDraws:
+def fid_draws(rows: Sequence[np.ndarray], refs: Sequence[np.ndarray], rounds: int, seed: int,
+              min_size: int = 0) -> FIDDraws:
     """Every row's FID to every reference on the whole sets and on shared halves and quarters: each round draws
-    one permutation of the input indices (all rows) and one of the reference indices (all references)."""
+    one permutation of the input indices (all rows) and one of the reference indices (all references).
+
+    ``min_size`` (the feature dimension in the table): quarters smaller than it are not drawn, because below d
+    images a set's covariance is rank-deficient and its FID no longer varies like ``a/s + b/s²``; the variance
+    then comes from the halves alone (linear, conservative)."""
     rows = [np.asarray(r, np.float64) for r in rows]
     refs = [np.asarray(y, np.float64) for y in refs]
     n, m = len(rows[0]), len(refs[0])
@@ -145,7 +141,7 @@ def fid_draws(rows: Sequence[np.ndarray], refs: Sequence[np.ndarray], rounds: in
         raise ValueError("joint resampling needs rows of one size (the same inputs) and references of one size")
     full = _fid_grid(rows, refs)
     rounds = rounds if min(n, m) >= HALVES_MIN_N else 0
-    quarters = min(n, m) >= JOINT_MIN_N
+    quarters = min(n, m) >= JOINT_MIN_N and min(n, m) // 4 >= min_size
     q_in, q_ref = (n // 4, m // 4) if quarters else (n // 2 / 2, m // 2 / 2)
     h_in, h_ref = int(2 * q_in), int(2 * q_ref)
     rng = np.random.default_rng(seed)
@@ -191,19 +187,21 @@ def combine(draws: FIDDraws, weights: np.ndarray, alpha: float = 0.05,
     values, dfs = (v_half, v_quarter), (rounds, 3 * rounds)
     var_n, var_bc = (max(0.0, w[0] * v_half + w[1] * v_quarter) for w in (w_n, w_bc))
     bc = (full - ratio * float(halves.mean())) / (1 - ratio)  # 1/n bias: F_s = θ + c/s
-    t, t_bc = (t_quantile(satterthwaite(w, values, dfs), alpha) for w in (w_n, w_bc))
+    df, df_bc = (satterthwaite(w, values, dfs) for w in (w_n, w_bc))
+    t, t_bc = t_quantile(df, alpha), t_quantile(df_bc, alpha)
     se, se_bc = float(np.sqrt(var_n)), float(np.sqrt(var_bc))
     if nonnegative:
         if full > 0:
             at_n = Estimate(full, full * float(np.exp(-t * se / full)), full * float(np.exp(t * se / full)),
-                            draws.n, method)
+                            draws.n, method, se, df)
         else:
-            at_n = Estimate(full, 0.0, t * se, draws.n, method)
+            at_n = Estimate(full, 0.0, t * se, draws.n, method, se, df)
         lo, hi = max(0.0, bc - t_bc * se_bc), max(0.0, bc + t_bc * se_bc)
-        corrected = Estimate(min(max(bc, lo), hi), lo, hi, draws.n, f"{method}, bias-corrected")
+        corrected = Estimate(min(max(bc, lo), hi), lo, hi, draws.n, f"{method}, bias-corrected", se_bc, df_bc)
     else:
-        at_n = Estimate(full, full - t * se, full + t * se, draws.n, method)
-        corrected = Estimate(bc, bc - t_bc * se_bc, bc + t_bc * se_bc, draws.n, f"{method}, bias-corrected")
+        at_n = Estimate(full, full - t * se, full + t * se, draws.n, method, se, df)
+        corrected = Estimate(bc, bc - t_bc * se_bc, bc + t_bc * se_bc, draws.n, f"{method}, bias-corrected", se_bc,
+                             df_bc)
     return at_n, corrected
 
 
@@ -239,41 +237,53 @@ class KIDDraws:
     size: int
 
 
-def _cube(k: np.ndarray) -> np.ndarray:
-    return k * k * k
+def kernel_matrix(a: np.ndarray, b: np.ndarray, kernel: str) -> np.ndarray:
+    """Batched kernel matrices [..., i, j]: ``poly`` = KID's ``(aᵀb/d + 1)³``; ``rbf`` = CMMD's
+    ``exp(−|a − b|²/(2σ²))`` with σ = :data:`CMMD_SIGMA`."""
+    dot = a @ np.swapaxes(b, -1, -2)
+    if kernel == "poly":
+        k = dot / a.shape[-1] + 1
+        return k * k * k
+    if kernel == "rbf":
+        sq = (a * a).sum(-1)[..., :, None] + (b * b).sum(-1)[..., None, :] - 2 * dot
+        return np.exp(-np.clip(sq, 0, None) / (2 * CMMD_SIGMA**2))
+    raise ValueError(f"unknown kernel {kernel!r}; valid: poly, rbf")
 
 
-def _mmd_stack(xs: Sequence[np.ndarray], y: np.ndarray, subsets: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """:func:`mmd2_unbiased` of each row set in ``xs`` against ``y`` on each subset pair, [row, subset]; a chunk
-    of subsets at a time, the reference's own kernel once for all rows."""
+def _mmd_stack(xs: Sequence[np.ndarray], y: np.ndarray, subsets: list[tuple[np.ndarray, np.ndarray]],
+               kernel: str = "poly") -> np.ndarray:
+    """The unbiased MMD² (:func:`mmd2_unbiased` for ``poly``) of each row set in ``xs`` against ``y`` on each
+    subset pair, [row, subset]; a chunk of subsets at a time, the reference's own kernel once for all rows."""
     ii, jj = np.stack([i for i, _ in subsets]), np.stack([j for _, j in subsets])
-    m, d = ii.shape[1], y.shape[1]
+    m = ii.shape[1]
     out = np.empty((len(xs), len(subsets)))
     pairs = m * (m - 1)
     for part in _chunks(len(subsets), 3 * m * m):
         b = y[jj[part]]
-        kyy = _cube(b @ b.transpose(0, 2, 1) / d + 1)
+        kyy = kernel_matrix(b, b, kernel)
         yy = (kyy.sum((1, 2)) - np.trace(kyy, axis1=1, axis2=2)) / pairs
         for r, x in enumerate(xs):
             a = x[ii[part]]
-            kxx = _cube(a @ a.transpose(0, 2, 1) / d + 1)
-            kxy = _cube(a @ b.transpose(0, 2, 1) / d + 1)
+            kxx = kernel_matrix(a, a, kernel)
+            kxy = kernel_matrix(a, b, kernel)
             out[r, part] = (kxx.sum((1, 2)) - np.trace(kxx, axis1=1, axis2=2)) / pairs + yy - 2 * kxy.mean((1, 2))
     return out
 
 
-def kid_draws(rows: Sequence[np.ndarray], ref: np.ndarray, n_subsets: int, cap: int | None, seed: int) -> KIDDraws:
-    """Every row's MMD² to ``ref`` on the same subsets (raises SampleSizeError below 4 images)."""
+def kid_draws(rows: Sequence[np.ndarray], ref: np.ndarray, n_subsets: int, cap: int | None, seed: int,
+              kernel: str = "poly") -> KIDDraws:
+    """Every row's MMD² to ``ref`` on the same subsets (raises SampleSizeError below 4 images); ``kernel``
+    ``poly`` is KID, ``rbf`` CMMD (:func:`kernel_matrix`)."""
     n = min(len(rows[0]), len(ref))
     size = kid_subset_size(n, cap)
     ref = np.asarray(ref, np.float64)
     rows = [np.asarray(r, np.float64) for r in rows]
     big = kid_subsets(len(rows[0]), len(ref), size, n_subsets, seed)
-    at_m = _mmd_stack(rows, ref, big)
+    at_m = _mmd_stack(rows, ref, big, kernel)
     at_half = None
     if size // 2 >= 2:
         small = kid_subsets(len(rows[0]), len(ref), size // 2, n_subsets, seed + 1)
-        at_half = _mmd_stack(rows, ref, small)
+        at_half = _mmd_stack(rows, ref, small, kernel)
     return KIDDraws(at_m, at_half, n, size)
 
 
@@ -307,8 +317,9 @@ def kid_estimate(draws: KIDDraws, weights: np.ndarray, alpha: float = 0.05) -> K
     var = max(0.0, w_m * c_m + w_h * c_h)
     se = float(np.sqrt(var))
     mean = float(at_m.mean())
-    half = t_quantile(satterthwaite((w_m, w_h), (c_m, c_h), (s - 1, s - 1)), alpha) * se
-    return KIDEstimate(mean, se, float(np.sqrt(c_m)), mean - half, mean + half, n, m, s)
+    df = satterthwaite((w_m, w_h), (c_m, c_h), (s - 1, s - 1))
+    half = t_quantile(df, alpha) * se
+    return KIDEstimate(mean, se, float(np.sqrt(c_m)), mean - half, mean + half, n, m, s, df)
 
 
 # -- per-image metrics ----------------------------------------------------------------------------
@@ -320,8 +331,9 @@ def mean_t(values: np.ndarray, alpha: float = 0.05) -> Estimate:
     mean = float(v.mean())
     if v.size < 2:
         return Estimate(mean, float("nan"), float("nan"), 1, "t interval")
-    half = t_quantile(v.size - 1, alpha) * float(v.std(ddof=1)) / np.sqrt(v.size)
-    return Estimate(mean, mean - half, mean + half, int(v.size), "t interval")
+    se = float(v.std(ddof=1)) / np.sqrt(v.size)
+    half = t_quantile(v.size - 1, alpha) * se
+    return Estimate(mean, mean - half, mean + half, int(v.size), "t interval", se, v.size - 1)
 
 
 # -- one row ------------------------------------------------------------------------------------

@@ -108,11 +108,16 @@ class KIDEstimate:
     n: int  # images in the smaller set
     subset_size: int
     n_subsets: int
+    df: float = float("inf")  # the t interval's degrees of freedom (Welch–Satterthwaite)
 
     def as_dict(self, name: str) -> dict[str, float | int]:
         return {name: self.value, f"{name}_se": self.se, f"{name}_subset_sd": self.subset_sd,
                 f"{name}_ci_low": self.low, f"{name}_ci_high": self.high, f"{name}_subset_size": self.subset_size,
-                f"{name}_subsets": self.n_subsets}
+                f"{name}_subsets": self.n_subsets, f"{name}_df": self.df}
+
+    def estimate(self) -> Estimate:
+        """As an :class:`Estimate` (for the family-wise verdicts)."""
+        return Estimate(self.value, self.low, self.high, self.n, "subsets at m and m/2", self.se, self.df)
 
 
 def kid_subset_size(n: int, cap: int | None = None) -> int:
@@ -145,6 +150,8 @@ class Estimate:
     high: float
     n: int
     method: str = ""
+    se: float = float("nan")  # standard error; with ``df``, the interval at any level (family-wise verdicts)
+    df: float = float("inf")
 
     def as_dict(self, name: str) -> dict[str, float | int]:
         return {name: self.value, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high}

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from facelift.storage import Store
-from facelift.tasks.evaluate.table import BC_MIN_N_PER_DIM, COMPARISONS, bias_corrected_valid
+from facelift.tasks.evaluate.family import Family
+from facelift.tasks.evaluate.table import BC_MIN_N_PER_DIM, COMPARISONS, FID_AT_N, bias_corrected_valid, ordered
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def table_columns(table: pd.DataFrame) -> list[Column]:
     N; below that KID first and the FIDs marked * (not population rankings). Append to extend."""
     kid = [("KID_schnell ×10³", lambda r: _kid(r, "kid_schnell")), ("KID_dev ×10³ ↓", lambda r: _kid(r, "kid_dev")),
            ("KID subsets", _subsets)]
+    if "cmmd_dev" in table.columns:
+        kid.insert(2, ("CMMD_dev ×10³ ↓", lambda r: _kid(r, "cmmd_dev")))
     if population_fid(table):
         fid = [("FID_schnell", lambda r: _ci(r, "fid_schnell")), ("FID_dev ↓", lambda r: _ci(r, "fid_dev")),
                ("FID_diff ↑", lambda r: _ci(r, "fid_diff")),
@@ -118,36 +121,62 @@ def fid_note(table: pd.DataFrame) -> str:
     r = table.iloc[0]
     return (f"\\* FID at N = {r['n']} < {BC_MIN_N_PER_DIM}·d = {BC_MIN_N_PER_DIM * int(r['feature_dim'])}: plug-in "
             "FID is biased upward by an amount that depends on each row, so FID rankings at this N are not "
-            "population rankings. Rank by KID (unbiased at any N) and the paired comparisons.")
+            "population rankings, and the paired Δ FIDs get no verdict. Rank by KID and CMMD (unbiased at any N) "
+            "and their paired comparisons.")
 
 
 def _delta(r: pd.Series, key: str, scale: float = 1.0) -> str:
+    if key.startswith("d_fid") and r.get("d_fid_target") == FID_AT_N and pd.notna(r.get(key)):
+        return f"{_ci(r, key, 4)} (at N, not a ranking)"
     word = r.get(f"{key}_verdict") or ""
     digits = 2 if scale != 1.0 else 4
     return f"{_ci(r, key, digits, scale)} {word}".strip()
 
 
+def _comparisons(table: pd.DataFrame) -> list:
+    """The comparisons in the table's order: its primary first, and without the Δ FIDs below N = 2·d."""
+    r = table.iloc[0]
+    comparisons = ordered(r.get("primary") or COMPARISONS[0].key)
+    if r.get("d_fid_target") == FID_AT_N:  # shown last, with no verdict
+        comparisons = tuple(c for c in comparisons if not c.key.startswith("d_fid")) + tuple(
+            c for c in comparisons if c.key.startswith("d_fid"))
+    return [c for c in comparisons if c.key in table.columns]
+
+
+def family_line(table: pd.DataFrame) -> str:
+    """What the verdicts control: the family, its level and method."""
+    r = table.iloc[0]
+    if pd.isna(r.get("family_size")):
+        return ""
+    family = Family(int(r["family_size"]), float(r["family_alpha"]))
+    return (f"Family: every row × every Δ with a verdict, {family.describe()}: the chance of any false better/worse "
+            f"in this table is at most {100 * family.alpha:g}%. Primary: {r['primary']}. inconclusive = the interval "
+            "includes 0 (not equivalence).")
+
+
 def comparison_markdown(table: pd.DataFrame) -> str:
-    """Each row minus the baseline row: paired 95% intervals, each ending with better / worse /
-    indistinguishable (the interval excludes 0 or not); empty without a ``baseline`` column."""
+    """Each row minus the baseline row: paired intervals that hold simultaneously at the family's level, each
+    ending with better / worse / inconclusive; the primary comparison first; the Δ FIDs below N = 2·d last, marked
+    "at N, not a ranking", with no verdict. Empty without a ``baseline`` column."""
     if table.empty or "baseline" not in table.columns:
         return ""
     base = table.iloc[0]["baseline"]
     target = table.iloc[0].get("d_fid_target", "")
     cols: list[Column] = [("row", lambda r: str(r["row"]))]
-    for c in COMPARISONS:
-        scale = 1e3 if c.key == "d_kid_dev" else 1.0
+    for c in _comparisons(table):
+        scale = 1e3 if c.key in ("d_kid_dev", "d_cmmd_dev") else 1.0
         cols.append((c.label, lambda r, k=c.key, s=scale: _delta(r, k, s)))
     rows = [r for _, r in table.iterrows() if r["row"] != base]
     head = (f"Paired comparisons with the baseline row `{base}` (Δ = row − {base}; the same inputs, halves, "
-            f"subsets and images for every row; Δ FID: {target}; verdict at 95%):")
-    return "\n".join([head, "", *_markdown(cols, rows)])
+            f"subsets and images for every row; Δ FID: {target}):")
+    return "\n".join([head, "", *_markdown(cols, rows), "", family_line(table)])
 
 
 def comparison_columns(table: pd.DataFrame) -> list[str]:
-    """The table's paired-comparison columns (baseline, each Δ with its interval and verdict)."""
-    keys = [f"{c.key}{s}" for c in COMPARISONS for s in ("", "_ci_low", "_ci_high", "_verdict")]
-    return [c for c in ["baseline", *keys] if c in table.columns]
+    """The table's paired-comparison columns (baseline, each Δ with its interval, p-value and verdict)."""
+    keys = [f"{c.key}{s}" for c in COMPARISONS for s in ("", "_ci_low", "_ci_high", "_p", "_verdict")]
+    return [c for c in ["baseline", *keys, "primary", "family_size", "family_alpha", "family_method"]
+            if c in table.columns]
 
 
 def table_markdown(table: pd.DataFrame) -> str:
@@ -162,14 +191,17 @@ def table_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines + (["", paired] if paired else []))
 
 
-TABLE_NOTE = ("Brackets: 95% intervals. FID: every row from the same halves and quarters of the input and reference "
-              "sets (joint resampling, variance a/N + b/N² fitted from the halves and quarters, t interval); the FID "
-              "at N is biased upward like 1/N, its interval is on the log scale (never below 0). Bias-corrected "
-              "FID (2·FID − FID on halves, truncated at 0) targets the population FID and is shown when "
-              f"N >= {BC_MIN_N_PER_DIM} × the feature dimension. KID: mean over S random subsets of size m "
-              "(m <= N/2), with its standard error from the spread of subsets of m and m/2. CLIP-IQA, LPIPS: mean "
-              "with a t interval. Paired comparisons: the same resampling for both rows, per-image differences for "
-              "CLIP-IQA and LPIPS. See docs/evaluate.md, Statistics.")
+TABLE_NOTE = (
+    "Brackets: 95% intervals (the paired Δs: simultaneous, see the family line). FID: every row from the same "
+    "halves and quarters of the input and reference sets (joint resampling, variance a/N + b/N² fitted from the "
+    "halves and quarters of at least d images, t interval); the FID at N is biased upward like 1/N, its interval is "
+    "on the log scale (never below 0). Bias-corrected FID (2·FID − FID on halves, truncated at 0) targets the "
+    f"population FID and is shown when N >= {BC_MIN_N_PER_DIM} × the feature dimension (else NaN, and no verdict on "
+    "a Δ FID). KID: mean over S random subsets of size m (m <= N/2), with its standard error from the spread of "
+    "subsets of m and m/2. CMMD: the unbiased RBF-kernel MMD² on CLIP embeddings, like KID. CLIP-IQA, LPIPS: mean "
+    "with a t interval. Paired comparisons: the same resampling for both rows, per-image differences for CLIP-IQA "
+    "and LPIPS; their intervals hold simultaneously (family-wise) and give the verdicts. See docs/evaluate.md, "
+    "Statistics.")
 
 
 def _spread(r: pd.Series, col: str, digits: int) -> str:

@@ -16,6 +16,7 @@ plus ``grid_images`` images per row for the sample grid. The reference half is a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -36,11 +37,12 @@ from facelift.models.metrics import (
     MetricConfig,
     build_lpips,
     fid_input,
+    model_identity,
 )
 from facelift.tasks.enhance import InferenceEngine, chunked, pick_device, translate_batches
 from facelift.tasks.evaluate.data import Batch, TestSplit, iter_batches, training_run
 from facelift.tasks.evaluate.metrics import KID_MIN_SUBSETS, cached_features
-from facelift.tasks.evaluate.table import metric_columns
+from facelift.tasks.evaluate.table import PRIMARY, metric_columns, ordered
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,9 @@ class EvalConfig:
     batch_size: int = 16
     n_boot: int = 20  # FID resampling rounds (halves + quarters), shared by every row
     kid_subsets: int = 100
-    kid_subset_size: int = 1000  # cap: KID subsets are min(this, n // 2)
+    kid_subset_size: int = 1000  # cap: KID and CMMD subsets are min(this, n // 2)
+    primary: str = PRIMARY  # the declared primary comparison, shown first (docs/evaluate.md, "Verdicts")
+    alpha: float = 0.05  # family-wise error rate of the verdicts (every row × every judged comparison)
     baseline: str = "schnell"  # the row every other row is compared with (a row name, a head's name or its URI)
     device: str = "auto"
     seed: int = 0
@@ -77,6 +81,9 @@ class EvalConfig:
                              f"{self.kid_subset_size}")
         if self.grid_images < 0 or (self.workers is not None and self.workers < 1):
             raise ValueError(f"grid_images must be >= 0 and workers >= 1, got {self.grid_images} and {self.workers}")
+        ordered(self.primary)
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
         if not self.baseline.strip():
             raise ValueError("baseline must name a row (schnell, dev, a head or the LoRA row)")
 
@@ -104,6 +111,7 @@ class MetricSuite:
         self.clip = ClipIQA.from_pretrained(metrics.clip_model).to(self.device)
         self.lpips = build_lpips(metrics.lpips_net, metrics.lpips_random_backbone).to(self.device)
         self.extractor_id = f"fid-inception-{self.inception.weights_sha256[:16]}"
+        self.clip_id = "clip-" + hashlib.sha256(model_identity(metrics.clip_model).encode()).hexdigest()[:16]
         self.precision = "fp32"  # TF32 off for the feature network (see features)
 
     def describe(self) -> dict[str, str]:
@@ -127,9 +135,15 @@ class MetricSuite:
         return torch.cat(parts).numpy()
 
     @torch.inference_mode()
-    def clip_iqa(self, images: torch.Tensor) -> np.ndarray:
-        return torch.cat([self.clip(self._float(images[s])).cpu() for s in chunked(len(images), self.batch_size)]
-                         ).double().numpy()
+    def clip_embeddings(self, images: torch.Tensor) -> np.ndarray:
+        """Unit-norm CLIP image embeddings (CMMD's features; CLIP-IQA is computed from them)."""
+        return torch.cat([self.clip.image_embeddings(self._float(images[s])).cpu()
+                          for s in chunked(len(images), self.batch_size)]).double().numpy()
+
+    @torch.inference_mode()
+    def clip_iqa(self, embeddings: np.ndarray) -> np.ndarray:
+        e = torch.from_numpy(embeddings).float().to(self.device)
+        return self.clip.scores(e).cpu().double().numpy()
 
     @torch.inference_mode()
     def lpips_to(self, images: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
@@ -227,23 +241,25 @@ class RowScores:
     """What one row keeps while streaming: per-image features and scores, and a few images for the grid."""
 
     features: list[np.ndarray] = field(default_factory=list)
+    clip: list[np.ndarray] = field(default_factory=list)
     clip_iqa: list[np.ndarray] = field(default_factory=list)
     lpips: list[np.ndarray] = field(default_factory=list)
     grid: list[torch.Tensor] = field(default_factory=list)
 
     def add(self, images: torch.Tensor, dev: torch.Tensor, suite: MetricSuite, grid_images: int) -> None:
         self.features.append(suite.features(images))
-        self.clip_iqa.append(suite.clip_iqa(images))
+        self.clip.append(suite.clip_embeddings(images))
+        self.clip_iqa.append(suite.clip_iqa(self.clip[-1]))
         self.lpips.append(suite.lpips_to(images, dev))
         kept = sum(len(g) for g in self.grid)
         if kept < grid_images:
             self.grid.append(images[: grid_images - kept].clone())
 
 
-def stream_features(ds: Dataset, split: TestSplit, kind: str, suite: MetricSuite, cfg: EvalConfig) -> np.ndarray:
-    """Inception features of the reference half's ``kind`` images, batch by batch from the shards."""
-    parts = [suite.features(b.images[kind]) for b in iter_batches(ds, split.reference, split.size, cfg.batch_size,
-                                                                   (kind,), cfg.workers)]
+def stream_features(ds: Dataset, split: TestSplit, kind: str, extract: Any, cfg: EvalConfig) -> np.ndarray:
+    """``extract`` (Inception features, CLIP embeddings) of the reference half's ``kind`` images, batch by batch."""
+    parts = [extract(b.images[kind]) for b in iter_batches(ds, split.reference, split.size, cfg.batch_size, (kind,),
+                                                            cfg.workers)]
     return np.concatenate(parts)
 
 
@@ -251,11 +267,14 @@ def reference_features(ds: Dataset, split: TestSplit, suite: MetricSuite, cache_
                        cfg: EvalConfig) -> dict[str, np.ndarray]:
     """The reference half's schnell and dev features, from the feature cache or streamed (then cached)."""
     refs = {}
-    for kind in ("schnell", "dev"):
+    wanted = [("schnell", "schnell", suite.extractor_id, suite.features), ("dev", "dev", suite.extractor_id,
+                                                                           suite.features),
+              ("clip_dev", "dev", suite.clip_id, suite.clip_embeddings)]
+    for name, kind, extractor, extract in wanted:
         key = split.reference_key(kind, suite.cache_suffix())
-        refs[kind], hit = cached_features(cache_store, suite.extractor_id, key,
-                                          lambda kind=kind: stream_features(ds, split, kind, suite, cfg))
-        log.info("reference %s features: %d (%s)", kind, len(refs[kind]), "cached" if hit else "computed")
+        refs[name], hit = cached_features(cache_store, extractor, key,
+                                          lambda kind=kind, f=extract: stream_features(ds, split, kind, f, cfg))
+        log.info("reference %s: %d (%s)", name, len(refs[name]), "cached" if hit else "computed")
     return refs
 
 
@@ -281,7 +300,9 @@ def score_rows(sources: list[RowSource], ds: Dataset, split: TestSplit, suite: M
     meta = {**suite.describe(), "split": "test", "split_rule": split.spec.describe(), "n_test": split.n_test}
     columns = metric_columns([np.concatenate(a.features) for a in scores], refs,
                              [np.concatenate(a.clip_iqa) for a in scores], [np.concatenate(a.lpips) for a in scores],
-                             base, cfg.n_boot, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+                             base, cfg.n_boot, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed,
+                             clip=[np.concatenate(a.clip) for a in scores], clip_ref=refs["clip_dev"],
+                             primary=cfg.primary, alpha=cfg.alpha)
     records = []
     for src, acc, cols in zip(sources, scores, columns, strict=True):
         rec = {"row": src.name, "kind": src.kind, "source": src.source, "n": sum(len(f) for f in acc.features),
