@@ -4,7 +4,9 @@ health and readiness, POST /generate, dynamic batching past Ray's default cap of
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +25,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from facelift.cli.serve import TINY_NOTICE
 from facelift.models.heads import build_head
 from facelift.tasks.generate import read_provenance
 from facelift.tasks.serve import ServeConfig
@@ -30,6 +34,8 @@ from facelift.testing import stop_pid
 CHROMIUM = Path("/usr/bin/chromium")
 SERVER_PIDS: dict[str, int] = {}  # url -> the `facelift serve` process
 BATCH, QUEUE = 8, 12  # the queue holds a batch of simultaneous arrivals (ServeConfig refuses less)
+AUTH: dict[str, str] = {}  # the bearer header, set by the server fixture
+LOGS: dict[str, Path] = {}  # url -> the server's log
 
 
 def _free_port() -> int:
@@ -46,7 +52,8 @@ def _start(root: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, str]
         proc = subprocess.Popen([sys.executable, "-m", "facelift.cli.main", "serve", "--head",
                                  str(root / "runs" / "run-serve1"), "--port", str(port), "--size", "32",
                                  "--max-batch-size", str(BATCH), "--batch-wait-s", "0.3",
-                                 "--max-queued-requests", str(QUEUE)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--max-queued-requests", str(QUEUE), "--api-key-file", str(root / "secrets" / "key")],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 600  # Ray + Serve + the model replica: ~40 s here, minutes on a loaded machine
         while proc.poll() is None and time.monotonic() < deadline:
@@ -75,6 +82,8 @@ def server(tmp_path_factory, cache_dir):
     try:
         proc, url = _start(root, env, log)
         SERVER_PIDS[url] = proc.pid
+        AUTH["Authorization"] = "Bearer " + (root / "secrets" / "key").read_text().strip()
+        LOGS[url] = root / "serve.log"
         try:
             yield url
         finally:
@@ -161,27 +170,26 @@ def test_health_generate_and_provenance(server: str) -> None:
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server}/readyz").json()
     assert ready == {"ready": True, "schnell": "tiny://schnell", "head_run_id": "run-serve1"}
-    res = httpx.post(f"{server}/generate", json={"prompt": "A professional portrait of Ada Lovelace", "seed": 4},
-                     timeout=60)
+    ada = {"prompt": "A professional portrait of Ada Lovelace", "seed": 4}
+    res = httpx.post(f"{server}/generate", headers=AUTH, json=ada, timeout=60)
     assert res.status_code == 200 and res.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(res.content)) as img:
         assert img.size == (32, 32)
     prov = read_provenance(res.content)
     assert prov["prompt"] == "A professional portrait of Ada Lovelace" and prov["seed"] == 4
-    again = httpx.post(f"{server}/generate", json={"prompt": "A professional portrait of Ada Lovelace", "seed": 4},
-                       timeout=60)
+    again = httpx.post(f"{server}/generate", headers=AUTH, json=ada, timeout=60)
     a = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(res.content))).astype("int16"))
     b = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(again.content))).astype("int16"))
     assert (a - b).abs().max() <= 1  # same prompt and seed, same image
     for prompt in ("", "  \t\n"):  # refused before it joins a batch (the generator would fail the whole batch)
-        bad = httpx.post(f"{server}/generate", json={"prompt": prompt, "seed": 1})
+        bad = httpx.post(f"{server}/generate", headers=AUTH, json={"prompt": prompt, "seed": 1})
         assert bad.status_code == 422, (prompt, bad.text)
 
 
 @pytest.mark.slow  # starts Ray + facelift serve (~2 min on 2 cores): make test-slow
 def test_batches_beyond_five_and_burst_beyond_queue(server: str) -> None:
     def call(i: int) -> httpx.Response:
-        return httpx.post(f"{server}/generate", json={"prompt": f"portrait {i}", "seed": i}, timeout=120)
+        return httpx.post(f"{server}/generate", headers=AUTH, json={"prompt": f"portrait {i}", "seed": i}, timeout=120)
 
     with ThreadPoolExecutor(BATCH) as pool:  # a full batch at once: Ray's default max_ongoing_requests=5 caps at 5
         first = list(pool.map(call, range(BATCH)))
@@ -216,6 +224,7 @@ def test_page_in_chromium(server: str, tmp_path: Path) -> None:
             page = ctx.new_page()
             page.goto(server + "/", wait_until="networkidle")
             assert page.title() == "facelift: schnell vs schnell + head"
+            page.fill("#key", AUTH["Authorization"].split(" ", 1)[1])
             page.fill("#prompt", "A professional portrait of Grace Hopper")
             page.fill("#seed", "11")
             page.click("#go")
@@ -223,7 +232,7 @@ def test_page_in_chromium(server: str, tmp_path: Path) -> None:
                                    "document.getElementById('schnell').naturalWidth > 0", timeout=60_000)
             sizes = page.evaluate("[...document.images].map(i => [i.alt, i.naturalWidth, i.naturalHeight])")
             assert sizes == [["schnell", 32, 32], ["schnell + head", 32, 32]]
-            assert "per image" in page.inner_text("#status")
+            assert "per image" in page.inner_text("#status") and "seed 11" in page.inner_text("#status")
             page.screenshot(path=str(tmp_path / "page.png"))
             page.fill("#prompt", "")
             page.evaluate("document.getElementById('prompt').removeAttribute('required')")
@@ -258,3 +267,105 @@ def test_rayservice_manifest_builds_a_valid_app() -> None:
     assert {"containerPort": serve_cfg["http_options"]["port"], "name": "serve"} in head["ports"]
     assert "8000" in (repo / "infra" / "docker" / "Dockerfile").read_text()
     assert "secretKeyRef" not in svc["spec"]["serveConfigV2"] and "aws_secret" not in str(svc).lower()
+
+
+@pytest.mark.slow
+def test_one_bad_prompt_fails_only_its_own_request(server: str) -> None:
+    """8 concurrent requests, one of them blank by Python's reckoning (U+001F passes a regex `\\S` but
+    `str.strip()` removes it, and the generator refuses it): the other 7 get their image, the bad one a 4xx with
+    a JSON body (Ray sets a batch's exception on every request of the batch, so it must not reach the batch)."""
+    prompts = [f"A professional portrait of person {i}" for i in range(8)]
+    prompts[3] = "\x1f \x1e"
+
+    def call(i: int) -> httpx.Response:
+        return httpx.post(f"{server}/generate", headers=AUTH, json={"prompt": prompts[i], "seed": i}, timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(call, range(8)))
+    codes = [r.status_code for r in out]
+    assert [c for i, c in enumerate(codes) if i != 3] == [200] * 7, [(r.status_code, r.text[:200]) for r in out]
+    assert 400 <= codes[3] < 500 and "prompt" in out[3].json()["error"], out[3].text[:300]
+
+
+@pytest.mark.slow
+def test_readyz_answers_200_during_a_burst(server: str) -> None:
+    """/readyz comes from the Serve controller's view of the application, not through the model's queue: 40
+    clients keep the queue overflowing (each resends at once), and a poll made right after each 503 answers 200."""
+    stop, cond, rejected = threading.Event(), threading.Condition(), [0]
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            res = httpx.post(f"{server}/generate", headers=AUTH, json={"prompt": f"portrait {i}", "seed": i},
+                             timeout=120)
+            assert res.status_code in (200, 503), res.text[:200]
+            if res.status_code == 503:
+                with cond:
+                    rejected[0] += 1
+                    cond.notify_all()
+
+    polls: list[int] = []
+    with ThreadPoolExecutor(40) as pool:
+        clients = [pool.submit(client, i) for i in range(40)]
+        try:
+            for _ in range(8):  # each poll right after a fresh 503: the queue is full at that moment
+                with cond:
+                    seen = rejected[0]
+                    assert cond.wait_for(lambda seen=seen: rejected[0] > seen, timeout=300), "no 503 came"
+                polls.append(httpx.get(f"{server}/readyz", timeout=30).status_code)
+        finally:
+            stop.set()
+        for f in clients:
+            f.result()
+    assert polls == [200] * 8, polls
+
+
+@pytest.mark.slow
+def test_api_key_is_required(server: str) -> None:
+    body = {"prompt": "A professional portrait of Ada Lovelace", "seed": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": AUTH["Authorization"].replace(
+            "Bearer", "Basic")}):
+        res = httpx.post(f"{server}/generate", json=body, headers=headers, timeout=60)
+        assert res.status_code == 401 and "unauthorized" in res.json()["error"], (headers, res.text[:200])
+        assert res.headers["www-authenticate"] == "Bearer"
+    bad_body = httpx.post(f"{server}/compare", json={"prompt": " "}, timeout=60)
+    assert bad_body.status_code == 401  # the key is checked before the body is read
+    assert httpx.post(f"{server}/generate", json=body, headers=AUTH, timeout=60).status_code == 200
+    assert httpx.get(f"{server}/readyz").status_code == 200 and httpx.get(f"{server}/").status_code == 200
+    assert TINY_NOTICE in LOGS[server].read_text()  # and `facelift serve` said it serves the tiny test models
+    assert AUTH["Authorization"].split(" ", 1)[1] not in LOGS[server].read_text()  # never the key
+
+
+@pytest.mark.slow
+def test_seed_is_random_when_absent_and_returned(server: str) -> None:
+    """No seed: two identical requests give different pictures and each returns its seed (header and
+    provenance); the returned seed given back gives identical bytes."""
+    body = {"prompt": "A professional portrait of Ada Lovelace"}
+    a, b = (httpx.post(f"{server}/generate", headers=AUTH, json=body, timeout=60) for _ in range(2))
+    assert a.status_code == b.status_code == 200, (a.text[:200], b.text[:200])
+    seed_a, seed_b = int(a.headers["x-seed"]), int(b.headers["x-seed"])
+    assert seed_a != seed_b and a.content != b.content
+    assert json.loads(a.headers["x-provenance"])["seed"] == seed_a == read_provenance(a.content)["seed"]
+    again = httpx.post(f"{server}/generate", headers=AUTH, json={**body, "seed": seed_a}, timeout=60)
+    assert again.headers["x-seed"] == str(seed_a) and again.content == a.content
+
+
+@pytest.mark.slow
+def test_several_outputs_formats_and_refusals(server: str) -> None:
+    res = httpx.post(f"{server}/generate", headers=AUTH, timeout=60, json={
+        "prompt": "A professional portrait of Ada Lovelace", "seed": 5, "num_outputs": 3, "output_format": "webp",
+        "output_quality": 70})
+    assert res.status_code == 200, res.text[:300]
+    out = res.json()
+    assert out["seeds"] == [5, 6, 7] and [p["seed"] for p in out["provenance"]] == [5, 6, 7]
+    assert all(p["head_run_id"] == "run-serve1" for p in out["provenance"])
+    for url in out["images"]:
+        assert url.startswith("data:image/webp;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as img:
+            assert img.format == "WEBP" and img.size == (32, 32)
+    jpeg = httpx.post(f"{server}/generate", headers=AUTH, timeout=60,
+                      json={"prompt": "Ada", "seed": 5, "output_format": "jpeg"})
+    assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
+    big = httpx.post(f"{server}/generate", headers=AUTH, timeout=60,
+                     json={"prompt": "x" * 50_000, "width": 512, "num_outputs": 9})
+    assert big.status_code == 422 and len(big.content) < 3000 and "xxxxxxxxxx" not in big.text, big.text[:300]
+    assert all(word in big.json()["error"] for word in ("prompt", "width", "num_outputs"))
