@@ -97,8 +97,9 @@ def generate(prompts: str | list[str], head: str, *, seed: int = 0, profile: str
     """Portraits from prompts: FLUX.1-schnell text-to-image, then the head (models loaded once per options).
 
     One prompt -> one PIL image, a list -> a list (the i-th uses ``seed + i``). Each image's ``info`` holds its
-    provenance (prompt, seed, model ids and revisions, head run id); ``with_schnell=True`` returns
-    (schnell, schnell + head) pairs instead.
+    provenance (prompt, seed, model ids and revisions, weight hashes, head run id), and ``img.save(path)`` writes
+    it (PNG: ``facelift`` JSON, A1111 ``parameters`` and XMP chunks; JPEG/WebP: XMP). ``with_schnell=True``
+    returns (schnell, schnell + head) pairs instead.
     """
     from PIL import Image
 
@@ -108,10 +109,27 @@ def generate(prompts: str | list[str], head: str, *, seed: int = 0, profile: str
         texts, [seed + i for i in range(len(texts))])
 
     def pil(t: torch.Tensor, provenance: dict[str, Any]) -> Image.Image:
-        img = Image.fromarray(t.permute(1, 2, 0).numpy(), "RGB")
-        img.info.update({k: str(v) for k, v in provenance.items()})
-        return img
+        return provenance_image(Image.fromarray(t.permute(1, 2, 0).numpy(), "RGB"), provenance)
 
-    out = [(pil(g.schnell, g.provenance), pil(g.enhanced, g.provenance)) if with_schnell
-           else pil(g.enhanced, g.provenance) for g in results]
+    out = [(pil(g.schnell, {**g.provenance, "image": "schnell"}),
+            pil(g.enhanced, {**g.provenance, "image": "schnell+head"})) if with_schnell
+           else pil(g.enhanced, {**g.provenance, "image": "schnell+head"}) for g in results]
     return out[0] if single else out
+
+
+def provenance_image(img: Any, provenance: dict[str, Any]) -> Any:
+    """``img`` with its provenance in ``info`` and in ``encoderinfo``, so that a plain ``img.save(path)`` writes it.
+
+    Pillow applies an image's ``encoderinfo`` on every save (PNG text chunks, JPEG/WebP XMP); a copy or a
+    converted image has none: save it with ``**facelift.tasks.generate.provenance_params(fmt, provenance)``."""
+    import json
+
+    from facelift.tasks.enhance.metadata import PARAMETERS_KEY, PROVENANCE_KEY
+    from facelift.tasks.generate import provenance_params
+    from facelift.tasks.generate.provenance import a1111_parameters
+
+    img.info.update({k: str(v) for k, v in provenance.items()})
+    img.info[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True)
+    img.info[PARAMETERS_KEY] = a1111_parameters(provenance)
+    img.encoderinfo = {**provenance_params("PNG", provenance), **provenance_params("JPEG", provenance)}
+    return img

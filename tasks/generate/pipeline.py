@@ -11,9 +11,7 @@ Ray Serve application.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import posixpath
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +19,12 @@ from typing import Any
 import torch
 
 from facelift.tasks.enhance import InferenceEngine
+from facelift.tasks.enhance.metadata import PROVENANCE_KEY
 
 log = logging.getLogger(__name__)
 
-PROVENANCE_KEY = "facelift"  # PNG text chunk holding the provenance as JSON
+__all__ = ["PROVENANCE_KEY", "GenerateOptions", "Generated", "Generator", "head_run_id", "png_bytes",
+           "provenance_params", "read_prompts", "read_provenance"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,10 @@ class Generator:
 
         from facelift import __version__
         from facelift.config import resolve_config
-        from facelift.models.flux import component_fingerprint, follow_hub_progress_setting, resolve_source
+        from facelift.models.flux import follow_hub_progress_setting, resolve_source
         from facelift.models.heads import load_head
+        from facelift.tasks.enhance.metadata import head_sha256
+        from facelift.tasks.generate.provenance import snapshot_commit, transformer_sha256
 
         options = options or GenerateOptions()
         cfg = resolve_config(options.profile)
@@ -83,18 +85,21 @@ class Generator:
         loaded = load_head(self.head_uri, options.endpoint_url)  # fail fast on a bad head, before FLUX loads
         self.engine = InferenceEngine.from_head(loaded, device=options.device, compile=options.compile)
         dtype = options.dtype or (cfg.generation.dtype if self.engine.device.type == "cuda" else "float32")
-        folder = resolve_source(self.stage, options.cache_dir or cfg.cache_dir)
+        cache_dir = options.cache_dir or cfg.cache_dir
+        folder = resolve_source(self.stage, cache_dir)
+        commit = snapshot_commit(folder)
         follow_hub_progress_setting()
         pipe = FluxPipeline.from_pretrained(folder, dtype=getattr(torch, dtype))
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.engine.device)
         self.base_provenance = {
-            "schnell_model": self.stage.model, "schnell_revision": self.stage.revision or "",
-            "schnell_transformer_sha256": component_fingerprint(folder, "transformer"),
+            "schnell_model": self.stage.model, "schnell_revision": self.stage.revision or commit,
+            "schnell_commit": commit, "schnell_transformer_sha256": transformer_sha256(folder, cache_dir=cache_dir),
             "steps": self.stage.steps, "guidance": self.stage.guidance,
             "max_sequence_length": self.stage.max_sequence_length, "size": self.size, "dtype": dtype,
             "head": loaded.name, "head_flavor": loaded.flavor, "head_uri": self.head_uri,
-            "head_run_id": head_run_id(self.head_uri), "facelift_version": __version__, "profile": options.profile,
+            "head_run_id": head_run_id(self.head_uri), "head_sha256": head_sha256(self.head_uri, options.endpoint_url),
+            "facelift_version": __version__, "profile": options.profile,
         }
         log.info("generator ready: %s (%s) + head %s on %s", self.stage.model, dtype, self.head_uri,
                  self.engine.device)
@@ -131,45 +136,31 @@ class Generator:
 
 
 def png_bytes(image: torch.Tensor, provenance: dict[str, Any], compress_level: int = 6) -> bytes:
-    """uint8 CHW -> PNG whose text chunks carry the provenance: one JSON chunk plus one chunk per key."""
+    """uint8 CHW -> PNG carrying the provenance: ``facelift`` (JSON), A1111 ``parameters`` and XMP (IPTC)."""
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
 
-    info = PngInfo()
-    info.add_itxt(PROVENANCE_KEY, json.dumps(provenance, sort_keys=True))
-    for key, value in provenance.items():
-        info.add_itxt(key, str(value))
     buf = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB").save(buf, "PNG", pnginfo=info,
-                                                               compress_level=compress_level)
+    Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB").save(buf, "PNG", compress_level=compress_level,
+                                                               **provenance_params("PNG", provenance))
     return buf.getvalue()
 
 
+def provenance_params(fmt: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    """``PIL.Image.save`` keyword arguments that write a generated image's provenance in ``fmt``."""
+    from facelift.tasks.enhance.metadata import save_params
+    from facelift.tasks.generate.provenance import a1111_parameters
+
+    return save_params(fmt, provenance, a1111_parameters(provenance))
+
+
 def read_provenance(data: bytes) -> dict[str, Any]:
-    """The provenance JSON of a PNG written by :func:`png_bytes` ({} if it has none)."""
+    """The provenance of an image written by facelift (PNG text chunk, else XMP); {} if it has none."""
     from PIL import Image
 
+    from facelift.tasks.enhance.metadata import read_metadata
+
     with Image.open(io.BytesIO(data)) as img:
-        raw = img.text.get(PROVENANCE_KEY) if hasattr(img, "text") else None
-    return json.loads(raw) if raw else {}
-
-
-def write_generated(results: list[Generated], out: str, endpoint_url: str | None = None,
-                    also_schnell: bool = False, start_index: int = 0) -> list[str]:
-    """Write ``NNNN-s<seed>.png`` (schnell + head) and, if asked, ``NNNN-s<seed>-schnell.png``; returns URIs."""
-    from facelift.storage import Store
-
-    store = Store(out, endpoint_url)
-    uris = []
-    for i, g in enumerate(results, start=start_index):
-        key = f"{i:04d}-s{g.seed}.png"
-        store.write_bytes(key, png_bytes(g.enhanced, {**g.provenance, "image": "schnell+head"}))
-        uris.append(store.url(key))
-        if also_schnell:
-            skey = posixpath.splitext(key)[0] + "-schnell.png"
-            store.write_bytes(skey, png_bytes(g.schnell, {**g.provenance, "image": "schnell"}))
-            uris.append(store.url(skey))
-    return uris
+        return read_metadata(img)[0]
 
 
 def read_prompts(path: str, endpoint_url: str | None = None) -> list[str]:
@@ -181,21 +172,3 @@ def read_prompts(path: str, endpoint_url: str | None = None) -> list[str]:
     if not prompts:
         raise ValueError(f"no prompts in {path}")
     return prompts
-
-
-def run_generate(prompts: list[str], head: str, out: str, seed: int = 0, options: GenerateOptions | None = None,
-                 also_schnell: bool = False) -> dict[str, Any]:
-    """Generate one image per prompt (seeds ``seed``, ``seed + 1``, ...) and write them under ``out``."""
-    if not prompts:
-        raise ValueError("no prompts given")
-    options = options or GenerateOptions()
-    gen = Generator(head, options)
-    t0 = time.perf_counter()
-    results = gen(prompts, [seed + i for i in range(len(prompts))])
-    seconds = time.perf_counter() - t0
-    uris = write_generated(results, out, options.endpoint_url, also_schnell)
-    n = len(results)
-    return {"images": uris, "count": n, "seconds": round(seconds, 3),
-            "schnell_s_per_image": round(sum(g.seconds["schnell_s"] for g in results) / n, 4),
-            "head_s_per_image": round(sum(g.seconds["head_s"] for g in results) / n, 4),
-            "provenance": gen.base_provenance}
