@@ -267,6 +267,13 @@ def test_rayservice_manifest_builds_a_valid_app() -> None:
     assert {"containerPort": serve_cfg["http_options"]["port"], "name": "serve"} in head["ports"]
     assert "8000" in (repo / "infra" / "docker" / "Dockerfile").read_text()
     assert "secretKeyRef" not in svc["spec"]["serveConfigV2"] and "aws_secret" not in str(svc).lower()
+    # the API key: a file from the facelift-serve-api-key secret, mounted on every pod (the ingress may run anywhere)
+    key_dir, key_name = cfg.api_key_file.rsplit("/", 1)
+    for pod in (svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"], gpu["template"]["spec"]):
+        [volume] = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "facelift-serve-api-key"]
+        [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["mountPath"] == key_dir and mount["readOnly"] and volume["secret"]["defaultMode"] & 0o007 == 0
+    assert key_name == "api_key" and "api_key=" in (repo / "infra" / "k8s" / "rayservice.yaml").read_text()
 
 
 @pytest.mark.slow
