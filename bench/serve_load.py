@@ -3,6 +3,9 @@
     python bench/serve_load.py                               # CPU, tiny models: 1/8/32 clients, burst, replica kill
     python bench/serve_load.py --profile flux --size 512 --num-gpus 1 --levels 1 8 32 --out OUT   # on a GPU
 
+Every row is measured after a warm-up: each model replica runs one batch at every batch size before it is ready
+(``ServeConfig.warmup_sizes``), then ``--warmup-requests`` requests at the batch size's concurrency are sent and
+not counted (their time is reported as ``warmup``). Requests carry the API key (a fresh key file per run).
 Rows: p50/p99 latency and images/s at each concurrency; a burst far beyond the queue (every answer must be 200
 or 503 with Retry-After, every accepted request an image); a model replica killed under load (each request
 completes or fails with a clear 503, and the app recovers: time until /readyz answers and a request succeeds).
@@ -16,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -24,6 +28,7 @@ from pathlib import Path
 import httpx
 
 log = logging.getLogger("serve_load")
+HEADERS: dict[str, str] = {}  # the API key, set by main()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -37,7 +42,8 @@ async def one(client: httpx.AsyncClient, i: int) -> tuple[int, float, httpx.Resp
     """(status, seconds, response); a dropped connection is status 0 with a synthetic 599 response."""
     t0 = time.perf_counter()
     try:
-        res = await client.post("/generate", json={"prompt": f"A professional portrait of person {i}", "seed": i})
+        res = await client.post("/generate", json={"prompt": f"A professional portrait of person {i}", "seed": i},
+                                headers=HEADERS)
     except httpx.HTTPError as exc:
         return 0, time.perf_counter() - t0, httpx.Response(599, json={"error": f"connection: {exc!r}"})
     return res.status_code, time.perf_counter() - t0, res
@@ -131,10 +137,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="requests per level (at least the level)")
     ap.add_argument("--num-gpus", type=float, default=0)
     ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--warmup-requests", type=int, default=16, help="sent first at --batch concurrency, not counted")
     ap.add_argument("--no-kill", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     import torch
@@ -143,31 +151,37 @@ def main() -> None:
     from facelift.tasks.serve import ServeConfig, serve_app, shutdown
 
     tmp = tempfile.mkdtemp(prefix="serve-load-")
+    key_file = Path(tmp, "api-key")
+    key_file.write_text(secrets.token_urlsafe(32))
+    key_file.chmod(0o600)
+    HEADERS["Authorization"] = f"Bearer {key_file.read_text()}"
     head = args.head
     if head is None:
         torch.manual_seed(0)
         head = build_head("esa_cyclegan", "debug").save(f"{tmp}/runs/bench/head")
     ray.init(include_dashboard=False, ignore_reinit_error=True)
     cfg = ServeConfig(head=head, profile=args.profile, size=args.size, max_batch_size=args.batch,
-                      max_queued_requests=args.queue, num_gpus=args.num_gpus, port=args.port, batch_wait_s=0.05)
+                      max_queued_requests=args.queue, num_gpus=args.num_gpus, port=args.port, batch_wait_s=0.05,
+                      api_key_file=str(key_file))
     t0 = time.perf_counter()
-    serve_app(cfg)
+    serve_app(cfg)  # returns once every replica has loaded and run its warm-up batches
     url = f"http://127.0.0.1:{args.port}"
     result: dict = {"config": cfg.model_dump(), "startup_s": round(time.perf_counter() - t0, 1),
                     "device": torch.cuda.get_device_name() if args.num_gpus and torch.cuda.is_available() else
                     f"CPU ({os.cpu_count()} cores)"}
     try:
-        asyncio.run(level(url, 1, 2))  # warm-up
+        if args.warmup_requests:  # not counted: first HTTP connections, allocator growth, any lazy init
+            result["warmup"] = asyncio.run(level(url, args.batch, args.warmup_requests))
         result["levels"] = [asyncio.run(level(url, c, max(args.requests, c))) for c in args.levels]
-        print(table(result["levels"], ["clients", "requests", "ok", "errors", "p50_s", "p99_s", "images_per_s",
+        log.info("%s", table(result["levels"], ["clients", "requests", "ok", "errors", "p50_s", "p99_s", "images_per_s",
                                        "mean_batch"]))
         n_burst = 4 * (cfg.max_ongoing_requests + cfg.max_queued_requests)
         result["burst"] = asyncio.run(burst(url, n_burst))
-        print(table([result["burst"]], list(result["burst"])))
+        log.info("%s", table([result["burst"]], list(result["burst"])))
         if not args.no_kill:
             result["kill"] = asyncio.run(kill_under_load(url, 16, 96, kill_after_s=1.0))
-            print(table([result["kill"]], [k for k in result["kill"] if k != "examples"]))
-            print("errors seen:", result["kill"]["examples"])
+            log.info("%s", table([result["kill"]], [k for k in result["kill"] if k != "examples"]))
+            log.info("errors seen: %s", result["kill"]["examples"])
     finally:
         shutdown()
         ray.shutdown()

@@ -146,25 +146,83 @@ def test_cli_creates_a_private_key_file_prints_its_path_and_the_tiny_notice(tmp_
     assert empty.exit_code == 2 and "is empty" in empty.output and "Traceback" not in empty.output
 
 
+class FakeGenerator:
+    """Stands in for schnell + head: 16x16 images whose colour is the seed; records each call's batch size."""
+
+    calls: list[int] = []
+
+    def __init__(self, head: str, options: object) -> None:
+        self.engine = type("Engine", (), {"device": torch.device("cpu")})()
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> list[object]:
+        from facelift.tasks.generate import Generated
+
+        FakeGenerator.calls.append(len(prompts))
+        img = [torch.full((3, 16, 16), s % 256, dtype=torch.uint8) for s in seeds]
+        return [Generated(p, s, i, i, {"prompt": p, "seed": s}, {"schnell_s": 0.0, "head_s": 0.0})
+                for p, s, i in zip(prompts, seeds, img, strict=True)]
+
+
 def test_replica_warms_up_at_every_batch_size(monkeypatch) -> None:
     """The model replica runs one batch at each configured size in its constructor, before Serve routes to it."""
     from facelift.tasks.serve import model as model_mod
     from facelift.tasks.serve.config import ServeConfig
 
-    seen: list[int] = []
-
-    class FakeGenerator:
-        def __init__(self, head: str, options: object) -> None:
-            pass
-
-        def __call__(self, prompts: list[str], seeds: list[int]) -> list[object]:
-            seen.append(len(prompts))
-            return []
-
     monkeypatch.setattr(model_mod, "Generator", FakeGenerator)
+    FakeGenerator.calls = []
     cfg = ServeConfig(head="h", max_batch_size=4)
     assert cfg.warmup_sizes == [1, 2, 3, 4]
     server = model_mod.ModelServer("h", {}, 4, 0.01, cfg.warmup_sizes)
-    assert seen == [1, 2, 3, 4] and set(server.warmup_seconds) == {1, 2, 3, 4}
+    assert FakeGenerator.calls == [1, 2, 3, 4] and set(server.warmup_seconds) == {1, 2, 3, 4}
     with pytest.raises(ValueError, match="warmup_sizes"):
         ServeConfig(head="h", max_batch_size=4, warmup_sizes=[8])
+
+
+def _tiny_safety_checker(folder: Path, threshold: float) -> str:
+    """diffusers' safety checker with a tiny random CLIP (the real class and preprocessing) and every concept
+    threshold set to ``threshold``: -2 flags every image (cosine > -2), 2 none."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    cfg = CLIPConfig(text_config=small, vision_config={**small, "image_size": 32, "patch_size": 8},
+                     projection_dim=16)
+    model = StableDiffusionSafetyChecker(cfg)
+    with torch.no_grad():
+        model.concept_embeds_weights.fill_(threshold)
+        model.special_care_embeds_weights.fill_(threshold)
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+def test_safety_checker_fails_only_the_flagged_request(tmp_path: Path, monkeypatch) -> None:
+    """On by default for flux, off for tiny; a flagged image is never returned: its request alone gets 422."""
+    from facelift.tasks.serve import model as model_mod
+    from facelift.tasks.serve.config import ServeConfig
+    from facelift.tasks.serve.model import Item
+    from facelift.tasks.serve.safety import FLAGGED, SafetyChecker
+
+    assert ServeConfig(head="h", profile="flux").safety_checker is True
+    assert ServeConfig(head="h").safety_checker is False
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    assert SafetyChecker(_tiny_safety_checker(tmp_path / "all", -2.0))(images) == [True] * 3
+    assert SafetyChecker(_tiny_safety_checker(tmp_path / "none", 2.0))(images) == [False] * 3
+    with pytest.raises(RuntimeError, match="could not be loaded"):
+        SafetyChecker(str(tmp_path / "missing"))
+
+    monkeypatch.setattr(model_mod, "Generator", FakeGenerator)
+    server = model_mod.ModelServer("h", {}, 4, 0.01, [], _tiny_safety_checker(tmp_path / "all", -2.0))
+
+    class SeedTwo:  # flags seed 2's picture only
+        name = "test"
+
+        def __call__(self, imgs: torch.Tensor) -> list[bool]:
+            return [int(i[0, 0, 0]) == 2 for i in imgs]
+
+    server.safety = SeedTwo()
+    out = server._render_isolated([Item("a", 1), Item("b", 2), Item("c", 3)])
+    assert out[1] == {"status": 422, "error": FLAGGED}
+    assert [o["seed"] for o in (out[0], out[2])] == [1, 3] and out[0]["image"][:4] == b"\x89PNG"
+    assert out[0]["provenance"]["safety_checker"] == "test"

@@ -177,8 +177,9 @@ def build_app(cfg: ServeConfig) -> Any:
     options = asdict(GenerateOptions(profile=cfg.profile, size=cfg.size, batch_size=cfg.max_batch_size,
                                      device=cfg.device, endpoint_url=cfg.endpoint_url, cache_dir=cfg.cache_dir))
     info = {"schnell": resolve_config(cfg.profile).generation.schnell.model, "head_run_id": head_run_id(cfg.head)}
-    return gateway.bind(model.bind(cfg.head, options, cfg.max_batch_size, cfg.batch_wait_s, cfg.warmup_sizes),
-                        cfg.timeout_s, cfg.retry_after_s, cfg.api_key_file, info)
+    safety = cfg.safety_checker_model if cfg.safety_checker else None
+    return gateway.bind(model.bind(cfg.head, options, cfg.max_batch_size, cfg.batch_wait_s, cfg.warmup_sizes,
+                                   safety), cfg.timeout_s, cfg.retry_after_s, cfg.api_key_file, info)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

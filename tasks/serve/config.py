@@ -34,6 +34,10 @@ class ServeConfig(BaseModel):
                                                        "a key, which facelift serve does only with --no-api-key")
     warmup_sizes: list[int] | None = Field(None, description="batch sizes each replica runs once before it is "
                                                              "ready; default every size 1..max_batch_size")
+    safety_checker: bool | None = Field(None, description="diffusers' SD safety checker on each image "
+                                                          "(tasks/serve/safety.py); default: on for flux, off "
+                                                          "otherwise")
+    safety_checker_model: str = Field("CompVis/stable-diffusion-safety-checker", description="hub id or folder")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
@@ -41,6 +45,8 @@ class ServeConfig(BaseModel):
     def _check(self) -> ServeConfig:
         if self.num_gpus is None:  # FLUX on a CPU replica would take hours per image
             self.num_gpus = 1.0 if self.profile == "flux" else 0.0
+        if self.safety_checker is None:  # random tiny pictures need none; real FLUX output gets one
+            self.safety_checker = self.profile == "flux"
         if self.max_ongoing_requests is None:
             self.max_ongoing_requests = 2 * self.max_batch_size
         if self.max_ongoing_requests < self.max_batch_size:
