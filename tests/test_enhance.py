@@ -77,7 +77,7 @@ def test_enhance_folder_with_corrupt_file(head_dir: Path, src: Path, tmp_path: P
     assert [Path(p).name for p, _ in report.failed] == ["broken.png"]
     assert "broken.png" in report.failed[0][0] and report.failed[0][1]
     out = tmp_path / "out"
-    made = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    made = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.suffix != ".jsonl")
     assert made == ["a.png", "b.jpg", "sub/c.webp", "sub/d.png"]
     for name in made:
         with Image.open(out / name) as got, Image.open(src / name) as orig:
@@ -94,7 +94,7 @@ def test_glob_and_format(head_dir: Path, src: Path, tmp_path: Path) -> None:
     report = run_enhance(str(src / "*.png"), str(tmp_path / "o"), str(head_dir), device="cpu", out_format=".webp",
                          progress=False)
     assert report.processed == 1 and len(report.failed) == 1
-    assert (tmp_path / "o" / "a.webp").is_file()
+    assert (tmp_path / "o" / "a.png.webp").is_file()
     with pytest.raises(FileNotFoundError, match="no such folder"):
         list_images(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no PNG/JPEG/WebP"):
@@ -111,7 +111,7 @@ def test_enhance_object_store_prefix(head_dir: Path, seaweed, tmp_path: Path) ->
     report = run_enhance(store.url("in"), store.url("out"), str(head_dir), endpoint_url=seaweed.endpoint,
                          device="cpu", progress=False)
     assert report.processed == 3 and len(report.failed) == 1
-    assert store.list("out") == ["0.png", "1.png", "2.png"]
+    assert store.list("out") == ["0.png", "1.png", "2.png", "enhance-manifest.jsonl"]
 
 
 def test_cli_enhance(head_dir: Path, src: Path, tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_cli_enhance(head_dir: Path, src: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1, res.output  # one file skipped: partial success is signalled
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert report["processed"] == 4 and len(report["failed"]) == 1
-    assert (tmp_path / "cli" / "b.png").is_file()
+    assert (tmp_path / "cli" / "b.jpg.png").is_file() and (tmp_path / "cli" / "a.png").is_file()
     bad = runner.invoke(app, ["enhance", str(src), str(tmp_path / "x"), "--head", str(tmp_path / "nohead")])
     assert bad.exit_code == 2 and "no head at" in bad.output
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_alpha_dropped_for_jpeg_output_is_reported(tmp_path: Path) -> None:
     Image.fromarray(np.dstack([gradient(16, 16), np.full((16, 16), 128, np.uint8)]), "RGBA").save(
         tmp_path / "in" / "a.png")
     report = run(tmp_path / "in", tmp_path / "out", out_format=".jpg")
-    assert report.processed == 1 and read(tmp_path / "out" / "a.jpg").mode == "RGB"
+    assert report.processed == 1 and read(tmp_path / "out" / "a.png.jpg").mode == "RGB"
     assert any("alpha" in note for note in report.notes)
 
 
@@ -152,7 +153,8 @@ def test_out_of_memory_retries_per_image_then_tiled_then_records(tmp_path: Path)
     engine = InferenceEngine(module, 1, device="cpu", tile=24, overlap=4)
     report = run(tmp_path / "in", tmp_path / "out", engine, batch_size=2, tile_pixels=10**6)
     assert report.processed == 5 and not report.failed, report.failed
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "2.png", "3.png", "wide.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "1.png", "2.png", "3.png",
+                                                                        "wide.png"]
 
     module = MemoryLimited(limit=10)  # nothing fits, not even a tile: per-file failures, the run completes
     engine = InferenceEngine(module, 1, device="cpu", tile=24, overlap=4)
@@ -191,7 +193,9 @@ def test_rerun_skips_existing_outputs(tmp_path: Path) -> None:
 # -- paths ------------------------------------------------------------------------------------------
 def test_target_key_refuses_escapes() -> None:
     assert enh.target_key("bucket/in/sub/a.png", "bucket/in", None) == "sub/a.png"
-    assert enh.target_key("s3://bucket/in/a.jpg", "s3://bucket/in", ".png") == "a.png"
+    assert enh.target_key("s3://bucket/in/a.jpg", "s3://bucket/in", ".png") == "a.jpg.png"  # never a.png's name
+    assert enh.target_key("s3://bucket/in/a.png", "s3://bucket/in", ".png") == "a.png"
+    assert enh.target_key("bucket/in/a.jpeg", "bucket/in", ".jpg") == "a.jpeg"  # already JPEG
     for bad in ("bucket/in/../../x.png", "bucket/in/../x.png", "bucket/in/a/../../../x.png", "bucket/other/x.png"):
         with pytest.raises(ValueError, match="escapes"):
             enh.target_key(bad, "bucket/in", None)
@@ -216,7 +220,7 @@ def test_object_name_escaping_dst_is_refused(tmp_path: Path) -> None:
         assert sorted((p.rsplit("/in/", 1)[1], why) for p, why in report.failed) == [
             ("../../x.png", "refused: the name escapes the destination"),
             ("a/../b.png", "refused: the name escapes the destination")]
-        assert sorted(fs.find(f"{root}/dst")) == [f"{root}/dst/out/ok.png"]
+        assert sorted(fs.find(f"{root}/dst")) == [f"{root}/dst/out/enhance-manifest.jsonl", f"{root}/dst/out/ok.png"]
         assert not fs.exists(f"{root}/dst/x.png") and not fs.exists(f"{root}/x.png")
     finally:
         fs.rm(root, recursive=True)
@@ -302,3 +306,95 @@ def test_cli_limits_rerun_and_notes(tmp_path: Path) -> None:
     assert again.exit_code == 0 and report["processed"] == 0 and report["existing"] == 2
     forced = runner.invoke(app, [*args, "--json", "--overwrite"])
     assert json.loads(forced.stdout[forced.stdout.index("{"):])["processed"] == 2
+
+
+# -- issue 35: retry frees the failed batch, rerun key includes the head, names, glob vs dst, Pillow's limit -----
+class OutOfMemoryOnBatches(torch.nn.Module):
+    """x -> x / 2; a batch of more than one image raises CUDA's OutOfMemoryError, keeping a weakref to the batch.
+    Every later call records whether a failed batch is still alive (it holds the GPU memory the retry needs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[weakref.ref] = []
+        self.alive_at_retry: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.alive_at_retry += [ref() is not None for ref in self.failed]
+        if x.shape[0] > 1:
+            self.failed.append(weakref.ref(x))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x * 0.5
+
+
+def test_out_of_memory_retry_runs_after_the_failed_batch_is_freed(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        Image.fromarray(gradient(16, 16, i)).save(tmp_path / "in" / f"{i}.png")
+    module = OutOfMemoryOnBatches()
+    report = run(tmp_path / "in", tmp_path / "out", InferenceEngine(module, 1, device="cpu"), batch_size=2)
+    assert report.processed == 2 and not report.failed
+    assert len(module.failed) == 1 and module.alive_at_retry == [False, False]  # freed before each retry
+
+
+def _head(folder: Path, seed: int) -> str:
+    from facelift.models.heads import build_head
+
+    torch.manual_seed(seed)
+    build_head("esa_cyclegan", "debug").save(str(folder))
+    return str(folder)
+
+
+def test_rerun_with_another_head_is_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        Image.fromarray(gradient(16, 16, i)).save(tmp_path / "in" / f"{i}.png")
+    head_a, head_b = _head(tmp_path / "a", 0), _head(tmp_path / "b", 1)
+    first = enh.run_enhance(str(tmp_path / "in"), str(tmp_path / "out"), head_a, device="cpu", progress=False)
+    assert first.processed == 2
+    same = enh.run_enhance(str(tmp_path / "in"), str(tmp_path / "out"), head_a, device="cpu", progress=False)
+    assert same.processed == 0 and same.existing == 2
+    with pytest.raises(ValueError, match="another head"):
+        enh.run_enhance(str(tmp_path / "in"), str(tmp_path / "out"), head_b, device="cpu", progress=False)
+    from facelift.cli.main import app
+
+    res = CliRunner().invoke(app, ["enhance", str(tmp_path / "in"), str(tmp_path / "out"), "--head", head_b,
+                                   "--device", "cpu"])
+    assert res.exit_code == 2 and "another head" in res.output and "Traceback" not in res.output
+    redone = enh.run_enhance(str(tmp_path / "in"), str(tmp_path / "out"), head_b, device="cpu", progress=False,
+                             overwrite=True)
+    assert redone.processed == 2
+    again = enh.run_enhance(str(tmp_path / "in"), str(tmp_path / "out"), head_b, device="cpu", progress=False)
+    assert again.processed == 0 and again.existing == 2
+    with pytest.raises(ValueError, match="another head"):  # head a's outputs were replaced by head b's
+        enh.run_enhance(str(tmp_path / "in"), str(tmp_path / "out"), head_a, device="cpu", progress=False)
+
+
+def test_same_stem_different_formats_do_not_collide(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    Image.fromarray(gradient(16, 16, 1)).save(tmp_path / "in" / "a.png")
+    Image.fromarray(gradient(16, 16, 2)).save(tmp_path / "in" / "a.jpg", quality=95)
+    report = run(tmp_path / "in", tmp_path / "out", out_format=".png")
+    assert report.processed == 2 and not report.failed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png") == ["a.jpg.png", "a.png"]
+
+
+def test_glob_source_excludes_the_destination(tmp_path: Path) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.fromarray(gradient(16, 16, 1)).save(tmp_path / "in" / "a.png")
+    Image.fromarray(gradient(16, 16, 2)).save(tmp_path / "in" / "sub" / "b.png")
+    first = run(f"{tmp_path}/in/**/*.png", tmp_path / "in" / "out")
+    assert first.processed == 2
+    again = run(f"{tmp_path}/in/**/*.png", tmp_path / "in" / "out", overwrite=True)
+    assert again.processed == 2  # not 4: the outputs under in/out/ are not sources
+    assert not (tmp_path / "in" / "out" / "out").exists()
+
+
+def test_max_pixels_above_pillows_limit_raises_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses > 2x this (64x64 = 4096) as a bomb
+    (tmp_path / "in").mkdir()
+    Image.fromarray(gradient(64, 64)).save(tmp_path / "in" / "big.png")
+    report = run(tmp_path / "in", tmp_path / "out", max_pixels=10_000)
+    assert report.processed == 1 and not report.skipped, report.skipped
+    assert Image.MAX_IMAGE_PIXELS >= 10_000
+    small = run(tmp_path / "in", tmp_path / "out2", max_pixels=100)  # our own limit still applies
+    assert small.processed == 0 and "too large: 64x64" in small.skipped[0][1]

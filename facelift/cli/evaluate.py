@@ -91,7 +91,9 @@ def enhance(
                                              "resize or tile")] = "pad",
     size: Annotated[int | None, typer.Option(help="with --policy resize: run the head at size x size")] = None,
     out_format: Annotated[str | None, typer.Option("--format", help="output format: png, jpg or webp "
-                                                                    "(default: the input's)")] = None,
+                                                                    "(default: the input's; a file in another "
+                                                                    "format gets the suffix appended: "
+                                                                    "a.jpg -> a.jpg.png)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile",
                                                  help="torch.compile (default: on GPU)")] = None,
@@ -100,15 +102,18 @@ def enhance(
     tile_pixels: Annotated[int, typer.Option(help="run images with more pixels than this tiled")] = 2048 * 2048,
     hold_pixels: Annotated[int, typer.Option(help="memory budget: pixels waiting in size buckets, all sizes "
                                                   "together")] = 32 * 2**20,
-    overwrite: Annotated[bool, typer.Option(help="redo outputs that already exist (default: skip them)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="redo outputs that already exist (default: skip this head's, "
+                                                 "refuse another head's)")] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint for s3:// paths")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     verbose: bool = False,
 ) -> None:
-    """Apply a trained head to any images: same names under DST; a rerun skips outputs that exist.
+    """Apply a trained head to any images: same names under DST; a rerun skips the outputs this head made.
 
-    Per-file failures (unreadable file, out of memory even tiled, failed write, a name escaping DST) are
-    reported and the run goes on (exit 1 if any); files over --max-pixels are skipped with a reason (exit 0).
+    Outputs keep the input's provenance and add this head's (name, run id, weights sha256). Outputs of another
+    head in DST are refused unless --overwrite. Per-file failures (unreadable file, out of memory even tiled,
+    failed write, a name escaping DST) are reported and the run goes on (exit 1 if any); files over
+    --max-pixels are skipped with a reason (exit 0).
     """
     from facelift.tasks.enhance import run_enhance
 

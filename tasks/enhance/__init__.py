@@ -39,14 +39,20 @@ def run_enhance(src: str, dst: str, head: str, endpoint_url: str | None = None, 
                 out_format: str | None = None, workers: int = 4, progress: bool = True,
                 max_pixels: int = DEFAULT_MAX_PIXELS, tile_pixels: int = DEFAULT_TILE_PIXELS,
                 hold_pixels: int = DEFAULT_HOLD_PIXELS, overwrite: bool = False) -> EnhanceReport:
-    """Load the head (folder or run URI), prepare the engine, enhance ``src`` into ``dst``."""
+    """Load the head (folder or run URI), prepare the engine, enhance ``src`` into ``dst``.
+
+    Outputs carry the input's provenance plus this head's (name, run id, weights sha256); a rerun skips outputs
+    this head made and refuses those of another head unless ``overwrite``."""
     from facelift.models.heads import load_head
+    from facelift.tasks.enhance.metadata import head_info
 
     check_paths(src, dst, endpoint_url)
-    engine = InferenceEngine.from_head(load_head(head, endpoint_url), device=device, policy=policy, size=size,
-                                       compile=compile)
+    loaded = load_head(head, endpoint_url)
+    info = head_info(loaded, head, endpoint_url)
+    engine = InferenceEngine.from_head(loaded, device=device, policy=policy, size=size, compile=compile)
     report = enhance_files(src, dst, engine, batch_size=batch_size, workers=workers, out_format=out_format,
                            endpoint_url=endpoint_url, progress=progress, max_pixels=max_pixels,
-                           tile_pixels=tile_pixels, hold_pixels=hold_pixels, overwrite=overwrite)
+                           tile_pixels=tile_pixels, hold_pixels=hold_pixels, overwrite=overwrite, head=info)
     report.engine["head"] = head
+    report.engine["head_sha256"] = info["head_sha256"]
     return report

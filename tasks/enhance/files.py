@@ -31,6 +31,7 @@ import torch
 from facelift.tasks.enhance.engine import InferenceEngine, is_out_of_memory
 from facelift.tasks.enhance.images import (
     DEFAULT_MAX_PIXELS,
+    FORMATS,
     IMAGE_SUFFIXES,
     Decoded,
     ImageTooLarge,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOLD_PIXELS = 32 * 2**20  # ~100 MB of uint8 RGB waiting in size buckets
 DEFAULT_TILE_PIXELS = 2048 * 2048  # larger images run tiled
 ESCAPE = "refused: the name escapes the destination"
+MANIFEST = "enhance-manifest.jsonl"  # one record per output: its key, source and the head's weights sha256
 
 
 @dataclass
@@ -113,27 +115,39 @@ def _list(src: str, endpoint_url: str | None) -> tuple[str, list[str], bool]:
 
 
 def target_key(uri: str, base: str, out_format: str | None) -> str:
-    """The output key of ``uri`` relative to ``base``; ValueError if the name would leave the destination."""
+    """The output key of ``uri`` relative to ``base``; ValueError if the name would leave the destination.
+
+    With ``out_format``, a source already in that format keeps its name; any other gets the suffix appended
+    (``a.jpg`` -> ``a.jpg.png``), so that ``a.jpg`` and ``a.png`` never map to one output."""
     path, root = uri.split("://", 1)[-1], base.split("://", 1)[-1].rstrip("/")
     if not path.startswith(root + "/"):
         raise ValueError(ESCAPE)
     rel = path[len(root) + 1:]
     if any(part in ("", ".", "..") for part in rel.split("/")):  # '..' in an object name, or '//'
         raise ValueError(ESCAPE)
-    return posixpath.splitext(rel)[0] + out_format if out_format else rel
+    if not out_format or FORMATS.get(posixpath.splitext(rel)[1].lower()) == output_format(out_format):
+        return rel
+    return rel + out_format  # a.jpg -> a.jpg.png: never the name of a.png's output
+
+
+def _norm(uri: str) -> str:
+    path = posixpath.normpath(uri.split("://", 1)[-1])
+    return path if "://" not in uri else path.lstrip("/")  # object stores: "/b/k" and "b/k" are one key
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def under(uri: str, folder: str) -> bool:
+    """Whether ``uri`` lies inside ``folder`` (same protocol, normalised paths)."""
+    return _protocol(uri) == _protocol(folder) and _norm(uri).startswith(_norm(folder) + "/")
 
 
 def check_destination(src: str, base: str, src_is_dir: bool, dst_url: str) -> None:
     """Refuse a destination that would overwrite the originals (dst == the source folder) or sit inside it."""
-    def norm(uri: str) -> str:
-        path = posixpath.normpath(uri.split("://", 1)[-1])
-        return path if "://" not in uri else path.lstrip("/")  # object stores: "/b/k" and "b/k" are one key
-
-    src_root, dst_root = norm(base), norm(dst_url)
-    def protocol(uri: str) -> str:
-        return uri.split("://", 1)[0] if "://" in uri else "file"
-
-    if protocol(base) != protocol(dst_url):
+    src_root, dst_root = _norm(base), _norm(dst_url)
+    if _protocol(base) != _protocol(dst_url):
         return
     if dst_root == src_root:
         raise ValueError(f"destination {dst_url} is the source folder of {src}: the outputs would overwrite the "
@@ -201,6 +215,8 @@ class _Pipeline:
         self.writes: deque[tuple[_Item, Future[str]]] = deque()
         self.alpha_dropped = 0
         self.flushes = 0
+        self.head: dict[str, Any] | None = None
+        self.manifest: Any = None
 
     def add(self, item: _Item) -> None:
         if item.image.pixels > self.tile_pixels:
@@ -242,24 +258,29 @@ class _Pipeline:
                 self._write(item, result)
 
     def _run(self, items: list[_Item], policy: str | None) -> Iterator[tuple[_Item, torch.Tensor | BaseException]]:
+        """Run a batch; on out of memory, retry one image at a time, then tiled. The retry runs *after* the
+        ``except`` block: inside it, the traceback keeps the failed batch's tensors (device memory) alive."""
+        oom: BaseException | None = None
         try:
             result = self.engine.run_uint8(torch.stack([i.image.rgb for i in items]), policy)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            self.engine.release_memory()
-            if len(items) > 1:
-                log.warning("out of memory on a batch of %d %s images: retrying one at a time", len(items),
-                            "x".join(map(str, items[0].image.rgb.shape[-2:])))
-                for item in items:
-                    yield from self._run([item], policy)
-            elif policy != "tile":
-                log.warning("out of memory on %s alone: retrying tiled", items[0].uri)
-                yield from self._run(items, "tile")
-            else:
-                yield items[0], exc
+            oom = RuntimeError(str(exc))  # the message alone: no traceback, no frames, no tensors
+        if oom is None:
+            yield from zip(items, result, strict=True)
             return
-        yield from zip(items, result, strict=True)
+        self.engine.release_memory()  # the failed batch is garbage now, so its cached blocks can be returned
+        if len(items) > 1:
+            log.warning("out of memory on a batch of %d %s images: retrying one at a time", len(items),
+                        "x".join(map(str, items[0].image.rgb.shape[-2:])))
+            for item in items:
+                yield from self._run([item], policy)
+        elif policy != "tile":
+            log.warning("out of memory on %s alone: retrying tiled", items[0].uri)
+            yield from self._run(items, "tile")
+        else:
+            yield items[0], oom
 
     def _write(self, item: _Item, image: torch.Tensor) -> None:
         while len(self.writes) >= self.max_writes:
@@ -267,31 +288,123 @@ class _Pipeline:
         alpha = item.image.alpha
         if alpha is not None and output_format(posixpath.splitext(item.key)[1]) == "JPEG":
             self.alpha_dropped += 1
-        fut = self.encoder.submit(self._save, item.key, image, alpha)
+        fut = self.encoder.submit(self._save, item, image, alpha)
         self.writes.append((item, fut))
 
-    def _save(self, key: str, image: torch.Tensor, alpha: torch.Tensor | None) -> str:
-        self.out.write_bytes(key, encode_image(image, posixpath.splitext(key)[1], alpha=alpha))
-        return self.out.url(key)
+    def _save(self, item: _Item, image: torch.Tensor, alpha: torch.Tensor | None) -> str:
+        suffix = posixpath.splitext(item.key)[1]
+        metadata = output_metadata(output_format(suffix), item.image, self.head)
+        self.out.write_bytes(item.key, encode_image(image, suffix, alpha=alpha, metadata=metadata))
+        return self.out.url(item.key)
 
     def _collect(self) -> None:
         item, fut = self.writes.popleft()
         try:
             self.report.outputs.append(fut.result())
             self.report.processed += 1
+            self.manifest.append({"key": item.key, "source": item.uri,
+                                  "head_sha256": (self.head or {}).get("head_sha256", "")})
         except Exception as exc:  # noqa: BLE001 - a failed encode or upload is this file's failure only
             self.report.failed.append((item.uri, f"write failed: {type(exc).__name__}: {exc}"))
         self.bar.update(1)
 
 
+def output_metadata(fmt: str, image: Decoded, head: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``PIL.Image.save`` arguments carrying the input's provenance plus this head's (None when there is none)."""
+    if head is None and image.provenance is None:
+        return None
+    from facelift.tasks.enhance.metadata import COMPOSITE, TRAINED, enhance_parameters, save_params
+
+    provenance = dict(image.provenance or {})
+    if head is not None:
+        provenance["enhance"] = head
+    generated = image.provenance is not None or image.parameters is not None
+    parameters = enhance_parameters(image.parameters, (head or {}).get("head", ""),
+                                    (head or {}).get("head_sha256", ""))
+    return save_params(fmt, provenance, parameters, TRAINED if generated else COMPOSITE)
+
+
+def plan_jobs(sources: list[str], base: str, out_format: str | None, dst: str, report: EnhanceReport
+              ) -> list[tuple[str, str]]:
+    """(source, output key) per source; names escaping ``dst`` and duplicate output names are recorded as failed,
+    sources inside ``dst`` (a glob can match the outputs) are left out."""
+    jobs: list[tuple[str, str]] = []
+    owner: dict[str, str] = {}
+    inside = 0
+    for uri in sources:
+        if under(uri, dst):
+            inside += 1
+            continue
+        try:
+            key = target_key(uri, base, out_format)
+        except ValueError as exc:
+            report.failed.append((uri, str(exc)))
+            continue
+        if key in owner:
+            report.failed.append((uri, f"refused: its output name {key} is already that of {owner[key]}"))
+            continue
+        owner[key] = uri
+        jobs.append((uri, key))
+    if inside:
+        report.notes.append(f"{inside} file(s) under the destination {dst} matched the source and were left out")
+    return jobs
+
+
+def skip_done(jobs: list[tuple[str, str]], out: Any, manifest: Any, head_hash: str, report: EnhanceReport
+              ) -> list[tuple[str, str]]:
+    """Jobs whose output is missing. An existing output is skipped only if it was made by this head (its
+    ``enhance-manifest.jsonl`` record, else its own provenance); any other is refused (ValueError)."""
+    done = existing_keys(out)
+    recorded = {r.get("key"): r.get("head_sha256") for r in manifest.records()}
+    todo, foreign = [], []
+    for uri, key in jobs:
+        if key not in done:
+            todo.append((uri, key))
+            continue
+        made_by = recorded.get(key)
+        if made_by is None:  # not recorded (e.g. a run killed before its manifest reached an object store)
+            made_by = _head_of_output(out, key)
+            if made_by == head_hash:
+                manifest.append({"key": key, "source": uri, "head_sha256": head_hash})
+        if made_by == head_hash:
+            report.existing += 1
+        else:
+            foreign.append(key)
+    if foreign:
+        raise ValueError(f"{len(foreign)} output(s) in {out.url()} were made by another head or are not recorded "
+                         f"as this head's (e.g. {', '.join(foreign[:3])}): pass --overwrite to redo them with this "
+                         f"head, or choose another destination")
+    return todo
+
+
+def _head_of_output(out: Any, key: str) -> str | None:
+    import io
+
+    from PIL import Image
+
+    from facelift.tasks.enhance.metadata import read_metadata
+
+    try:
+        with Image.open(io.BytesIO(out.read_bytes(key))) as img:
+            enhance = read_metadata(img)[0].get("enhance")
+    except Exception:  # noqa: BLE001 - unreadable: not this head's output
+        return None
+    return enhance.get("head_sha256") if isinstance(enhance, dict) else None
+
+
 def enhance_files(src: str, dst: str, engine: InferenceEngine, batch_size: int = 16, workers: int = 4,
                   out_format: str | None = None, endpoint_url: str | None = None, progress: bool = True, *,
                   max_pixels: int = DEFAULT_MAX_PIXELS, tile_pixels: int = DEFAULT_TILE_PIXELS,
-                  hold_pixels: int = DEFAULT_HOLD_PIXELS, overwrite: bool = False) -> EnhanceReport:
-    """Enhance every image under ``src`` into ``dst`` (same relative names; ``out_format`` e.g. ".png")."""
+                  hold_pixels: int = DEFAULT_HOLD_PIXELS, overwrite: bool = False,
+                  head: dict[str, Any] | None = None) -> EnhanceReport:
+    """Enhance every image under ``src`` into ``dst`` (same relative names; ``out_format`` e.g. ".png").
+
+    ``head``: what the outputs record about the head (:func:`facelift.tasks.enhance.metadata.head_info`); its
+    ``head_sha256`` is part of the rerun key."""
     from tqdm.auto import tqdm
 
     from facelift.storage import Store
+    from facelift.tasks.enhance.manifest import Manifest
 
     if out_format is not None:
         output_format(out_format)
@@ -302,52 +415,49 @@ def enhance_files(src: str, dst: str, engine: InferenceEngine, batch_size: int =
     check_destination(src, base, src_is_dir, out.url())
     report = EnhanceReport(engine=engine.describe())
     start = time.perf_counter()
-    done = set() if overwrite else existing_keys(out)
-    jobs: list[tuple[str, str]] = []
-    for uri in sources:
-        try:
-            key = target_key(uri, base, out_format)
-        except ValueError as exc:
-            report.failed.append((uri, str(exc)))
-            continue
-        if key in done:
-            report.existing += 1
-        else:
-            jobs.append((uri, key))
+    manifest = Manifest(out, MANIFEST)
+    jobs = plan_jobs(sources, base, out_format, out.url(), report)
+    if not overwrite:
+        jobs = skip_done(jobs, out, manifest, (head or {}).get("head_sha256", ""), report)
     if report.existing:
-        log.info("%d outputs already exist in %s: skipped (overwrite=True redoes them)", report.existing, dst)
+        log.info("%d outputs of this head already exist in %s: skipped (overwrite=True redoes them)",
+                 report.existing, dst)
 
     def load(uri: str) -> Decoded:
         return decode_image(reader.fs.cat_file(uri.split("://", 1)[-1]), max_pixels)
 
     bar = tqdm(total=len(jobs), unit="img", disable=not progress, desc="enhance")
     window = max(batch_size, 2 * workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as dec, \
-            ThreadPoolExecutor(workers, thread_name_prefix="encode") as enc:
-        pipe = _Pipeline(engine, out, report, batch_size, hold_pixels, tile_pixels, enc, window, bar)
-        pending: deque[tuple[str, str, Future[Decoded]]] = deque()
-        queue = iter(jobs)
-        while True:
-            for uri, key in queue:  # keep `window` decodes in flight, consume them in order
-                pending.append((uri, key, dec.submit(load, uri)))
-                if len(pending) >= window:
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as dec, \
+                ThreadPoolExecutor(workers, thread_name_prefix="encode") as enc:
+            pipe = _Pipeline(engine, out, report, batch_size, hold_pixels, tile_pixels, enc, window, bar)
+            pipe.head, pipe.manifest = head, manifest
+            pending: deque[tuple[str, str, Future[Decoded]]] = deque()
+            queue = iter(jobs)
+            while True:
+                for uri, key in queue:  # keep `window` decodes in flight, consume them in order
+                    pending.append((uri, key, dec.submit(load, uri)))
+                    if len(pending) >= window:
+                        break
+                if not pending:
                     break
-            if not pending:
-                break
-            uri, key, fut = pending.popleft()
-            try:
-                image = fut.result()
-            except ImageTooLarge as exc:
-                report.skipped.append((uri, str(exc)))
-                bar.update(1)
-                continue
-            except Exception as exc:  # noqa: BLE001 - any unreadable/corrupt file is reported and skipped
-                report.failed.append((uri, f"{type(exc).__name__}: {exc}"))
-                bar.update(1)
-                continue
-            pipe.add(_Item(uri, key, image))
-        pipe.finish()
-    bar.close()
+                uri, key, fut = pending.popleft()
+                try:
+                    image = fut.result()
+                except ImageTooLarge as exc:
+                    report.skipped.append((uri, str(exc)))
+                    bar.update(1)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - any unreadable/corrupt file is reported and skipped
+                    report.failed.append((uri, f"{type(exc).__name__}: {exc}"))
+                    bar.update(1)
+                    continue
+                pipe.add(_Item(uri, key, image))
+            pipe.finish()
+    finally:
+        manifest.flush()
+        bar.close()
     report.seconds = time.perf_counter() - start
     for path, err in report.failed:
         log.warning("failed %s: %s", path, err)

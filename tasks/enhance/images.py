@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +37,8 @@ class Decoded:
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None = None
+    provenance: dict[str, Any] | None = None  # a facelift provenance found in the file (PNG chunk or XMP)
+    parameters: str | None = None  # an A1111 ``parameters`` text chunk found in the file
 
     @property
     def pixels(self) -> int:
@@ -43,10 +46,17 @@ class Decoded:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Encoded bytes -> :class:`Decoded`; raises :class:`ImageTooLarge` above ``max_pixels``."""
+    """Encoded bytes -> :class:`Decoded`; raises :class:`ImageTooLarge` above ``max_pixels``.
+
+    Pillow's own decompression-bomb limit is raised to ``max_pixels`` when that is higher (never lowered), so
+    that ``--max-pixels`` above Pillow's 89 MP default takes effect."""
     import numpy as np
     from PIL import Image, ImageOps
 
+    from facelift.tasks.enhance.metadata import read_metadata
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -62,6 +72,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
         icc = img.info.get("icc_profile")
+        provenance, parameters = read_metadata(img)
         img = ImageOps.exif_transpose(img) or img
         img = _to_8bit(img)
         alpha = None
@@ -71,7 +82,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
         rgb_img = img if img.mode == "RGB" else img.convert("CMYK" if img.mode == "CMYK" else "RGB")
         rgb_img = _to_srgb(rgb_img, icc)
         arr = np.asarray(rgb_img, dtype=np.uint8)
-    return Decoded(torch.from_numpy(arr.copy()).permute(2, 0, 1), alpha)
+    return Decoded(torch.from_numpy(arr.copy()).permute(2, 0, 1), alpha, provenance or None, parameters)
 
 
 def _to_8bit(img):
@@ -107,8 +118,11 @@ def output_format(suffix: str) -> str:
     return fmt
 
 
-def encode_image(image: torch.Tensor, suffix: str, quality: int = 95, alpha: torch.Tensor | None = None) -> bytes:
-    """uint8 CHW (+ optional uint8 HW alpha, kept for PNG/WebP) -> PNG/JPEG/WebP bytes (format from the suffix)."""
+def encode_image(image: torch.Tensor, suffix: str, quality: int = 95, alpha: torch.Tensor | None = None,
+                 metadata: dict[str, Any] | None = None) -> bytes:
+    """uint8 CHW (+ optional uint8 HW alpha, kept for PNG/WebP) -> PNG/JPEG/WebP bytes (format from the suffix).
+
+    ``metadata``: extra ``PIL.Image.save`` arguments (``pnginfo``, ``xmp``: see :mod:`.metadata`)."""
     from PIL import Image
 
     fmt = output_format(suffix)
@@ -117,7 +131,8 @@ def encode_image(image: torch.Tensor, suffix: str, quality: int = 95, alpha: tor
     if alpha is not None and fmt in ALPHA_FORMATS:
         img.putalpha(Image.fromarray(alpha.numpy(), "L"))
     buf = io.BytesIO()
-    opts = {"compress_level": 1} if fmt == "PNG" else {"quality": quality}
+    opts: dict[str, Any] = {"compress_level": 1} if fmt == "PNG" else {"quality": quality}
+    opts.update(metadata or {})
     if fmt == "WEBP" and alpha is not None:
         opts["exact"] = True  # keep the RGB under transparent pixels
     img.save(buf, fmt, **opts)

@@ -46,6 +46,23 @@ def head_sha256(head_uri: str, endpoint_url: str | None = None) -> str:
         raise HeadError(f"head folder {store.where()} has no {WEIGHTS_FILE}") from None
 
 
+def head_run_id(head_uri: str) -> str:
+    """The run id of a head URI (``<root>/runs/<id>`` or ``.../runs/<id>/head``), else the folder's name."""
+    parts = [p for p in str(head_uri).rstrip("/").split("/") if p]
+    if parts and parts[-1] == "head":
+        parts = parts[:-1]
+    return parts[-1] if parts else str(head_uri)
+
+
+def head_info(head: Any, head_uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+    """What an output records about the head that made it: name, flavor, URI, run id, weights sha256, version."""
+    from facelift import __version__
+
+    return {"head": head.name, "head_flavor": head.flavor, "head_uri": str(head_uri),
+            "head_run_id": head_run_id(head_uri), "head_sha256": head_sha256(head_uri, endpoint_url),
+            "facelift_version": __version__}
+
+
 def xmp_packet(provenance: dict[str, Any], source_type: str = TRAINED) -> str:
     """An XMP packet with the IPTC DigitalSourceType, the creator tool and the provenance JSON."""
     tool = f"facelift {provenance.get('facelift_version', '')}".strip()

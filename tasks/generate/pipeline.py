@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from facelift.tasks.enhance import InferenceEngine
-from facelift.tasks.enhance.metadata import PROVENANCE_KEY
+from facelift.tasks.enhance.metadata import PROVENANCE_KEY, head_run_id
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,6 @@ class Generated:
     enhanced: torch.Tensor
     provenance: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def head_run_id(head_uri: str) -> str:
-    """The run id of a head URI (``<root>/runs/<id>`` or ``.../runs/<id>/head``), else the folder's name."""
-    parts = [p for p in str(head_uri).rstrip("/").split("/") if p]
-    if parts and parts[-1] == "head":
-        parts = parts[:-1]
-    return parts[-1] if parts else str(head_uri)
 
 
 class Generator:
