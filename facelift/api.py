@@ -9,6 +9,8 @@ out = enhance([Image.open("a.png")], head="s3://bucket/runs/abc")   # -> list of
 ``images``: one PIL image, a list of PIL images, a uint8 HWC numpy array (or a list of them), or a float
 tensor NCHW in [-1, 1]. The result has the same kind and the same sizes. ``head``: a loaded head, a head
 folder, or a run URI (``<root>/runs/<run_id>``); loaded heads are kept per (head, device, options).
+A PIL result keeps the input's provenance (a facelift or A1111 image) and adds the head's (name, run id,
+weights sha256), and a plain ``img.save(path)`` writes it: PNG chunks, JPEG/WebP XMP.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def enhance(images: Any, head: Any, *, device: str = "auto", batch_size: int = 1
         result = translate_batches(engine, batch, batch_size).permute(0, 2, 3, 1).numpy()
         for j, i in enumerate(idx):
             outputs[i] = result[j]
-    results = [_like(items[i], out) for i, out in enumerate(outputs)]
+    record = _head_record(head, endpoint_url)
+    results = [_like(items[i], out, record) for i, out in enumerate(outputs)]
     return results[0] if single else results
 
 
@@ -76,10 +79,28 @@ def _to_array(image: Any, index: int):
                     + (f" {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else ""))
 
 
-def _like(original: Any, array: Any) -> Any:
+def _like(original: Any, array: Any, head: dict[str, Any]) -> Any:
+    """A PIL result keeps the input's provenance and adds the head's (a plain ``save`` writes both)."""
     from PIL import Image
 
-    return Image.fromarray(array) if isinstance(original, Image.Image) else array
+    from facelift.tasks.enhance.metadata import COMPOSITE, TRAINED, attach, enhance_parameters, read_metadata
+
+    if not isinstance(original, Image.Image):
+        return array
+    provenance, parameters = read_metadata(original)
+    generated = bool(provenance) or parameters is not None
+    return attach(Image.fromarray(array), {**provenance, "enhance": head},
+                  enhance_parameters(parameters, head.get("head", ""), head.get("head_sha256", "")),
+                  TRAINED if generated else COMPOSITE)
+
+
+def _head_record(head: Any, endpoint_url: str | None) -> dict[str, Any]:
+    """What an enhanced image records about its head (no weights hash for a head passed already loaded)."""
+    if isinstance(head, str):
+        return dict(_head_record_of(head, endpoint_url))
+    from facelift import __version__
+
+    return {"head": head.name, "head_flavor": head.flavor, "facelift_version": __version__}
 
 
 @lru_cache(maxsize=2)
@@ -118,18 +139,19 @@ def generate(prompts: str | list[str], head: str, *, seed: int = 0, profile: str
 
 
 def provenance_image(img: Any, provenance: dict[str, Any]) -> Any:
-    """``img`` with its provenance in ``info`` and in ``encoderinfo``, so that a plain ``img.save(path)`` writes it.
-
-    Pillow applies an image's ``encoderinfo`` on every save (PNG text chunks, JPEG/WebP XMP); a copy or a
-    converted image has none: save it with ``**facelift.tasks.generate.provenance_params(fmt, provenance)``."""
-    import json
-
-    from facelift.tasks.enhance.metadata import PARAMETERS_KEY, PROVENANCE_KEY
-    from facelift.tasks.generate import provenance_params
+    """``img`` carrying a generated image's provenance: in ``info``, and written by a plain ``img.save(path)``."""
+    from facelift.tasks.enhance.metadata import attach
     from facelift.tasks.generate.provenance import a1111_parameters
 
     img.info.update({k: str(v) for k, v in provenance.items()})
-    img.info[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True)
-    img.info[PARAMETERS_KEY] = a1111_parameters(provenance)
-    img.encoderinfo = {**provenance_params("PNG", provenance), **provenance_params("JPEG", provenance)}
-    return img
+    return attach(img, provenance, a1111_parameters(provenance))
+
+
+@lru_cache(maxsize=8)
+def _head_record_of(head: str, endpoint_url: str | None) -> dict[str, Any]:
+    """Per head URI, like the engines above (an object-store head's weights are read once to hash them)."""
+    from facelift.models.heads import read_head_config
+    from facelift.tasks.enhance.metadata import head_info
+
+    _, info = read_head_config(head, endpoint_url)
+    return head_info(str(info.get("head")), str(info.get("flavor", "full")), head, endpoint_url)

@@ -100,3 +100,18 @@ def test_enhance_keeps_the_input_provenance_and_adds_its_head(head: str, tmp_pat
     assert jpg.processed == 1
     back = read_provenance((tmp_path / "jpg" / "gen.png.jpg").read_bytes())  # JPEG: in the XMP packet
     assert back["seed"] == 7 and back["enhance"]["head_sha256"] == enhance["head_sha256"]
+
+
+def test_python_api_enhance_keeps_provenance_on_save(head: str, tmp_path: Path) -> None:
+    from facelift.api import enhance
+
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 32, 32), dtype=np.uint8))
+    with Image.open(io.BytesIO(png_bytes(image, PROV))) as generated:
+        generated.load()
+        out = enhance(generated, head=head, device="cpu")
+    out.save(tmp_path / "enhanced.png")
+    prov = read_provenance((tmp_path / "enhanced.png").read_bytes())
+    assert prov.pop("enhance")["head_sha256"] == head_sha256(head) and prov == PROV
+    plain = enhance(Image.fromarray(np.zeros((32, 32, 3), np.uint8)), head=head, device="cpu")
+    plain.save(tmp_path / "plain.webp")
+    assert set(read_provenance((tmp_path / "plain.webp").read_bytes())) == {"enhance"}

@@ -48,7 +48,7 @@ def run_enhance(src: str, dst: str, head: str, endpoint_url: str | None = None, 
 
     check_paths(src, dst, endpoint_url)
     loaded = load_head(head, endpoint_url)
-    info = head_info(loaded, head, endpoint_url)
+    info = head_info(loaded.name, loaded.flavor, head, endpoint_url)
     engine = InferenceEngine.from_head(loaded, device=device, policy=policy, size=size, compile=compile)
     report = enhance_files(src, dst, engine, batch_size=batch_size, workers=workers, out_format=out_format,
                            endpoint_url=endpoint_url, progress=progress, max_pixels=max_pixels,

@@ -54,11 +54,11 @@ def head_run_id(head_uri: str) -> str:
     return parts[-1] if parts else str(head_uri)
 
 
-def head_info(head: Any, head_uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
+def head_info(name: str, flavor: str, head_uri: str, endpoint_url: str | None = None) -> dict[str, Any]:
     """What an output records about the head that made it: name, flavor, URI, run id, weights sha256, version."""
     from facelift import __version__
 
-    return {"head": head.name, "head_flavor": head.flavor, "head_uri": str(head_uri),
+    return {"head": name, "head_flavor": flavor, "head_uri": str(head_uri),
             "head_run_id": head_run_id(head_uri), "head_sha256": head_sha256(head_uri, endpoint_url),
             "facelift_version": __version__}
 
@@ -97,6 +97,18 @@ def xmp_fields(xmp: str | bytes) -> dict[str, str]:
     return fields
 
 
+def attach(img: Any, provenance: dict[str, Any], parameters: str | None = None, source_type: str = TRAINED) -> Any:
+    """``img`` with its provenance in ``info`` and in ``encoderinfo``, so that a plain ``img.save(path)`` writes it
+    (Pillow applies an image's ``encoderinfo`` on every save: PNG chunks, JPEG/WebP XMP). A copy or a converted
+    image has none: pass ``**save_params(fmt, provenance, parameters)`` to its ``save``."""
+    img.info[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True)
+    if parameters:
+        img.info[PARAMETERS_KEY] = parameters
+    img.encoderinfo = {**save_params("PNG", provenance, parameters, source_type),
+                       **save_params("JPEG", provenance, parameters, source_type)}
+    return img
+
+
 def save_params(fmt: str, provenance: dict[str, Any], parameters: str | None = None,
                 source_type: str = TRAINED) -> dict[str, Any]:
     """Keyword arguments for ``PIL.Image.save`` in ``fmt`` (PNG, JPEG, WEBP) that write the provenance."""
@@ -115,14 +127,15 @@ def save_params(fmt: str, provenance: dict[str, Any], parameters: str | None = N
 
 def read_metadata(img: Any) -> tuple[dict[str, Any], str | None]:
     """(provenance, A1111 parameters) of an open PIL image: PNG text chunks first, else its XMP."""
-    text = getattr(img, "text", None) or {}
+    text = getattr(img, "text", None) or img.info  # a PNG file's chunks, or an in-memory image's info
     raw = text.get(PROVENANCE_KEY)
     parameters = text.get(PARAMETERS_KEY)
+    parameters = parameters if isinstance(parameters, str) else None
     if raw is None:
-        xmp = img.info.get("xmp") or text.get(XMP_KEY)
+        xmp = img.info.get("xmp") or text.get(XMP_KEY)  # JPEG/WebP (and PNG): the XMP packet
         raw = xmp_fields(xmp).get("provenance") if xmp else None
     try:
-        provenance = json.loads(raw) if raw else {}
+        provenance = json.loads(raw) if isinstance(raw, str | bytes) and raw else {}
     except json.JSONDecodeError:
         provenance = {}
     return (provenance if isinstance(provenance, dict) else {}), parameters
