@@ -119,3 +119,24 @@ def test_names_never_overwrite_another_runs_file(real: Generator, head_dirs, tmp
     assert names(out) == ["a-cat-s1-2.png", "a-cat-s1-3.png", "a-cat-s1.png"]
     heads = {r["file"]: r["head_sha256"] for r in manifest(out)}
     assert heads["a-cat-s1.png"] == heads["a-cat-s1-2.png"] != heads["a-cat-s1-3.png"]
+
+
+class AlwaysFails:
+    batch_size = 2
+    base_provenance: dict[str, Any] = {}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Any]:
+        self.calls += 1
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_failures_in_a_row_stop_the_run(head_dirs, tmp_path: Path) -> None:
+    broken = AlwaysFails()
+    with pytest.raises(RuntimeError, match="4 prompts in a row failed.*illegal memory access"):
+        run_generate(PROMPTS, str(head_dirs[0]), str(tmp_path / "out"), generator=broken, progress=False,
+                     max_consecutive_failures=4)
+    assert broken.calls == 6  # two batches of 2, each retried one prompt at a time
+    assert len(manifest(tmp_path / "out")) == 4

@@ -72,6 +72,14 @@ def test_head_sha256_is_the_weights_file(head: str) -> None:
     assert head_sha256(head) == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
+def test_no_credentials_in_provenance_uris() -> None:
+    from facelift.tasks.enhance.metadata import public_uri
+
+    assert public_uri("s3://AKIAXXX:secret@bucket/runs/r1") == "s3://bucket/runs/r1"
+    assert public_uri("https://host/runs/r1?X-Amz-Signature=abc") == "https://host/runs/r1"
+    assert public_uri("/data/runs/r1") == "/data/runs/r1"
+
+
 def test_enhance_keeps_the_input_provenance_and_adds_its_head(head: str, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))

@@ -46,6 +46,13 @@ def head_sha256(head_uri: str, endpoint_url: str | None = None) -> str:
         raise HeadError(f"head folder {store.where()} has no {WEIGHTS_FILE}") from None
 
 
+def public_uri(uri: str) -> str:
+    """``uri`` without credentials: no ``user:password@`` and no query string (which may hold a signature)."""
+    import re
+
+    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@]*@", r"\1", str(uri)).split("?", 1)[0]
+
+
 def head_run_id(head_uri: str) -> str:
     """The run id of a head URI (``<root>/runs/<id>`` or ``.../runs/<id>/head``), else the folder's name."""
     parts = [p for p in str(head_uri).rstrip("/").split("/") if p]
@@ -58,7 +65,7 @@ def head_info(name: str, flavor: str, head_uri: str, endpoint_url: str | None = 
     """What an output records about the head that made it: name, flavor, URI, run id, weights sha256, version."""
     from facelift import __version__
 
-    return {"head": name, "head_flavor": flavor, "head_uri": str(head_uri),
+    return {"head": name, "head_flavor": flavor, "head_uri": public_uri(head_uri),
             "head_run_id": head_run_id(head_uri), "head_sha256": head_sha256(head_uri, endpoint_url),
             "facelift_version": __version__}
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from facelift.tasks.enhance import InferenceEngine
-from facelift.tasks.enhance.metadata import PROVENANCE_KEY, head_run_id
+from facelift.tasks.enhance.metadata import PROVENANCE_KEY, head_run_id, public_uri
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Generator:
             "schnell_commit": commit, "schnell_transformer_sha256": transformer_sha256(folder, cache_dir=cache_dir),
             "steps": self.stage.steps, "guidance": self.stage.guidance,
             "max_sequence_length": self.stage.max_sequence_length, "size": self.size, "dtype": dtype,
-            "head": loaded.name, "head_flavor": loaded.flavor, "head_uri": self.head_uri,
+            "head": loaded.name, "head_flavor": loaded.flavor, "head_uri": public_uri(self.head_uri),
             "head_run_id": head_run_id(self.head_uri), "head_sha256": head_sha256(self.head_uri, options.endpoint_url),
             "facelift_version": __version__, "profile": options.profile,
         }
