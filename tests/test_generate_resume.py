@@ -88,6 +88,15 @@ def test_crash_at_prompt_3_keeps_0_to_2_and_rerun_renders_only_3_to_9(real: Gene
     done = run_generate(PROMPTS, str(head_dirs[0]), str(out), seed=100, generator=third, progress=False)
     assert third.rendered == [] and done["count"] == 0 and done["existing"] == 10
 
+    # a run killed (SIGKILL) after writing images 8 and 9 but before their manifest lines: found, not redone
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    (out / "manifest.jsonl").write_text("\n".join(line for line in lines if '"seed": 108' not in line
+                                                  and '"seed": 109' not in line) + "\n")
+    fourth = Counting(real)
+    done = run_generate(PROMPTS, str(head_dirs[0]), str(out), seed=100, generator=fourth, progress=False)
+    assert fourth.rendered == [] and done["existing"] == 10 and len(names(out)) == 10
+    assert {r["seed"] for r in manifest(out)} == set(range(100, 110))
+
 
 def test_per_prompt_failure_recorded_and_retried_alone(real: Generator, head_dirs, tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -86,8 +86,31 @@ class _Run:
 
     def is_done(self, prompt: str, seed: int) -> bool:
         rec = self.done.get((prompt, seed, self.head_hash))
-        return bool(rec and rec.get("status") == "ok" and rec.get("file") in self.taken
-                    and (not self.also_schnell or rec.get("schnell_file") in self.taken))
+        if rec and rec.get("status") == "ok":
+            return rec.get("file") in self.taken and (not self.also_schnell or rec.get("schnell_file") in self.taken)
+        return self._unrecorded(prompt, seed)
+
+    def _unrecorded(self, prompt: str, seed: int) -> bool:
+        """A file of this key written by a run killed before its manifest line (a SIGKILL while up to 2 x batch
+        writes were in flight): found by name, recognised by its own provenance, and recorded now."""
+        from facelift.tasks.generate.pipeline import read_provenance
+
+        base, n = f"{slug(prompt)}-s{seed}", 1
+        while True:
+            stem = base if n == 1 else f"{base}-{n}"
+            if f"{stem}.png" not in self.taken:
+                return False
+            n += 1
+            try:
+                prov = read_provenance(self.store.read_bytes(f"{stem}.png"))
+            except Exception:  # noqa: BLE001 - unreadable: not a finished image of this key
+                continue
+            if (prov.get("prompt"), prov.get("seed"), prov.get("head_sha256")) != (prompt, seed, self.head_hash):
+                continue
+            files = {"file": f"{stem}.png", **({"schnell_file": f"{stem}-schnell.png"} if self.also_schnell else {})}
+            if all(f in self.taken for f in files.values()):
+                self.manifest.append(self._record(prompt, seed, "ok", **files))
+                return True
 
     def _name(self, prompt: str, seed: int) -> str:
         base, n = f"{slug(prompt)}-s{seed}", 1
