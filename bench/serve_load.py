@@ -137,6 +137,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="requests per level (at least the level)")
     ap.add_argument("--num-gpus", type=float, default=0)
     ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--warmup-sizes", type=int, nargs="*", default=None,
+                    help="batch sizes each replica runs before it is ready (default: 1..--batch; none: no warm-up)")
     ap.add_argument("--warmup-requests", type=int, default=16, help="sent first at --batch concurrency, not counted")
     ap.add_argument("--no-kill", action="store_true")
     ap.add_argument("--out", default=None)
@@ -162,7 +164,7 @@ def main() -> None:
     ray.init(include_dashboard=False, ignore_reinit_error=True)
     cfg = ServeConfig(head=head, profile=args.profile, size=args.size, max_batch_size=args.batch,
                       max_queued_requests=args.queue, num_gpus=args.num_gpus, port=args.port, batch_wait_s=0.05,
-                      api_key_file=str(key_file))
+                      api_key_file=str(key_file), warmup_sizes=args.warmup_sizes)
     t0 = time.perf_counter()
     serve_app(cfg)  # returns once every replica has loaded and run its warm-up batches
     url = f"http://127.0.0.1:{args.port}"

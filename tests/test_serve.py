@@ -365,13 +365,16 @@ def test_several_outputs_formats_and_refusals(server: str) -> None:
     out = res.json()
     assert out["seeds"] == [5, 6, 7] and [p["seed"] for p in out["provenance"]] == [5, 6, 7]
     assert all(p["head_run_id"] == "run-serve1" for p in out["provenance"])
-    for url in out["images"]:
+    for url, seed in zip(out["images"], [5, 6, 7], strict=True):
         assert url.startswith("data:image/webp;base64,")
-        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as img:
+        data = base64.b64decode(url.split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as img:
             assert img.format == "WEBP" and img.size == (32, 32)
+        assert read_provenance(data)["seed"] == seed  # XMP inside the WebP file
     jpeg = httpx.post(f"{server}/generate", headers=AUTH, timeout=60,
                       json={"prompt": "Ada", "seed": 5, "output_format": "jpeg"})
     assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
+    assert read_provenance(jpeg.content)["seed"] == 5 and jpeg.headers["x-seed"] == "5"
     big = httpx.post(f"{server}/generate", headers=AUTH, timeout=60,
                      json={"prompt": "x" * 50_000, "width": 512, "num_outputs": 9})
     assert big.status_code == 422 and len(big.content) < 3000 and "xxxxxxxxxx" not in big.text, big.text[:300]

@@ -226,3 +226,17 @@ def test_safety_checker_fails_only_the_flagged_request(tmp_path: Path, monkeypat
     assert out[1] == {"status": 422, "error": FLAGGED}
     assert [o["seed"] for o in (out[0], out[2])] == [1, 3] and out[0]["image"][:4] == b"\x89PNG"
     assert out[0]["provenance"]["safety_checker"] == "test"
+
+
+def test_default_key_file_sits_beside_the_stack_secrets(tmp_path: Path, monkeypatch) -> None:
+    """Without --api-key-file the key is `serve-api-key` in the stack's secrets folder ($STACK_DIR/secrets), and
+    no FACELIFT_* variable is read for it."""
+    from facelift.cli.serve import default_api_key_path, ensure_api_key
+
+    monkeypatch.setenv("STACK_DIR", str(tmp_path / "stack"))
+    monkeypatch.setenv("FACELIFT_SERVE__API_KEY", "from-the-environment")
+    path = ensure_api_key(default_api_key_path())
+    assert path == tmp_path / "stack" / "secrets" / "serve-api-key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "from-the-environment" not in path.read_text()
+    path.chmod(0o644)  # made private again
+    assert ensure_api_key(path) == path and stat.S_IMODE(path.stat().st_mode) == 0o600

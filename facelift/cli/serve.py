@@ -20,9 +20,9 @@ TINY_NOTICE = ("note: profile tiny: tiny random-weight test models, not FLUX (no
 def default_api_key_path() -> Path:
     """``serve-api-key`` in the local stack's secrets folder (``$STACK_DIR/secrets``, else
     ``<repo>/.stack/secrets``)."""
-    from facelift.stack.local import Stack
+    from facelift.stack.local import REPO
 
-    return Stack.from_env().secrets.dir / API_KEY_FILE
+    return Path(os.environ.get("STACK_DIR") or REPO / ".stack").resolve() / "secrets" / API_KEY_FILE
 
 
 def ensure_api_key(path: Path) -> Path:
