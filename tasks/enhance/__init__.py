@@ -2,9 +2,12 @@
 
 Reads a head (a head folder or a run URI ``<root>/runs/<id>``) and image files; writes the enhanced images under
 the destination with the same relative names. Open :mod:`.files` first (the pipeline of ``facelift enhance``:
-bounded memory, per-file outcomes, reruns); then :mod:`.engine` (the batched, compiled inference engine also
-used by evaluation and the Python API) and :mod:`.images` (decoding every PNG/JPEG/WebP variant, encoding).
-Only torch and the standard library are imported at package import time (the GPU benchmark relies on it).
+bounded memory, per-file outcomes, the out-of-memory retries); then :mod:`.outputs` (output names, reruns keyed
+by the head's weights hash, the outputs' provenance), :mod:`.engine` (the batched, compiled inference engine
+also used by evaluation and the Python API), :mod:`.images` (decoding every PNG/JPEG/WebP variant, encoding),
+:mod:`.metadata` (provenance chunks and XMP other tools read, shared with ``generate``) and :mod:`.manifest`
+(the JSON-lines record of a run). Only torch and the standard library are imported at package import time
+(the GPU benchmark relies on it).
 """
 
 from __future__ import annotations
