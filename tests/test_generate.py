@@ -137,6 +137,7 @@ def test_python_api_generate(run_dir: Path, cache_dir: Path, tmp_path: Path) -> 
     with Image.open(tmp_path / "saved.png") as back:
         assert back.text["parameters"].splitlines()[0] == "A professional portrait of Ada Lovelace"
         assert TRAINED in back.text["XML:com.adobe.xmp"]
+        assert "prompt" not in back.text
     img.save(tmp_path / "saved.jpg")  # JPEG: the XMP packet carries it
     assert read_provenance((tmp_path / "saved.jpg").read_bytes())["seed"] == 3
     pairs = generate(["a", "b"], head=str(run_dir), seed=3, size=32, device="cpu", with_schnell=True)
