@@ -69,13 +69,14 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
              device: str = "auto", batch_size: int = 16, profile: str = "tiny",
              timing_resolutions: list[int] | None = None, timing_images: int = 2, feature_cache: bool = True,
              grid_images: int = 6, kid_subsets: int = 100, kid_subset_size: int = 1000,
-             baseline: str = "schnell") -> dict[str, Any]:
+             baseline: str = "schnell", primary: str = "d_kid_dev", alpha: float = 0.05) -> dict[str, Any]:
     """Evaluate heads (folders or run URIs) on the dataset's test split; outputs under runs/<run_id>/.
 
     ``n_images``: pairs per set (each half of the test split); None: min(half, 10_000). ``resize``: how images
     reach the Inception's 299² (clean: clean-fid's PIL bicubic; torch: pytorch-fid's bilinear). ``baseline``:
-    the row every other row is compared with (paired differences with verdicts). Every option is checked
-    before the dataset is opened.
+    the row every other row is compared with (paired differences with verdicts); ``primary`` the comparison
+    shown first, ``alpha`` the family-wise error rate of the verdicts. Every option is checked before the dataset
+    is opened.
     """
     from facelift.config import resolve_config
 
@@ -84,7 +85,7 @@ def evaluate(dataset_uri: str, heads: list[str], lora: str | None = None, n_imag
         check_id(run_id, "run id")
     cfg = evaluation.EvalConfig(n_images=n_images, resolution=resolution, resize=resize, n_boot=n_boot, device=device,
                                 batch_size=batch_size, grid_images=grid_images, kid_subsets=kid_subsets,
-                                kid_subset_size=kid_subset_size, baseline=baseline)
+                                kid_subset_size=kid_subset_size, baseline=baseline, primary=primary, alpha=alpha)
     metrics = MetricConfig(inception_weights, clip_model, "alex", lpips_random_backbone)
     ds = Dataset.open(dataset_uri, endpoint_url)
     ds.require_real("evaluation")

@@ -345,6 +345,8 @@ def test_reference_features_reused_per_resize(dataset, cache_dir, tmp_path, monk
     (["--batch-size", "0"], "batch_size must be >= 1"),
     (["--n-images", "1"], "n_images must be >= 2"),
     (["--baseline", " "], "baseline must name a row"),
+    (["--primary", "fid"], "unknown primary comparison 'fid'"),
+    (["--alpha", "0.7"], "alpha must be in (0, 0.5)"),
 ])
 def test_cli_checks_every_option_before_reading_anything(prefect_harness, tmp_path, args, message) -> None:
     """A bad option is one clear line (exit 2) before the dataset is even opened: the dataset here does not

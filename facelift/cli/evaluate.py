@@ -51,6 +51,11 @@ def evaluate(
                                                       ">= 4)")] = 1000,
     baseline: Annotated[str, typer.Option(help="row every other row is compared with (paired differences): "
                                                "schnell, dev, a head's name or URI, or 'schnell + LoRA'")] = "schnell",
+    primary: Annotated[str, typer.Option(help="the declared primary comparison, shown first: d_kid_dev, "
+                                              "d_cmmd_dev, d_fid_dev, d_fid_diff, d_clip_iqa or d_lpips_dev")
+                       ] = "d_kid_dev",
+    alpha: Annotated[float, typer.Option(help="family-wise error rate of the verdicts over every row x every "
+                                              "comparison (Bonferroni)")] = 0.05,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     verbose: bool = False,
 ) -> None:
@@ -66,14 +71,15 @@ def evaluate(
     setup_logging(verbose)
     try:  # every option checked before the flow starts (the flow checks them again, for deployments)
         EvalConfig(n_images=n_images, resize=resize, batch_size=batch_size, n_boot=n_boot, kid_subsets=kid_subsets,
-                   kid_subset_size=kid_subset_size, baseline=baseline, device=device)
+                   kid_subset_size=kid_subset_size, baseline=baseline, device=device, primary=primary, alpha=alpha)
         dataset_uri = absolute_uri(dataset_uri)
         head = [absolute_uri(h) for h in head or []]
         result = evaluate_flow(dataset_uri, head, lora=lora, n_images=n_images, endpoint_url=endpoint_url,
                                run_id=run_id, inception_weights=inception_weights,
                                clip_model=clip_model or DEFAULT_CLIP_IQA_MODEL, resize=resize, batch_size=batch_size,
                                n_boot=n_boot, device=device, profile=profile, timing_resolutions=timing_resolution,
-                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, baseline=baseline)
+                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, baseline=baseline,
+                               primary=primary, alpha=alpha)
     except _errors() as exc:
         raise fail(str(exc)) from None
     import pandas as pd

@@ -14,6 +14,7 @@ import torch
 
 from facelift.storage import Store
 from facelift.tasks.evaluate.family import Family
+from facelift.tasks.evaluate.forest import forest_plot
 from facelift.tasks.evaluate.table import BC_MIN_N_PER_DIM, COMPARISONS, FID_AT_N, bias_corrected_valid, ordered
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,10 @@ def write_outputs(run: Store, table: pd.DataFrame, timing: pd.DataFrame | None, 
     files: dict[str, bytes] = {
         "table.parquet": _parquet(table), "table.csv": table.to_csv(index=False).encode(), "grid.png": grid_png,
     }
+    forest = forest_plot(table)
+    if forest:
+        report += ["![paired comparisons, simultaneous intervals](forest.png)", ""]
+        files["forest.png"] = forest
     if timing is not None:
         report += ["## Timing (paper Fig. 8)", "", timing_markdown(timing), "", "![timing](timing.png)", ""]
         files["timing.parquet"] = _parquet(timing)

@@ -5,12 +5,13 @@ A scenario mirrors the evaluation: inputs x (the schnell images' features) and a
 of the same distribution; dev is a map of its schnell image (``dev(x)``, so the two reference sets are paired);
 each row is a map of the same inputs (schnell: x, dev: dev(x), a head: its own map). Maps are affine plus
 Gaussian noise, so each row's mean and covariance (hence the population FID) are exact; x is Gaussian or a
-mixed, centred chi-square (non-Gaussian). The population KID comes from moment tensors of a large draw
-with common random numbers (exactly 0 between equal distributions).
+mixed, centred chi-square (non-Gaussian). The coverage tests compute every target independently of the
+evaluation's code (tests/stat_targets.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,28 +71,6 @@ class Scenario:
         refs = {"schnell": Map(), "dev": self.dev}
         return max(0.0, frechet_distance(*self.moments(self.rows[row]), *self.moments(refs[ref])))
 
-    def true_kid(self, draws: int = 400_000, chunk: int = 50_000) -> dict[tuple[str, str], float]:
-        """Population MMD² of ``(xᵀy/d + 1)³`` for every (row, reference): Σ_k C(3,k)/d^k·|E x^⊗k − E y^⊗k|²."""
-        rng = np.random.default_rng(7 + self.seed)
-        maps = {**{("row", k): m for k, m in self.rows.items()}, ("ref", "schnell"): Map(), ("ref", "dev"): self.dev}
-        sums = {k: [np.zeros(self.d), np.zeros(self.d**2), np.zeros(self.d**3)] for k in maps}
-        for _ in range(draws // chunk):
-            x, eps = self.inputs(rng, chunk), rng.normal(size=(chunk, self.d))
-            for k, m in maps.items():
-                f = m.apply(x, eps)
-                f2 = (f[:, :, None] * f[:, None, :]).reshape(chunk, -1)
-                sums[k][0] += f.sum(0)
-                sums[k][1] += f2.sum(0)
-                sums[k][2] += (f2.T @ f).ravel()
-        mom = {k: [s / (draws // chunk * chunk) for s in v] for k, v in sums.items()}
-        out = {}
-        for row in self.rows:
-            for ref in ("schnell", "dev"):
-                p, q = mom[("row", row)], mom[("ref", ref)]
-                out[(row, ref)] = float(sum((3 if k < 3 else 1) * ((p[k - 1] - q[k - 1]) ** 2).sum() / self.d**k
-                                            for k in (1, 2, 3)))
-        return out
-
 
 def scenarios(n: int = 256, d: int = 8) -> list[Scenario]:
     """The three coverage scenarios: near match, clearly separated, non-Gaussian features."""
@@ -107,79 +86,74 @@ def scenarios(n: int = 256, d: int = 8) -> list[Scenario]:
     return [near, separated, skewed]
 
 
-# -- coverage -------------------------------------------------------------------------------------
+# -- coverage ---------------------------------------------------------------------------------------
 ROWS = ("schnell", "dev", "head_a", "head_b")
 REFS = ("schnell", "dev")
 
 
 @dataclass
 class Intervals:
-    """Per trial: the estimate, its interval and the target it should cover."""
+    """Per trial: the estimate, its interval, standard error and degrees of freedom; the target it should cover
+    is set by the caller (the tests compute it independently of this code)."""
 
     value: list[float] = field(default_factory=list)
     low: list[float] = field(default_factory=list)
     high: list[float] = field(default_factory=list)
+    se: list[float] = field(default_factory=list)
     target: float = float("nan")
 
     def add(self, est: object) -> None:
-        self.value.append(est.value)  # type: ignore[attr-defined]
-        self.low.append(est.low)  # type: ignore[attr-defined]
-        self.high.append(est.high)  # type: ignore[attr-defined]
+        for name in ("value", "low", "high", "se"):
+            getattr(self, name).append(getattr(est, name))
 
-    def coverage(self, scale: float = 1.0) -> float:
-        """Share of trials whose interval (its half-widths × ``scale`` around the estimate) holds the target."""
-        v, lo, hi = (np.asarray(a, np.float64) for a in (self.value, self.low, self.high))
-        lo, hi = v - scale * (v - lo), v + scale * (hi - v)
-        return float(np.mean((lo <= self.target) & (self.target <= hi)))
+    def bounds(self, scale: float = 1.0, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """The intervals with each side's distance to the estimate × ``scale``, moved by ``shift`` × SE
+        (mutations the coverage grid must reject)."""
+        v, lo, hi, se = (np.asarray(a, np.float64) for a in (self.value, self.low, self.high, self.se))
+        return v - scale * (v - lo) + shift * se, v + scale * (hi - v) + shift * se
 
+    def misses(self, scale: float = 1.0, shift: float = 0.0) -> tuple[float, float]:
+        """(share of trials whose interval lies above the target, share below it)."""
+        lo, hi = self.bounds(scale, shift)
+        return float(np.mean(lo > self.target)), float(np.mean(hi < self.target))
 
-def fid_at_n(sc: Scenario, reps: int, seed: int = 99) -> np.ndarray:
-    """E[plug-in FID at N], [row, ref], by Monte Carlo."""
-    from facelift.tasks.evaluate.joint import _fid_grid
-
-    rng = np.random.default_rng(seed)
-    total = np.zeros((len(ROWS), len(REFS)))
-    for _ in range(reps):
-        rows, refs = sc.draw(rng)
-        total += _fid_grid([rows[k] for k in ROWS], [refs[k] for k in REFS])
-    return total / reps
+    def coverage(self, scale: float = 1.0, shift: float = 0.0) -> float:
+        return 1 - sum(self.misses(scale, shift))
 
 
-def simulate(sc: Scenario, trials: int, rounds: int = 20, kid_subsets: int = 50, kid_cap: int = 64, mc_reps: int = 600,
-             seed: int = 0) -> dict[str, Intervals]:
-    """``trials`` simulated tables: every interval the table reports for head_a (and head_a vs the schnell row,
-    and vs head_b), with its target (FID at N: E[plug-in FID at N]; bias-corrected FID and KID: the population
-    value; paired differences: the difference of the rows' targets)."""
-    from facelift.tasks.evaluate.joint import combine, fid_draws, fid_weights, kid_draws, kid_estimate
+def simulate(sc: Scenario, trials: int, rows: tuple[str, ...] = ("schnell", "head_a"), rounds: int = 20,
+             kid_subsets: int = 100, kid_cap: int | None = 1000, seed: int = 0,
+             score: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Intervals]:
+    """``trials`` simulated tables of ``rows`` (the first is the baseline; the second is judged): every interval
+    the table computes for it, through the table's own functions (FIDs from :func:`.joint.fid_draws` with subsets of
+    at least d images, KID and CMMD from :func:`.joint.kid_draws`, ``score``'s per-image mean from
+    :func:`.joint.mean_t`). Keys: ``fid_dev``, ``fid_diff`` (at N), their ``_bc`` forms (N >= 2·d), ``kid_dev``,
+    ``cmmd_dev``, ``score``, ``d_<key>`` for the paired Δ with the baseline, and ``base_fid_dev`` (the baseline's
+    own). Targets are left NaN."""
+    from facelift.tasks.evaluate.joint import combine, fid_draws, fid_weights, kid_draws, kid_estimate, mean_t
 
-    at_n = fid_at_n(sc, mc_reps)
-    kid_true = sc.true_kid()
-    truth = np.array([[sc.true_fid(r, k) for k in REFS] for r in ROWS])
-    a, s, b = ROWS.index("head_a"), ROWS.index("schnell"), ROWS.index("head_b")
-    shape = (len(ROWS), len(REFS))
-    fids = {"fid_dev": (a, 1, None), "fid_diff": (a, None, None), "d_fid_dev": (a, 1, s),
-            "d_fid_diff": (a, None, s), "d_fid_dev_heads": (a, 1, b)}
-    weights = {key: fid_weights(shape, row, ref, base) for key, (row, ref, base) in fids.items()}
+    shape, one = (len(rows), len(REFS)), np.eye(len(rows))
+    fids = {"fid_dev": fid_weights(shape, 1, 1), "fid_diff": fid_weights(shape, 1, None),
+            "base_fid_dev": fid_weights(shape, 0, 1),
+            "d_fid_dev": fid_weights(shape, 1, 1, 0), "d_fid_diff": fid_weights(shape, 1, None, 0)}
+    population = sc.n >= 2 * sc.d
     out: dict[str, Intervals] = {}
-    for key, w in weights.items():
-        out[key] = Intervals(target=float((at_n * w).sum()))
-        out[f"{key}_bc"] = Intervals(target=float((truth * w).sum()))
-    out["kid_dev"] = Intervals(target=kid_true[("head_a", "dev")])
-    out["d_kid_dev"] = Intervals(target=kid_true[("head_a", "dev")] - kid_true[("schnell", "dev")])
-    out["d_kid_dev_heads"] = Intervals(target=kid_true[("head_a", "dev")] - kid_true[("head_b", "dev")])
-    out["fid_dev_b"] = Intervals(target=float(at_n[b, 1]))
-    one = np.eye(len(ROWS))
-    kid_weights = {"kid_dev": one[a], "d_kid_dev": one[a] - one[s], "d_kid_dev_heads": one[a] - one[b]}
     rng = np.random.default_rng(seed)
     for t in range(trials):
-        rows, refs = sc.draw(rng)
-        draws = fid_draws([rows[k] for k in ROWS], [refs[k] for k in REFS], rounds, seed=t)
-        for key, (_, ref, base) in fids.items():
-            est, bc = combine(draws, weights[key], nonnegative=base is None and ref is not None)
-            out[key].add(est)
-            out[f"{key}_bc"].add(bc)
-        out["fid_dev_b"].add(combine(draws, fid_weights(shape, b, 1))[0])
-        kd = kid_draws([rows[k] for k in ROWS], refs["dev"], kid_subsets, kid_cap, seed=t)
-        for key, w in kid_weights.items():
-            out[key].add(kid_estimate(kd, w))
+        feats, refs = sc.draw(rng)
+        xs = [feats[k] for k in rows]
+        draws = fid_draws(xs, [refs[k] for k in REFS], rounds, seed=t, min_size=sc.d)
+        for key, w in fids.items():
+            at_n, bc = combine(draws, w, nonnegative=key.endswith("fid_dev") and not key.startswith("d_"))
+            out.setdefault(key, Intervals()).add(at_n)
+            if population:
+                out.setdefault(f"{key}_bc", Intervals()).add(bc)
+        for name, kernel in (("kid_dev", "poly"), ("cmmd_dev", "rbf")):
+            kd = kid_draws(xs, refs["dev"], kid_subsets, kid_cap, seed=t, kernel=kernel)
+            out.setdefault(name, Intervals()).add(kid_estimate(kd, one[1]))
+            out.setdefault(f"d_{name}", Intervals()).add(kid_estimate(kd, one[1] - one[0]))
+        if score is not None:
+            s = [score(x) for x in xs]
+            out.setdefault("score", Intervals()).add(mean_t(s[1]))
+            out.setdefault("d_score", Intervals()).add(mean_t(s[1] - s[0]))
     return out
