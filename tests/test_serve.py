@@ -1,6 +1,8 @@
-"""facelift serve on Ray Serve (tiny models, CPU), started as users start it (`facelift serve` in a subprocess):
-health and readiness, POST /generate, dynamic batching past Ray's default cap of 5, a burst beyond the queue
-(503 + Retry-After, no accepted request lost), and the web page in headless Debian Chromium."""
+"""facelift serve on Ray Serve (tiny models, CPU), started as users start it (`facelift serve` in a subprocess, with
+an API key file): health and readiness, POST /generate, dynamic batching past Ray's default cap of 5, a burst
+beyond the queue (503 + Retry-After, no accepted request lost), one bad prompt among 8 failing only itself,
+/readyz answering 200 while the queue overflows, the API key (401s), random returned seeds and reproducible ones,
+several outputs and formats, the capped 422, and the web page in headless Debian Chromium."""
 
 from __future__ import annotations
 

@@ -83,10 +83,11 @@ def run_isolated(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R | I
     first = _attempt(fn, items)
     if not isinstance(first, _Failure):
         return list(first)
+    if len(items) == 1:
+        log.warning("request failed (%s: %s)", first.kind, first.message)
+        return [first.item_error()]
     log.warning("batch of %d failed (%s: %s); %s", len(items), first.kind, first.message,
                 "splitting it in two" if first.oom else "running its requests one by one")
-    if len(items) == 1:
-        return [first.item_error()]
     if not first.oom:
         return _one_by_one(fn, items)
     _free_memory()
