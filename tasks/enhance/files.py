@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from facelift.tasks.enhance.images import (
 from facelift.tasks.enhance.outputs import (
     ESCAPE,
     MANIFEST,
+    EnhanceReport,
     check_destination,
     existing_keys,
     output_metadata,
@@ -58,31 +59,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOLD_PIXELS = 32 * 2**20  # ~100 MB of uint8 RGB waiting in size buckets
 DEFAULT_TILE_PIXELS = 2048 * 2048  # larger images run tiled
-
-
-@dataclass
-class EnhanceReport:
-    """What an enhance run did: counts, per-file failures and skips (path, reason), throughput, outputs."""
-
-    processed: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    existing: int = 0
-    notes: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    engine: dict[str, Any] = field(default_factory=dict)
-    peak_held_pixels: int = 0
-
-    @property
-    def images_per_s(self) -> float:
-        return self.processed / self.seconds if self.seconds else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"processed": self.processed, "failed": [{"path": p, "error": e} for p, e in self.failed],
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped], "existing": self.existing,
-                "notes": self.notes, "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
-                "engine": self.engine, "outputs": len(self.outputs), "peak_held_pixels": self.peak_held_pixels}
 
 
 def list_images(src: str, endpoint_url: str | None = None) -> tuple[str, list[str]]:

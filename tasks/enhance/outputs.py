@@ -14,15 +14,38 @@ Only torch and the standard library are imported at module import time.
 from __future__ import annotations
 
 import posixpath
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from facelift.tasks.enhance.images import FORMATS, Decoded, output_format
 
-if TYPE_CHECKING:
-    from facelift.tasks.enhance.files import EnhanceReport
-
 ESCAPE = "refused: the name escapes the destination"
 MANIFEST = "enhance-manifest.jsonl"  # one record per output: its key, source and the head's weights sha256
+
+
+@dataclass
+class EnhanceReport:
+    """What an enhance run did: counts, per-file failures and skips (path, reason), throughput, outputs."""
+
+    processed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    existing: int = 0
+    notes: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    engine: dict[str, Any] = field(default_factory=dict)
+    peak_held_pixels: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"processed": self.processed, "failed": [{"path": p, "error": e} for p, e in self.failed],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped], "existing": self.existing,
+                "notes": self.notes, "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
+                "engine": self.engine, "outputs": len(self.outputs), "peak_held_pixels": self.peak_held_pixels}
 
 
 def target_key(uri: str, base: str, out_format: str | None) -> str:
