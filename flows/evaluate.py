@@ -50,10 +50,11 @@ def report(run: Any, table: Any, timing: Any, grid: list, meta: dict[str, Any], 
     png = evaluation.image_grid(grid, grid_images)
     plot = evaluation.timing_plot(timing) if timing is not None else None
     files = evaluation.write_outputs(run, table, timing, png, plot, meta)
-    cols = ["row", "n", "fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev",
-            *evaluation.comparison_columns(table)]
+    cols = ["row", "n", "fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "cmmd_dev", "clip_iqa",
+            "lpips_dev", *evaluation.comparison_columns(table)]
+    cols = [c for c in cols if c in table.columns]
     create_table_artifact(table[cols].round(5).to_dict("records"), key="evaluation-table",
-                          description=f"Table 4 + KID + LPIPS on the test split of {meta['dataset_uri']}")
+                          description=f"Table 4 + KID + CMMD + LPIPS on the test split of {meta['dataset_uri']}")
     md = evaluation.table_markdown(table)
     if timing is not None:
         md += "\n\n" + evaluation.timing_markdown(timing)

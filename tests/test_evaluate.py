@@ -144,7 +144,7 @@ def test_cli_refuses_a_head_without_recorded_splits(prefect_harness, dataset, s3
 class FakeSuite:
     """The MetricSuite interface without networks: features are image means, and every call is recorded."""
 
-    extractor_id, resize = "fake-extractor", "clean"
+    extractor_id, clip_id, resize = "fake-extractor", "fake-clip", "clean"
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
@@ -161,9 +161,13 @@ class FakeSuite:
         x = images.float()
         return torch.cat([x.mean((2, 3)), x.std((2, 3)), x[:, :, ::8, ::8].flatten(1)], 1).numpy()
 
-    def clip_iqa(self, images: torch.Tensor) -> np.ndarray:
-        self.calls.append(("clip_iqa", len(images)))
-        return images.float().mean((1, 2, 3)).div(255).double().numpy()
+    def clip_embeddings(self, images: torch.Tensor) -> np.ndarray:
+        self.calls.append(("clip", len(images)))
+        x = images.float().mean((2, 3)).double()
+        return torch.nn.functional.normalize(x + 1, dim=1).numpy()
+
+    def clip_iqa(self, embeddings: np.ndarray) -> np.ndarray:
+        return embeddings[:, 0]
 
     def lpips_to(self, images: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         self.calls.append(("lpips", len(images)))
@@ -203,7 +207,7 @@ def test_streaming_never_holds_more_than_a_few_batches_of_images(bigger, heads, 
     table, grid = ev.score_rows(sources, bigger, split, suite, None, cfg)  # type: ignore[arg-type]
     assert split.n == 18 and (table["n"] == 18).all() and (table["n_reference"] == 18).all()
     assert {n for _, n in suite.calls} == {2}  # every metric call sees one batch, never the whole set
-    assert len(suite.calls) == 2 * 9 + 3 * 3 * 9  # 2 reference passes + 3 rows x 3 metrics, 9 batches each
+    assert len(suite.calls) == 3 * 9 + 3 * 3 * 9  # 3 reference passes (2 Inception, 1 CLIP) + 3 rows x 3, 9 each
     # alive at once: the batch being scored, the one before it (until the loop rebinds), one queued and one
     # being decoded: <= 5 batches of 2 pairs x 2 kinds = 20 images, whatever N (the input half alone is 36)
     assert 0 < peak[0] <= 5 * 2 * 2
@@ -258,7 +262,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
     for m in ("fid_schnell", "fid_dev", "fid_diff", "kid_schnell", "kid_dev", "clip_iqa", "lpips_dev"):
         assert (table[f"{m}_ci_low"] <= table[m]).all() and (table[m] <= table[f"{m}_ci_high"]).all(), m
     assert eval_report.intervals_violated(table) == []
-    assert (table["fid_ci_method"] == "joint halves+quarters ×4").all()
+    assert (table["fid_ci_method"] == "joint halves ×4").all()  # quarters of 2 images < d = 2048: halves only
     assert eval_report.fid_below_zero(table) == []
     assert (table["kid_schnell_subset_size"] == 4).all() and (table["kid_dev_subsets"] == 100).all()  # n/2
     # every row against the schnell row, from the same resampling, each Δ with an interval and a verdict
@@ -289,7 +293,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
 
     run = s3_root.child("runs/eval-test/evaluation")
     assert {"table.parquet", "table.csv", "report.md", "grid.png", "timing.parquet", "timing.csv", "timing.png",
-            "summary.json"} <= set(run.list(""))
+            "summary.json", "forest.png"} <= set(run.list(""))
     stored = pd.read_parquet(io.BytesIO(run.read_bytes("table.parquet")))
     assert list(stored["row"]) == list(table["row"])
     report = run.read_bytes("report.md").decode()
@@ -305,7 +309,7 @@ def test_evaluate_flow_end_to_end(prefect_harness, dataset, heads, lora_file, s3
 
     grid = Image.open(io.BytesIO(run.read_bytes("grid.png")))
     assert grid.size[0] == 5 * 128
-    assert len(s3_root.list("cache/features")) == 1  # reference features cached once per extractor
+    assert len(s3_root.list("cache/features")) == 2  # reference features cached once per extractor (Inception, CLIP)
     assert len(s3_root.list(f"cache/features/{table['feature_network'][0]}")) == 2  # schnell and dev, once
 
     assert events == [{"event": "facelift.evaluation.completed",
