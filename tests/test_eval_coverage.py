@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import stat_targets as T
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-import stat_targets as T
 from facelift.tasks.evaluate.simulate import Intervals, scenarios, simulate
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import stat_targets as T
 from threadpoolctl import threadpool_limits
 
-import stat_targets as T
 from facelift.tasks.evaluate.simulate import Map, Scenario
 from facelift.tasks.evaluate.table import metric_columns
 
