@@ -240,3 +240,46 @@ def test_default_key_file_sits_beside_the_stack_secrets(tmp_path: Path, monkeypa
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and "from-the-environment" not in path.read_text()
     path.chmod(0o644)  # made private again
     assert ensure_api_key(path) == path and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+class _StreamingRequest:
+    """A Starlette-like request: headers and an async body stream that counts the chunks the server pulled."""
+
+    def __init__(self, chunks: int, chunk_bytes: int, content_length: int | None) -> None:
+        self.headers = {} if content_length is None else {"content-length": str(content_length)}
+        self.chunks, self.chunk_bytes, self.pulled = chunks, chunk_bytes, 0
+
+    async def stream(self):
+        for _ in range(self.chunks):
+            self.pulled += 1
+            yield b"x" * self.chunk_bytes
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole() -> None:
+    """A declared Content-Length over the cap is a 413 before one byte is read; a chunked body without a length is
+    cut off as soon as it passes the cap (the old ingress read the whole body first, then refused it)."""
+    import asyncio
+
+    from facelift.tasks.serve.schema import MAX_BODY_BYTES, read_body
+
+    declared = _StreamingRequest(chunks=1000, chunk_bytes=8192, content_length=1000 * 8192)
+    with pytest.raises(BadRequest) as err:
+        asyncio.run(read_body(declared))
+    assert err.value.status == 413 and declared.pulled == 0
+    chunked = _StreamingRequest(chunks=1000, chunk_bytes=8192, content_length=None)
+    with pytest.raises(BadRequest) as err:
+        asyncio.run(read_body(chunked))
+    assert err.value.status == 413 and chunked.pulled == MAX_BODY_BYTES // 8192 + 1
+    small = _StreamingRequest(chunks=2, chunk_bytes=10, content_length=20)
+    assert asyncio.run(read_body(small)) == b"x" * 20
+
+
+def test_a_serve_config_without_a_key_is_refused_unless_opted_out() -> None:
+    """The RayService / Serve-config entry point keys the API by default: no ``api_key_file`` is an error naming
+    the opt-out (the old builder served an open API silently)."""
+    from facelift.tasks.serve.app import require_key
+
+    with pytest.raises(ValueError, match="api_key_file"):
+        require_key({"head": "h"})
+    assert require_key({"head": "h", "no_api_key": True}) == {"head": "h"}
+    assert require_key({"head": "h", "api_key_file": "/k"}) == {"head": "h", "api_key_file": "/k"}

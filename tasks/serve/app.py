@@ -32,7 +32,7 @@ from facelift.tasks.serve.config import ServeConfig
 from facelift.tasks.serve.model import Item, ModelServer
 from facelift.tasks.serve.page import PAGE
 from facelift.tasks.serve.readiness import readiness
-from facelift.tasks.serve.schema import MEDIA_TYPES, BadRequest, GenerateRequest, parse_request
+from facelift.tasks.serve.schema import MEDIA_TYPES, BadRequest, GenerateRequest, parse_request, read_body
 
 log = logging.getLogger(__name__)
 MODEL_DEPLOYMENT = "ModelServer"
@@ -50,6 +50,8 @@ class Gateway:
                  info: dict[str, str]) -> None:
         self.model, self.timeout_s, self.retry_after_s, self.info = model, timeout_s, retry_after_s, info
         self.api_key = read_api_key(api_key_file) if api_key_file else None
+        if self.api_key is None:
+            log.warning("serving WITHOUT an API key: anyone who reaches this port can generate")
         self.app_name = serve.get_replica_context().app_name
 
     async def _request(self, request: Request) -> GenerateRequest | Response:
@@ -58,7 +60,7 @@ class Gateway:
             return JSONResponse({"error": "unauthorized: send 'Authorization: Bearer <API key>'"}, 401,
                                 headers={"WWW-Authenticate": "Bearer"})
         try:
-            return parse_request(await request.body())
+            return parse_request(await read_body(request))
         except BadRequest as exc:
             return JSONResponse(exc.body, exc.status)
 
@@ -182,7 +184,16 @@ def build_app(cfg: ServeConfig) -> Any:
                                    safety), cfg.timeout_s, cfg.retry_after_s, cfg.api_key_file, info)
 
 
+def require_key(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` without ``no_api_key``; a ValueError when they name no ``api_key_file`` and do not opt out."""
+    args = dict(args)
+    if not args.pop("no_api_key", False) and not args.get("api_key_file"):
+        raise ValueError("api_key_file is required: the API is keyed by default (mount the key Secret, see "
+                         "infra/k8s/rayservice.yaml); set no_api_key: true to serve without a key")
+    return args
+
+
 def app_builder(args: dict[str, Any]) -> Any:
     """Serve config / KubeRay ``RayService`` entry point (``import_path: facelift.tasks.serve.app:app_builder``):
-    ``args`` are :class:`ServeConfig` fields (``head`` at least)."""
-    return build_app(ServeConfig(**args))
+    ``args`` are :class:`ServeConfig` fields (``head`` at least) and ``api_key_file`` (or ``no_api_key: true``)."""
+    return build_app(ServeConfig(**require_key(args)))

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_PROMPT_CHARS = 1000
-MAX_BODY_BYTES = 64 * 1024  # a request body past this is refused (413) unread
+MAX_BODY_BYTES = 64 * 1024  # a request body past this is refused (413) without being read whole
 MAX_OUTPUTS = 4
 SEED_LIMIT = 2**63 - MAX_OUTPUTS  # seed + i (i < num_outputs) stays a valid int64 seed
 RANDOM_SEED_LIMIT = 2**32
@@ -61,6 +61,22 @@ def capped_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic's errors without their ``input`` (or ``ctx``), at most :data:`MAX_ERRORS`, messages capped."""
     return [{"loc": [str(p)[:64] for p in e["loc"]], "type": e["type"], "msg": e["msg"][:MAX_MESSAGE_CHARS]}
             for e in exc.errors(include_url=False)[:MAX_ERRORS]]
+
+
+async def read_body(request: Any, cap: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body, at most ``cap`` bytes: a declared ``Content-Length`` over the cap is refused (413)
+    before anything is read, and a streamed body is cut off (413) as soon as it passes the cap."""
+    too_big = BadRequest(413, {"error": f"request body over {cap} bytes"})
+    length = request.headers.get("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > cap:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_request(body: bytes) -> GenerateRequest:
