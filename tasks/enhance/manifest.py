@@ -54,8 +54,12 @@ class Manifest:
 
             path = Path(self.store.path(self.name))
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(line)
+            with open(path, "a+b") as fh:  # appends always go to the end, whatever was read
+                if fh.seek(0, 2):
+                    fh.seek(-1, 2)
+                    if fh.read(1) != b"\n":  # a torn last line (a killed run): end it, so this record stands alone
+                        fh.write(b"\n")
+                fh.write(line.encode("utf-8"))
                 fh.flush()
             return
         self._unsaved += 1
