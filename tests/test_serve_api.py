@@ -283,3 +283,18 @@ def test_a_serve_config_without_a_key_is_refused_unless_opted_out() -> None:
         require_key({"head": "h"})
     assert require_key({"head": "h", "no_api_key": True}) == {"head": "h"}
     assert require_key({"head": "h", "api_key_file": "/k"}) == {"head": "h", "api_key_file": "/k"}
+
+
+def test_a_cpu_allocator_oom_splits_the_batch_too() -> None:
+    """The CPU allocator's out-of-memory RuntimeError (a CPU or MPS replica) splits the batch like a CUDA OOM,
+    with enhance's one definition of out of memory (the old check knew only torch.cuda.OutOfMemoryError and
+    failed all eight requests)."""
+    calls: list[int] = []
+
+    def render(items: list[int]) -> list[int]:
+        calls.append(len(items))
+        if len(items) > 4:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return items
+
+    assert run_isolated(render, list(range(8))) == list(range(8)) and calls == [8, 4, 4]

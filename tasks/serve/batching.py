@@ -49,7 +49,10 @@ class _Failure:
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
+    """Out of memory on any device (CUDA, the CPU allocator, MPS): enhance's one definition."""
+    from facelift.tasks.enhance.engine import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 def _attempt(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R] | _Failure:
