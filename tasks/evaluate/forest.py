@@ -30,9 +30,8 @@ def forest_plot(table: pd.DataFrame) -> bytes | None:
                              sharey=True, squeeze=False)
     names = [str(r) for r in rows["row"]]
     for ax, c in zip(axes[0], comparisons, strict=True):
-        scale = 1e3 if c.key in ("d_kid_dev", "d_cmmd_dev") else 1.0
         for y, (_, r) in enumerate(rows.iterrows()):
-            value, low, high = (scale * r.get(f"{c.key}{s}", float("nan")) for s in ("", "_ci_low", "_ci_high"))
+            value, low, high = (c.scale * r.get(f"{c.key}{s}", float("nan")) for s in ("", "_ci_low", "_ci_high"))
             word = r.get(f"{c.key}_verdict") or ""
             colour = COLOURS.get(word, "grey")
             ax.plot([low, high], [y, y], color=colour, lw=2)

@@ -165,8 +165,7 @@ def comparison_markdown(table: pd.DataFrame) -> str:
     target = table.iloc[0].get("d_fid_target", "")
     cols: list[Column] = [("row", lambda r: str(r["row"]))]
     for c in _comparisons(table):
-        scale = 1e3 if c.key in ("d_kid_dev", "d_cmmd_dev") else 1.0
-        cols.append((c.label, lambda r, k=c.key, s=scale: _delta(r, k, s)))
+        cols.append((c.label, lambda r, k=c.key, s=c.scale: _delta(r, k, s)))
     rows = [r for _, r in table.iterrows() if r["row"] != base]
     head = (f"Paired comparisons with the baseline row `{base}` (Δ = row − {base}; the same inputs, halves, "
             f"subsets and images for every row; Δ FID: {target}):")

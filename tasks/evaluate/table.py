@@ -42,9 +42,11 @@ class Comparison:
     key: str
     label: str
     higher_is_better: bool
+    scale: float = 1.0  # shown × this (KID and CMMD ×10³)
 
 
-COMPARISONS = (Comparison("d_kid_dev", "Δ KID_dev ×10³ ↓", False), Comparison("d_cmmd_dev", "Δ CMMD_dev ×10³ ↓", False),
+COMPARISONS = (Comparison("d_kid_dev", "Δ KID_dev ×10³ ↓", False, 1e3),
+               Comparison("d_cmmd_dev", "Δ CMMD_dev ×10³ ↓", False, 1e3),
                Comparison("d_fid_dev", "Δ FID_dev ↓", False), Comparison("d_fid_diff", "Δ FID_diff ↑", True),
                Comparison("d_clip_iqa", "Δ CLIP-IQA ↑", True), Comparison("d_lpips_dev", "Δ LPIPS→dev ↓", False))
 PRIMARY = "d_kid_dev"  # the declared primary comparison (shown first); unbiased at any N
